@@ -1,0 +1,33 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers depend one way: CvtTensor (tensor + oneDNN engine) → CvtNN (layers) → Cvt (config and
+// model, no I/O) → CvtKit (checkpoint loading, safetensors, pipeline) → cvt (CLI).
+let package = Package(
+    name: "swift-cvt",
+    products: [
+        .library(name: "CvtKit", targets: ["CvtKit"]),
+        .executable(name: "cvt", targets: ["cvt"]),
+    ],
+    dependencies: [
+        // The only third-party package: the CLI's argument parsing.
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
+        .target(name: "CvtTensor", dependencies: ["CDNNL"],
+                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        .target(name: "Safetensors"),
+        .target(name: "CvtNN", dependencies: ["CvtTensor"]),
+        .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor"]),
+        .target(name: "CvtKit", dependencies: ["Cvt", "CvtNN", "CvtTensor", "Safetensors"]),
+        .executableTarget(name: "cvt", dependencies: [
+            "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor"]),
+        .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
+        .testTarget(name: "CvtTests", dependencies: ["Cvt", "CvtNN", "CvtTensor"]),
+        .testTarget(name: "CvtKitTests", dependencies: ["CvtKit"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

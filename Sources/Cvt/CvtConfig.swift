@@ -1,0 +1,212 @@
+import Foundation
+
+/// A config that cannot describe a working model, naming the field and the value.
+public struct CvtConfigError: Error, CustomStringConvertible, Equatable {
+    public let field: String
+    public let message: String
+    public init(field: String, _ message: String) { self.field = field; self.message = message }
+    public var description: String { "invalid CvtConfig: `\(field)` \(message)" }
+}
+
+/// transformers' `CvtConfig`: every per-stage list has one entry per stage (`depth.count`).
+/// Decodes `config.json` with the exact keys (unknown keys ignored, missing keys take the
+/// cvt-13 defaults as in transformers) and encodes the keys transformers v5 writes.
+public struct CvtConfig: Codable, Equatable, Sendable {
+    public var numChannels = 3
+    public var patchSizes = [7, 3, 3]
+    public var patchStride = [4, 2, 2]
+    public var patchPadding = [2, 1, 1]
+    public var embedDim = [64, 192, 384]
+    public var numHeads = [1, 3, 6]
+    public var depth = [1, 2, 10]
+    public var mlpRatio: [Double] = [4, 4, 4]
+    public var attentionDropRate: [Double] = [0, 0, 0]
+    public var dropRate: [Double] = [0, 0, 0]
+    public var dropPathRate: [Double] = [0, 0, 0.1]
+    public var qkvBias = [true, true, true]
+    public var clsToken = [false, false, true]
+    public var qkvProjectionMethod = ["dw_bn", "dw_bn", "dw_bn"]
+    public var kernelQkv = [3, 3, 3]
+    public var paddingKv = [1, 1, 1]
+    public var strideKv = [2, 2, 2]
+    public var paddingQ = [1, 1, 1]
+    public var strideQ = [1, 1, 1]
+    public var initializerRange = 0.02
+    /// quirk: stored and written, never read by the model (every LayerNorm uses 1e-5).
+    public var layerNormEps = 1e-12
+    /// Label names by class index; `numLabels == id2label.count`.
+    public var id2label: [Int: String] = [0: "LABEL_0", 1: "LABEL_1"]
+    /// `nil`, "regression", "single_label_classification" or "multi_label_classification".
+    public var problemType: String?
+    public var architectures: [String]? = ["CvtForImageClassification"]
+
+    public init() {}
+
+    public var numStages: Int { depth.count }
+    public var numLabels: Int {
+        get { id2label.count }
+        set { id2label = Dictionary(uniqueKeysWithValues: (0..<max(0, newValue)).map { ($0, "LABEL_\($0)") }) }
+    }
+    public var label2id: [String: Int] { Dictionary(id2label.map { ($1, $0) }, uniquingKeysWith: { a, _ in a }) }
+    /// MLP hidden width of stage `s`: `int(C * mlp_ratio)` as Python truncates it.
+    public func mlpHidden(_ s: Int) -> Int { Int(Double(embedDim[s]) * mlpRatio[s]) }
+
+    static let projectionMethods: Set<String> = ["dw_bn", "avg", "linear"]
+    static let problemTypes: Set<String> = ["regression", "single_label_classification", "multi_label_classification"]
+
+    /// Rejects configs that cannot build a working model. The first problem found is reported.
+    public func validate() throws {
+        let n = depth.count
+        guard n >= 1 else { throw CvtConfigError(field: "depth", "must list at least one stage, got []") }
+        guard numChannels > 0 else { throw CvtConfigError(field: "num_channels", "must be positive, got \(numChannels)") }
+        func lengths(_ name: String, _ c: Int) throws {
+            if c != n { throw CvtConfigError(field: name, "has \(c) entries but `depth` has \(n) stages") }
+        }
+        try lengths("patch_sizes", patchSizes.count); try lengths("patch_stride", patchStride.count)
+        try lengths("patch_padding", patchPadding.count); try lengths("embed_dim", embedDim.count)
+        try lengths("num_heads", numHeads.count); try lengths("mlp_ratio", mlpRatio.count)
+        try lengths("attention_drop_rate", attentionDropRate.count); try lengths("drop_rate", dropRate.count)
+        try lengths("drop_path_rate", dropPathRate.count); try lengths("qkv_bias", qkvBias.count)
+        try lengths("cls_token", clsToken.count); try lengths("qkv_projection_method", qkvProjectionMethod.count)
+        try lengths("kernel_qkv", kernelQkv.count); try lengths("padding_kv", paddingKv.count)
+        try lengths("stride_kv", strideKv.count); try lengths("padding_q", paddingQ.count); try lengths("stride_q", strideQ.count)
+        func positive(_ name: String, _ v: [Int]) throws {
+            if let (i, x) = v.enumerated().first(where: { $0.element <= 0 }) {
+                throw CvtConfigError(field: name, "must be positive, got \(x) at stage \(i)")
+            }
+        }
+        func nonNegative(_ name: String, _ v: [Int]) throws {
+            if let (i, x) = v.enumerated().first(where: { $0.element < 0 }) {
+                throw CvtConfigError(field: name, "must not be negative, got \(x) at stage \(i)")
+            }
+        }
+        try positive("patch_sizes", patchSizes); try positive("patch_stride", patchStride)
+        try positive("embed_dim", embedDim); try positive("num_heads", numHeads)
+        try positive("kernel_qkv", kernelQkv); try positive("stride_kv", strideKv); try positive("stride_q", strideQ)
+        try nonNegative("depth", depth); try nonNegative("patch_padding", patchPadding)
+        try nonNegative("padding_kv", paddingKv); try nonNegative("padding_q", paddingQ)
+        for s in 0..<n {
+            if embedDim[s] % numHeads[s] != 0 {
+                throw CvtConfigError(field: "embed_dim", "[\(s)] = \(embedDim[s]) is not divisible by num_heads[\(s)] = \(numHeads[s])")
+            }
+            if !(mlpRatio[s] > 0) || mlpHidden(s) < 1 {
+                throw CvtConfigError(field: "mlp_ratio", "[\(s)] = \(mlpRatio[s]) gives an MLP width below 1")
+            }
+            if !Self.projectionMethods.contains(qkvProjectionMethod[s]) {
+                throw CvtConfigError(field: "qkv_projection_method", "[\(s)] = \"\(qkvProjectionMethod[s])\" is not one of dw_bn, avg, linear")
+            }
+            // The query grid must equal the token grid for the residual add, for every input size:
+            // that needs stride 1 and "same" padding (the reference fails at forward otherwise).
+            if qkvProjectionMethod[s] == "dw_bn" && (strideQ[s] != 1 || 2 * paddingQ[s] != kernelQkv[s] - 1) {
+                throw CvtConfigError(field: "stride_q", "[\(s)] = \(strideQ[s]) with padding_q \(paddingQ[s]) and kernel_qkv \(kernelQkv[s]) changes the query grid; the residual add needs stride_q 1 and padding_q (kernel_qkv-1)/2")
+            }
+        }
+        guard initializerRange >= 0 else { throw CvtConfigError(field: "initializer_range", "must not be negative") }
+        if let ids = Optional(id2label.keys.sorted()), ids != Array(0..<ids.count) {
+            throw CvtConfigError(field: "id2label", "keys must be 0..<\(ids.count), got \(ids.prefix(5))…")
+        }
+        if let p = problemType, !Self.problemTypes.contains(p) {
+            throw CvtConfigError(field: "problem_type", "\"\(p)\" is not one of regression, single_label_classification, multi_label_classification")
+        }
+    }
+
+    // MARK: presets
+
+    /// microsoft/cvt-13 (1000 labels, named LABEL_i: the ImageNet names come with a checkpoint).
+    public static var cvt13: CvtConfig { var c = CvtConfig(); c.numLabels = 1000; return c }
+    /// microsoft/cvt-21.
+    public static var cvt21: CvtConfig { var c = cvt13; c.depth = [1, 4, 16]; return c }
+    /// microsoft/cvt-w24-384-22k.
+    public static var cvtW24: CvtConfig {
+        var c = cvt13; c.embedDim = [192, 768, 1024]; c.numHeads = [3, 12, 16]; c.depth = [2, 2, 20]; return c
+    }
+
+    public static func preset(named name: String) -> CvtConfig? {
+        switch name.lowercased().replacingOccurrences(of: "microsoft/", with: "") {
+        case "cvt-13", "cvt-13-384", "cvt-13-384-22k": return cvt13
+        case "cvt-21", "cvt-21-384", "cvt-21-384-22k": return cvt21
+        case "cvt-w24", "cvt-w24-384-22k": return cvtW24
+        default: return nil
+        }
+    }
+    public static let presetNames = ["cvt-13", "cvt-21", "cvt-w24"]
+
+    // MARK: Codable
+
+    enum CodingKeys: String, CodingKey {
+        case numChannels = "num_channels", patchSizes = "patch_sizes", patchStride = "patch_stride"
+        case patchPadding = "patch_padding", embedDim = "embed_dim", numHeads = "num_heads", depth
+        case mlpRatio = "mlp_ratio", attentionDropRate = "attention_drop_rate", dropRate = "drop_rate"
+        case dropPathRate = "drop_path_rate", qkvBias = "qkv_bias", clsToken = "cls_token"
+        case qkvProjectionMethod = "qkv_projection_method", kernelQkv = "kernel_qkv", paddingKv = "padding_kv"
+        case strideKv = "stride_kv", paddingQ = "padding_q", strideQ = "stride_q"
+        case initializerRange = "initializer_range", layerNormEps = "layer_norm_eps"
+        case id2label, label2id, numLabels = "num_labels", problemType = "problem_type"
+        case architectures, modelType = "model_type", transformersVersion = "transformers_version", dtype
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        if let t = try c.decodeIfPresent(String.self, forKey: .modelType), t != "cvt" {
+            throw CvtConfigError(field: "model_type", "is \"\(t)\", expected \"cvt\"")
+        }
+        func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
+        numChannels = try get(.numChannels, numChannels); patchSizes = try get(.patchSizes, patchSizes)
+        patchStride = try get(.patchStride, patchStride); patchPadding = try get(.patchPadding, patchPadding)
+        embedDim = try get(.embedDim, embedDim); numHeads = try get(.numHeads, numHeads); depth = try get(.depth, depth)
+        mlpRatio = try get(.mlpRatio, mlpRatio); attentionDropRate = try get(.attentionDropRate, attentionDropRate)
+        dropRate = try get(.dropRate, dropRate); dropPathRate = try get(.dropPathRate, dropPathRate)
+        qkvBias = try get(.qkvBias, qkvBias); clsToken = try get(.clsToken, clsToken)
+        qkvProjectionMethod = try get(.qkvProjectionMethod, qkvProjectionMethod)
+        kernelQkv = try get(.kernelQkv, kernelQkv); paddingKv = try get(.paddingKv, paddingKv)
+        strideKv = try get(.strideKv, strideKv); paddingQ = try get(.paddingQ, paddingQ); strideQ = try get(.strideQ, strideQ)
+        initializerRange = try get(.initializerRange, initializerRange); layerNormEps = try get(.layerNormEps, layerNormEps)
+        problemType = try c.decodeIfPresent(String.self, forKey: .problemType)
+        architectures = try c.decodeIfPresent([String].self, forKey: .architectures)
+        if let raw = try c.decodeIfPresent([String: String].self, forKey: .id2label) {
+            var m: [Int: String] = [:]
+            for (k, v) in raw {
+                guard let i = Int(k) else { throw CvtConfigError(field: "id2label", "key \"\(k)\" is not an integer") }
+                m[i] = v
+            }
+            id2label = m
+            if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels), n != m.count {
+                throw CvtConfigError(field: "num_labels", "is \(n) but id2label has \(m.count) entries")
+            }
+        } else if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels) {
+            guard n >= 0 else { throw CvtConfigError(field: "num_labels", "must not be negative, got \(n)") }
+            numLabels = n
+        }
+        try validate()
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(architectures, forKey: .architectures)
+        try c.encode(attentionDropRate, forKey: .attentionDropRate); try c.encode(clsToken, forKey: .clsToken)
+        try c.encode(depth, forKey: .depth); try c.encode(dropPathRate, forKey: .dropPathRate)
+        try c.encode(dropRate, forKey: .dropRate); try c.encode("float32", forKey: .dtype)
+        try c.encode(embedDim, forKey: .embedDim)
+        try c.encode(Dictionary(uniqueKeysWithValues: id2label.map { (String($0), $1) }), forKey: .id2label)
+        try c.encode(initializerRange, forKey: .initializerRange); try c.encode(kernelQkv, forKey: .kernelQkv)
+        try c.encode(label2id, forKey: .label2id); try c.encode(layerNormEps, forKey: .layerNormEps)
+        try c.encode(mlpRatio, forKey: .mlpRatio); try c.encode("cvt", forKey: .modelType)
+        try c.encode(numChannels, forKey: .numChannels); try c.encode(numHeads, forKey: .numHeads)
+        try c.encode(paddingKv, forKey: .paddingKv); try c.encode(paddingQ, forKey: .paddingQ)
+        try c.encode(patchPadding, forKey: .patchPadding); try c.encode(patchSizes, forKey: .patchSizes)
+        try c.encode(patchStride, forKey: .patchStride); try c.encodeIfPresent(problemType, forKey: .problemType)
+        try c.encode(qkvBias, forKey: .qkvBias); try c.encode(qkvProjectionMethod, forKey: .qkvProjectionMethod)
+        try c.encode(strideKv, forKey: .strideKv); try c.encode(strideQ, forKey: .strideQ)
+    }
+
+    /// Decodes `config.json` bytes; errors name the file.
+    public static func decode(_ data: Data) throws -> CvtConfig {
+        try JSONDecoder().decode(CvtConfig.self, from: data)
+    }
+
+    public func jsonData() throws -> Data {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try e.encode(self)
+    }
+}

@@ -1,0 +1,156 @@
+import CvtNN
+import CvtTensor
+import Foundation
+
+/// Targets for the loss, by dtype as transformers distinguishes them (spec §4).
+public enum Labels: Equatable {
+    /// int64 class indices `[B]` (also accepted for `num_labels == 1`, then compared as floats).
+    case classIndices([Int])
+    /// float targets: `[B]` or `[B, num_labels]` (regression or multi-label).
+    case values(Tensor)
+
+    public static func == (a: Labels, b: Labels) -> Bool {
+        switch (a, b) {
+        case let (.classIndices(x), .classIndices(y)): return x == y
+        case let (.values(x), .values(y)): return x.shape == y.shape && x.scalars == y.scalars
+        default: return false
+        }
+    }
+}
+
+/// Output of `CvtForImageClassification` (transformers' `ImageClassifierOutputWithNoAttention`,
+/// plus the encoder's last hidden state and CLS value so one call gives everything).
+public struct ImageClassifierOutput {
+    /// `[1]` when labels were given.
+    public var loss: Tensor?
+    /// `[B, num_labels]`, or the `[B, C_last]` pooled features when `num_labels == 0`.
+    public var logits: Tensor
+    public var lastHiddenState: Tensor
+    public var clsTokenValue: Tensor?
+    public var hiddenStates: [Tensor]?
+}
+
+/// transformers' `CvtForImageClassification`: `cvt` encoder, `layernorm`, `classifier`.
+public final class CvtForImageClassification: Module {
+    /// The config; `problemType` is inferred and written back on the first loss, as transformers does.
+    public private(set) var config: CvtConfig
+    public let cvt: CvtModel
+    public let layernorm: LayerNorm
+    /// `nil` when `num_labels == 0` (identity head).
+    public let classifier: Linear?
+
+    public init(config: CvtConfig, engine: Engine? = nil) throws {
+        cvt = try CvtModel(config: config, engine: engine)
+        self.config = config
+        let c = config.embedDim[config.numStages - 1]
+        layernorm = LayerNorm(c)
+        classifier = config.numLabels > 0 ? Linear(c, config.numLabels) : nil
+    }
+
+    /// A model with transformers' from-scratch initialisation (spec §2.10), seeded.
+    public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil) throws -> CvtForImageClassification {
+        let m = try CvtForImageClassification(config: config, engine: engine)
+        try m.visitParameters(RandomInitializer(seed: seed, initializerRange: Float(config.initializerRange)), prefix: "")
+        m.parametersDidChange()
+        return m
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try cvt.visitParameters(v, prefix: joinKey(prefix, "cvt"))
+        try layernorm.visitParameters(v, prefix: joinKey(prefix, "layernorm"))
+        try classifier?.visitParameters(v, prefix: joinKey(prefix, "classifier"))
+    }
+    public func parametersDidChange() { cvt.parametersDidChange() }
+
+    /// Loads every parameter from `source`, strictly: missing, unexpected or mis-shaped keys fail together.
+    public func load(from source: TensorSource, sourceName: String) throws {
+        let loader = StrictLoader(source: source, sourceName: sourceName)
+        try visitParameters(loader, prefix: "")
+        try loader.finish()
+        parametersDidChange()
+    }
+
+    /// The state dict, keyed and ordered as transformers' `state_dict()` (without `num_batches_tracked`).
+    public func stateDict() throws -> (tensors: [String: Tensor], order: [String]) {
+        let c = StateDictCollector()
+        try visitParameters(c, prefix: "")
+        return (c.tensors, c.order)
+    }
+
+    public var engine: Engine {
+        get { cvt.engine }
+        set { cvt.engine = newValue }
+    }
+
+    /// `pixelValues`: `[B, num_channels, H, W]` float32 (any batch, any size the strides allow).
+    public func callAsFunction(_ pixelValues: Tensor, labels: Labels? = nil, outputHiddenStates: Bool = false) throws -> ImageClassifierOutput {
+        let (out, tokens) = try cvt.encode(pixelValues, outputHiddenStates: outputHiddenStates)
+        let b = pixelValues.shape[0], c = layernorm.dim
+        var pooled = Tensor(uninitialized: [b, c])
+        if let cls = out.clsTokenValue {
+            // The mean over the single CLS token is the token itself.
+            layernorm(src: cls.unsafePointer, dst: pooled.unsafePointer, rows: b)
+        } else {
+            // No CLS in the last stage: LayerNorm every patch token, then average (original CvT; the
+            // reference only reaches this path with output_hidden_states, spec §2.7).
+            let t = tokens.shape[1]
+            let normed = Tensor(uninitialized: [b * t, c])
+            layernorm(src: tokens.unsafePointer, dst: normed.unsafePointer, rows: b * t)
+            pooled = Tensor(zeros: [b, c])
+            for i in 0..<b {
+                let dst = pooled.unsafePointer + i * c
+                for r in 0..<t { let row = normed.unsafePointer + (i * t + r) * c; for k in 0..<c { dst[k] += row[k] } }
+                for k in 0..<c { dst[k] /= Float(t) }
+            }
+        }
+        var logits = pooled
+        if let classifier {
+            logits = Tensor(uninitialized: [b, classifier.outFeatures])
+            try classifier(cvt.engine, src: pooled.unsafePointer, rows: b, dst: logits.unsafePointer)
+        }
+        var loss: Tensor?
+        if let labels { loss = try Tensor(shape: [1], scalars: [computeLoss(logits: logits, labels: labels)]) }
+        return ImageClassifierOutput(loss: loss, logits: logits, lastHiddenState: out.lastHiddenState,
+                                     clsTokenValue: out.clsTokenValue, hiddenStates: out.hiddenStates)
+    }
+
+    /// transformers' loss selection: infer `problem_type` once (and keep it), then MSE,
+    /// cross-entropy or BCE-with-logits.
+    func computeLoss(logits: Tensor, labels: Labels) throws -> Float {
+        let n = config.numLabels, b = logits.shape[0]
+        if config.problemType == nil {
+            if n == 1 { config.problemType = "regression" } else if n > 1, case .classIndices = labels {
+                config.problemType = "single_label_classification"
+            } else { config.problemType = "multi_label_classification" }
+        }
+        func floats(_ l: Labels) -> Tensor {
+            switch l {
+            case .classIndices(let v): return (try? Tensor(shape: [v.count], scalars: v.map(Float.init))) ?? Tensor(zeros: [0])
+            case .values(let t): return t
+            }
+        }
+        switch config.problemType {
+        case "regression":
+            let y = floats(labels)
+            if n == 1 {
+                // quirk: squeeze() both sides, so [B] and [B, 1] targets compare elementwise.
+                guard y.count == b else { throw CvtInputError("regression labels have \(y.count) values for a batch of \(b)") }
+                return try Losses.mse(logits.scalars, y.scalars)
+            }
+            guard y.count == logits.count else { throw CvtInputError("regression labels \(y.shape) do not match logits \(logits.shape)") }
+            return try Losses.mse(logits.scalars, y.scalars)
+        case "single_label_classification":
+            guard case .classIndices(let idx) = labels else {
+                throw CvtInputError("single_label_classification needs integer class labels, got float labels")
+            }
+            guard idx.count == b else { throw CvtInputError("\(idx.count) labels for a batch of \(b)") }
+            return try Losses.crossEntropy(logits: logits, labels: idx)
+        default:
+            let y = floats(labels)
+            guard y.shape == logits.shape else {
+                throw CvtInputError("multi-label targets must have the logits' shape \(logits.shape), got \(y.shape)")
+            }
+            return try Losses.bceWithLogits(logits.scalars, y.scalars)
+        }
+    }
+}

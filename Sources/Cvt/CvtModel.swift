@@ -1,0 +1,365 @@
+import CvtNN
+import CvtTensor
+import Foundation
+
+/// A forward pass that cannot run on this input (wrong shape, image too small for the strides…).
+public struct CvtInputError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+// The module tree mirrors the checkpoint keys of transformers' CvT (spec §3): property names are
+// the camelCase of the key segments, and each `visitParameters` spells the exact key.
+
+/// `…embedding.convolution_embeddings`: patch conv, then LayerNorm over channels.
+public final class CvtConvEmbeddings: Module {
+    public let projection: Conv2d
+    public let normalization: LayerNorm
+
+    init(inChannels: Int, dim: Int, patch: Int, stride: Int, padding: Int) {
+        projection = Conv2d(inChannels, dim, kernel: patch, stride: stride, padding: padding, bias: true)
+        normalization = LayerNorm(dim)
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try projection.visitParameters(v, prefix: joinKey(prefix, "projection"))
+        try normalization.visitParameters(v, prefix: joinKey(prefix, "normalization"))
+    }
+    public func parametersDidChange() { projection.parametersDidChange() }
+}
+
+/// One of the Q/K/V token projections before the Linear: `dw_bn` (depthwise conv + BatchNorm),
+/// or, beyond the reference, the original CvT's `avg` (AvgPool2d, ceil mode) and `linear`
+/// (identity), which have no parameters.
+public final class CvtSelfAttentionProjection: Module {
+    public enum Method: String, Sendable { case dwBN = "dw_bn", avg, linear }
+    public let method: Method
+    public let kernel: Int, stride: Int, padding: Int
+    /// `convolution_projection.convolution` / `.normalization` (dw_bn only).
+    public let convolution: Conv2d?
+    public let normalization: BatchNorm2d?
+    private var folded: ConvWeights?
+
+    init(method: Method, dim: Int, kernel: Int, stride: Int, padding: Int) {
+        self.method = method; self.kernel = kernel; self.stride = stride; self.padding = padding
+        if method == .dwBN {
+            convolution = Conv2d(dim, dim, kernel: kernel, stride: stride, padding: padding, groups: dim, bias: false)
+            normalization = BatchNorm2d(dim)
+        } else {
+            convolution = nil; normalization = nil
+        }
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        let p = joinKey(prefix, "convolution_projection")
+        try convolution?.visitParameters(v, prefix: joinKey(p, "convolution"))
+        try normalization?.visitParameters(v, prefix: joinKey(p, "normalization"))
+        folded = nil
+    }
+    public func parametersDidChange() { folded = nil }
+
+    func outputSize(_ n: Int) -> Int {
+        switch method {
+        case .dwBN: return convolution?.outputSize(n) ?? 0
+        case .avg: return Kernels.avgPoolOutputSize(n, kernel: kernel, stride: stride, padding: padding)
+        case .linear: return n
+        }
+    }
+
+    /// Dense NHWC `[B, H, W, C]` → dense NHWC `[B, H', W', C]` (not called for `linear`).
+    func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, b: Int, h: Int, w: Int, c: Int,
+                        dst: UnsafeMutablePointer<Float>) throws {
+        switch method {
+        case .dwBN:
+            guard let conv = convolution, let bn = normalization else { return }
+            if folded == nil { folded = bn.folded(into: conv) }
+            try conv(engine, src: src, n: b, h: h, w: w, srcNCHW: false, dst: dst, override: folded)
+        case .avg:
+            Kernels.avgPool2dNHWC(src, n: b, h: h, w: w, c: c, kernel: kernel, stride: stride, padding: padding,
+                                  dst, ho: outputSize(h), wo: outputSize(w))
+        case .linear:
+            break
+        }
+    }
+}
+
+/// `…attention.attention`: convolutional projections, Linear Q/K/V and scaled dot-product attention.
+public final class CvtSelfAttention: Module {
+    public let dim: Int, numHeads: Int, withClsToken: Bool
+    public let convolutionProjectionQuery, convolutionProjectionKey, convolutionProjectionValue: CvtSelfAttentionProjection
+    public let projectionQuery, projectionKey, projectionValue: Linear
+    /// quirk: the reference scales by the whole stage width, `C ** -0.5`, not `head_dim ** -0.5`.
+    public var scale: Float { Float(1 / Double(dim).squareRoot()) }
+
+    init(config c: CvtConfig, stage s: Int) {
+        dim = c.embedDim[s]; numHeads = c.numHeads[s]; withClsToken = c.clsToken[s]
+        let m = CvtSelfAttentionProjection.Method(rawValue: c.qkvProjectionMethod[s]) ?? .dwBN
+        // As in the original CvT, "avg" pools only keys and values; the query stays linear.
+        convolutionProjectionQuery = .init(method: m == .avg ? .linear : m, dim: dim, kernel: c.kernelQkv[s], stride: c.strideQ[s], padding: c.paddingQ[s])
+        convolutionProjectionKey = .init(method: m, dim: dim, kernel: c.kernelQkv[s], stride: c.strideKv[s], padding: c.paddingKv[s])
+        convolutionProjectionValue = .init(method: m, dim: dim, kernel: c.kernelQkv[s], stride: c.strideKv[s], padding: c.paddingKv[s])
+        projectionQuery = Linear(dim, dim, bias: c.qkvBias[s])
+        projectionKey = Linear(dim, dim, bias: c.qkvBias[s])
+        projectionValue = Linear(dim, dim, bias: c.qkvBias[s])
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try convolutionProjectionQuery.visitParameters(v, prefix: joinKey(prefix, "convolution_projection_query"))
+        try convolutionProjectionKey.visitParameters(v, prefix: joinKey(prefix, "convolution_projection_key"))
+        try convolutionProjectionValue.visitParameters(v, prefix: joinKey(prefix, "convolution_projection_value"))
+        try projectionQuery.visitParameters(v, prefix: joinKey(prefix, "projection_query"))
+        try projectionKey.visitParameters(v, prefix: joinKey(prefix, "projection_key"))
+        try projectionValue.visitParameters(v, prefix: joinKey(prefix, "projection_value"))
+    }
+    public func parametersDidChange() {
+        for p in [convolutionProjectionQuery, convolutionProjectionKey, convolutionProjectionValue] { p.parametersDidChange() }
+    }
+
+    /// Projects normalized tokens `n` `[B, T, C]` (T = cls + H·W) through one conv projection and
+    /// its Linear → `[B, T', C]` with the CLS (when present) in row 0.
+    private func project(_ engine: Engine, _ proj: CvtSelfAttentionProjection, _ linear: Linear, n: Tensor,
+                         patches: Tensor?, b: Int, h: Int, w: Int) throws -> (Tensor, Int) {
+        let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
+        if proj.method == .linear {
+            let out = Tensor(uninitialized: [b, t, c])
+            try linear(engine, src: n.unsafePointer, rows: b * t, dst: out.unsafePointer)
+            return (out, t)
+        }
+        guard let patches else { throw CvtInputError("internal: no patch tokens") }
+        let ho = proj.outputSize(h), wo = proj.outputSize(w)
+        guard ho > 0, wo > 0 else {
+            throw CvtInputError("the \(h)×\(w) token grid is too small for a \(proj.kernel)×\(proj.kernel) Q/K/V projection with stride \(proj.stride) and padding \(proj.padding)")
+        }
+        let tp = cls + ho * wo
+        let tokens = Tensor(uninitialized: [b, tp, c])
+        if cls == 0 {
+            try proj(engine, src: patches.unsafePointer, b: b, h: h, w: w, c: c, dst: tokens.unsafePointer)
+        } else {
+            // The CLS skips conv+BN; shape [B, 1 + H'·W', C] with the normalized CLS in row 0.
+            let grid = Tensor(uninitialized: [b, ho * wo, c])
+            try proj(engine, src: patches.unsafePointer, b: b, h: h, w: w, c: c, dst: grid.unsafePointer)
+            for i in 0..<b {
+                (tokens.unsafePointer + i * tp * c).update(from: n.unsafePointer + i * t * c, count: c)
+                (tokens.unsafePointer + (i * tp + 1) * c).update(from: grid.unsafePointer + i * ho * wo * c, count: ho * wo * c)
+            }
+        }
+        let out = Tensor(uninitialized: [b, tp, c])
+        try linear(engine, src: tokens.unsafePointer, rows: b * tp, dst: out.unsafePointer)
+        return (out, tp)
+    }
+
+    /// Attention context `[B, Tq, C]` (heads merged) for normalized tokens `n` `[B, T, C]`.
+    func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int) throws -> Tensor {
+        let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
+        var patches: Tensor?
+        if convolutionProjectionKey.method != .linear {
+            if cls == 0 {
+                patches = n
+            } else {
+                // The conv sees only the H·W patch tokens; copy them out of [B, 1+H·W, C].
+                let p = Tensor(uninitialized: [b, h * w, c])
+                for i in 0..<b { (p.unsafePointer + i * h * w * c).update(from: n.unsafePointer + (i * t + 1) * c, count: h * w * c) }
+                patches = p
+            }
+        }
+        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, patches: patches, b: b, h: h, w: w)
+        let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, patches: patches, b: b, h: h, w: w)
+        let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, patches: patches, b: b, h: h, w: w)
+        let heads = numHeads, d = c / heads
+        let ctx = Tensor(uninitialized: [b, tq, c])
+        // One image at a time bounds the score buffer to heads·Tq·Tkv floats.
+        let scores = Tensor(uninitialized: [heads, tq, tk])
+        for i in 0..<b {
+            let qp = q.unsafePointer + i * tq * c, kp = k.unsafePointer + i * tk * c, vp = v.unsafePointer + i * tk * c
+            // Heads as strided views of [T, C]: head `hd` is channels hd·d ..< (hd+1)·d.
+            // scores[hd] = (Q_hd · K_hdᵀ) · scale: Q view [heads, Tq, d], Kᵀ view [heads, d, Tk].
+            try engine.matmul(src: StridedView(qp, dims: [heads, tq, d], strides: [d, c, 1]),
+                              weights: StridedView(kp, dims: [heads, d, tk], strides: [d, 1, c]),
+                              dst: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
+                              postOps: [.scale(scale)])
+            try engine.softmax(scores.unsafePointer, rows: heads * tq, cols: tk)
+            // ctx[:, hd·d ..< (hd+1)·d] = P_hd · V_hd, written straight into merged-head layout.
+            try engine.matmul(src: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
+                              weights: StridedView(vp, dims: [heads, tk, d], strides: [d, c, 1]),
+                              dst: StridedView(ctx.unsafePointer + i * tq * c, dims: [heads, tq, d], strides: [d, c, 1]))
+        }
+        return ctx
+    }
+}
+
+/// `…layers.{l}`: pre-norm transformer block, `t += Attn(LN1(t)); t += MLP(LN2(t))`.
+public final class CvtLayer: Module {
+    public let attention: CvtSelfAttention
+    /// `attention.output.dense`
+    public let attentionOutput: Linear
+    /// `intermediate.dense` (followed by exact GELU)
+    public let intermediate: Linear
+    /// `output.dense`
+    public let output: Linear
+    public let layernormBefore: LayerNorm, layernormAfter: LayerNorm
+
+    init(config c: CvtConfig, stage s: Int) {
+        let dim = c.embedDim[s]
+        attention = CvtSelfAttention(config: c, stage: s)
+        attentionOutput = Linear(dim, dim)
+        intermediate = Linear(dim, c.mlpHidden(s))
+        output = Linear(c.mlpHidden(s), dim)
+        layernormBefore = LayerNorm(dim); layernormAfter = LayerNorm(dim)
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try attention.visitParameters(v, prefix: joinKey(prefix, "attention.attention"))
+        try attentionOutput.visitParameters(v, prefix: joinKey(prefix, "attention.output.dense"))
+        try intermediate.visitParameters(v, prefix: joinKey(prefix, "intermediate.dense"))
+        try output.visitParameters(v, prefix: joinKey(prefix, "output.dense"))
+        try layernormBefore.visitParameters(v, prefix: joinKey(prefix, "layernorm_before"))
+        try layernormAfter.visitParameters(v, prefix: joinKey(prefix, "layernorm_after"))
+    }
+    public func parametersDidChange() { attention.parametersDidChange() }
+
+    /// Updates the residual stream `t` `[B, T, C]` in place.
+    func callAsFunction(_ engine: Engine, _ t: inout Tensor, b: Int, h: Int, w: Int) throws {
+        t.makeUnique()
+        let rows = t.shape[0] * t.shape[1]
+        let n = Tensor(uninitialized: t.shape)
+        layernormBefore(src: t.unsafePointer, dst: n.unsafePointer, rows: rows)
+        let ctx = try attention(engine, n: n, b: b, h: h, w: w)
+        guard ctx.shape == t.shape else {
+            throw CvtInputError("attention output \(ctx.shape) does not match the residual stream \(t.shape)")
+        }
+        // Residual adds are fused: the output projection accumulates into `t`.
+        try attentionOutput(engine, src: ctx.unsafePointer, rows: rows, dst: t.unsafePointer, postOps: [.accumulate])
+        layernormAfter(src: t.unsafePointer, dst: n.unsafePointer, rows: rows)
+        let hidden = Tensor(uninitialized: [rows, intermediate.outFeatures])
+        try intermediate(engine, src: n.unsafePointer, rows: rows, dst: hidden.unsafePointer, postOps: [.gelu])
+        try output(engine, src: hidden.unsafePointer, rows: rows, dst: t.unsafePointer, postOps: [.accumulate])
+    }
+}
+
+/// `encoder.stages.{s}`: patch embedding, optional CLS token, `depth[s]` layers.
+public final class CvtStage: Module {
+    public let index: Int
+    public let dim: Int
+    /// `cls_token` `[1, 1, C_s]`. Beyond the reference: the original CvT gives a CLS to any stage with
+    /// that stage's width (transformers uses `embed_dim[-1]` and breaks for non-last stages).
+    public var clsToken: Tensor?
+    public let embedding: CvtConvEmbeddings
+    public let layers: [CvtLayer]
+
+    init(config c: CvtConfig, stage s: Int) {
+        index = s; dim = c.embedDim[s]
+        clsToken = c.clsToken[s] ? Tensor(zeros: [1, 1, dim]) : nil
+        embedding = CvtConvEmbeddings(inChannels: s == 0 ? c.numChannels : c.embedDim[s - 1], dim: dim,
+                                      patch: c.patchSizes[s], stride: c.patchStride[s], padding: c.patchPadding[s])
+        layers = (0..<c.depth[s]).map { _ in CvtLayer(config: c, stage: s) }
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        if clsToken != nil { try v.visit(joinKey(prefix, "cls_token"), &clsToken!, kind: .clsToken) }
+        try embedding.visitParameters(v, prefix: joinKey(prefix, "embedding.convolution_embeddings"))
+        for (l, layer) in layers.enumerated() { try layer.visitParameters(v, prefix: joinKey(prefix, "layers.\(l)")) }
+    }
+    public func parametersDidChange() {
+        embedding.parametersDidChange(); layers.forEach { $0.parametersDidChange() }
+    }
+
+    /// `x`: stage input, NCHW for stage 0 (`inputNCHW`) else dense NHWC `[B, H, W, C_in]`.
+    /// Returns the tokens `[B, cls + H'·W', C]` (CLS in row 0) and the grid size.
+    func callAsFunction(_ engine: Engine, _ x: Tensor, b: Int, h: Int, w: Int, inputNCHW: Bool) throws -> (Tensor, Int, Int) {
+        let conv = embedding.projection
+        let ho = conv.outputSize(h), wo = conv.outputSize(w)
+        guard ho > 0, wo > 0 else {
+            throw CvtInputError("stage \(index): a \(h)×\(w) input is too small for the \(conv.kernel)×\(conv.kernel) patch embedding with stride \(conv.stride) and padding \(conv.padding)")
+        }
+        let hw = ho * wo, cls = clsToken == nil ? 0 : 1, t = cls + hw
+        let patches = Tensor(uninitialized: [b, hw, dim])
+        try conv(engine, src: x.unsafePointer, n: b, h: h, w: w, srcNCHW: inputNCHW, dst: patches.unsafePointer)
+        var tokens = Tensor(uninitialized: [b, t, dim])
+        for i in 0..<b {
+            embedding.normalization(src: patches.unsafePointer + i * hw * dim, dst: tokens.unsafePointer + (i * t + cls) * dim, rows: hw)
+            if let clsToken { (tokens.unsafePointer + i * t * dim).update(from: clsToken.unsafePointer, count: dim) }
+        }
+        for layer in layers { try layer(engine, &tokens, b: b, h: ho, w: wo) }
+        return (tokens, ho, wo)
+    }
+}
+
+/// Output of `CvtModel` (transformers' `BaseModelOutputWithCLSToken`).
+public struct CvtModelOutput {
+    /// `[B, C_last, H, W]` (NCHW).
+    public var lastHiddenState: Tensor
+    /// `[B, 1, C_last]` when the last stage has a CLS token: its raw value after the last layer.
+    public var clsTokenValue: Tensor?
+    /// One NCHW `[B, C_s, H_s, W_s]` per stage (CLS removed), when requested.
+    public var hiddenStates: [Tensor]?
+}
+
+/// transformers' `CvtModel` (keys without the `cvt.` prefix when used alone).
+public final class CvtModel: Module {
+    public let config: CvtConfig
+    /// `encoder.stages`
+    public let stages: [CvtStage]
+    public var engine: Engine
+
+    public init(config: CvtConfig, engine: Engine? = nil) throws {
+        try config.validate()
+        self.config = config
+        self.engine = try engine ?? Engine.shared()
+        stages = (0..<config.numStages).map { CvtStage(config: config, stage: $0) }
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        for (s, stage) in stages.enumerated() { try stage.visitParameters(v, prefix: joinKey(prefix, "encoder.stages.\(s)")) }
+    }
+    public func parametersDidChange() { stages.forEach { $0.parametersDidChange() } }
+
+    /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
+    func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
+        guard pixelValues.rank == 4 else {
+            throw CvtInputError("pixel_values must be [batch, channels, height, width], got shape \(pixelValues.shape)")
+        }
+        let b = pixelValues.shape[0], ch = pixelValues.shape[1]
+        guard ch == config.numChannels else {
+            throw CvtInputError("pixel_values has \(ch) channels but the model expects num_channels = \(config.numChannels)")
+        }
+        guard b > 0 else { throw CvtInputError("pixel_values has an empty batch") }
+        var x = pixelValues, h = pixelValues.shape[2], w = pixelValues.shape[3]
+        var hidden: [Tensor] = []
+        var tokens = pixelValues
+        for stage in stages {
+            let (t, ho, wo) = try stage(engine, x, b: b, h: h, w: w, inputNCHW: stage.index == 0)
+            tokens = t
+            let cls = stage.clsToken == nil ? 0 : 1
+            // The next stage sees only the patch tokens, as dense NHWC [B, H, W, C].
+            if cls == 0 {
+                x = t
+            } else {
+                let p = Tensor(uninitialized: [b, ho * wo, stage.dim])
+                Kernels.copyRows(t.unsafePointer + stage.dim, srcPitch: t.shape[1] * stage.dim, p.unsafePointer,
+                                 dstPitch: ho * wo * stage.dim, rows: b, cols: ho * wo * stage.dim)
+                x = p
+            }
+            if outputHiddenStates || stage.index == stages.count - 1 {
+                let out = Tensor(uninitialized: [b, stage.dim, ho, wo])
+                Kernels.tokensToNCHW(t.unsafePointer, rowsPerItem: t.shape[1], rowOffset: cls, out.unsafePointer, n: b, c: stage.dim, hw: ho * wo)
+                hidden.append(out)
+            }
+            h = ho; w = wo
+        }
+        guard let last = hidden.last, let lastStage = stages.last else { throw CvtInputError("model has no stages") }
+        var clsValue: Tensor?
+        if lastStage.clsToken != nil {
+            let v = Tensor(uninitialized: [b, 1, lastStage.dim])
+            Kernels.copyRows(tokens.unsafePointer, srcPitch: tokens.shape[1] * lastStage.dim, v.unsafePointer,
+                             dstPitch: lastStage.dim, rows: b, cols: lastStage.dim)
+            clsValue = v
+        }
+        return (CvtModelOutput(lastHiddenState: last, clsTokenValue: clsValue, hiddenStates: outputHiddenStates ? hidden : nil), tokens)
+    }
+
+    /// `pixelValues`: `[B, num_channels, H, W]` float32, any batch and size.
+    public func callAsFunction(_ pixelValues: Tensor, outputHiddenStates: Bool = false) throws -> CvtModelOutput {
+        try encode(pixelValues, outputHiddenStates: outputHiddenStates).0
+    }
+}

@@ -1,0 +1,137 @@
+import CvtTensor
+import Foundation
+
+/// `torch.nn.Linear`: `y = x·Wᵀ + b`, weight `[out, in]`.
+public final class Linear: Module {
+    public let inFeatures: Int, outFeatures: Int
+    public var weight: Tensor
+    public var bias: Tensor?
+
+    public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
+        self.inFeatures = inFeatures; self.outFeatures = outFeatures
+        weight = Tensor(zeros: [outFeatures, inFeatures])
+        self.bias = bias ? Tensor(zeros: [outFeatures]) : nil
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inFeatures))
+        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+    }
+
+    public func parametersDidChange() {}
+
+    /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
+    public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
+                               dst: UnsafeMutablePointer<Float>, postOps: [PostOp] = []) throws {
+        // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
+        try engine.matmul(src: StridedView(dense: src, dims: [rows, inFeatures]),
+                          weights: StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]),
+                          bias: bias.map { UnsafePointer($0.unsafePointer) },
+                          dst: StridedView(dense: dst, dims: [rows, outFeatures]), postOps: postOps)
+    }
+}
+
+/// `torch.nn.Conv2d` with square kernel, zero padding and groups. Weight `[out, in/groups, k, k]`.
+public final class Conv2d: Module {
+    public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int
+    public var weight: Tensor
+    public var bias: Tensor?
+    private var packed: ConvWeights?
+
+    public init(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int = 1, bias: Bool = true) {
+        self.inChannels = inChannels; self.outChannels = outChannels
+        self.kernel = kernel; self.stride = stride; self.padding = padding; self.groups = groups
+        weight = Tensor(zeros: [outChannels, inChannels / groups, kernel, kernel])
+        self.bias = bias ? Tensor(zeros: [outChannels]) : nil
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inChannels / groups * kernel * kernel))
+        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+        packed = nil
+    }
+
+    public func parametersDidChange() { packed = nil }
+
+    public func outputSize(_ n: Int) -> Int {
+        let span = n + 2 * padding - kernel
+        return span < 0 ? 0 : span / stride + 1
+    }
+
+    /// Runs the convolution with these weights, or with `override` (e.g. BatchNorm folded in).
+    public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, n: Int, h: Int, w: Int, srcNCHW: Bool,
+                               dst: UnsafeMutablePointer<Float>, override: ConvWeights? = nil) throws {
+        let weights: ConvWeights
+        if let override { weights = override } else if let p = packed { weights = p } else {
+            weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights
+        }
+        try engine.conv2d(src: src, srcDims: [n, inChannels, h, w], srcNCHW: srcNCHW, weights: weights,
+                          stride: (stride, stride), padding: (padding, padding), dst: dst, dstHW: (outputSize(h), outputSize(w)))
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last axis. quirk: CvT's LayerNorms all use PyTorch's default
+/// eps 1e-5; `config.layer_norm_eps` is never read by the reference.
+public final class LayerNorm: Module {
+    public let dim: Int
+    public let eps: Float
+    public var weight: Tensor
+    public var bias: Tensor
+
+    public init(_ dim: Int, eps: Float = 1e-5) {
+        self.dim = dim; self.eps = eps
+        weight = Tensor(zeros: [dim], value: 1); bias = Tensor(zeros: [dim])
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try v.visit(joinKey(prefix, "weight"), &weight, kind: .normWeight)
+        try v.visit(joinKey(prefix, "bias"), &bias, kind: .normBias)
+    }
+
+    public func parametersDidChange() {}
+
+    public func callAsFunction(src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>, rows: Int) {
+        Kernels.layerNorm(src, dst, rows: rows, cols: dim, weight: weight.unsafePointer, bias: bias.unsafePointer, eps: eps)
+    }
+}
+
+/// `torch.nn.BatchNorm2d` in eval mode (running statistics), eps 1e-5.
+public final class BatchNorm2d: Module {
+    public let dim: Int
+    public let eps: Double = 1e-5
+    public var weight: Tensor, bias: Tensor, runningMean: Tensor, runningVar: Tensor
+
+    public init(_ dim: Int) {
+        self.dim = dim
+        weight = Tensor(zeros: [dim], value: 1); bias = Tensor(zeros: [dim])
+        runningMean = Tensor(zeros: [dim]); runningVar = Tensor(zeros: [dim], value: 1)
+    }
+
+    public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        try v.visit(joinKey(prefix, "weight"), &weight, kind: .normWeight)
+        try v.visit(joinKey(prefix, "bias"), &bias, kind: .normBias)
+        try v.visit(joinKey(prefix, "running_mean"), &runningMean, kind: .runningMean)
+        try v.visit(joinKey(prefix, "running_var"), &runningVar, kind: .runningVar)
+    }
+
+    public func parametersDidChange() {}
+
+    /// The preceding bias-free conv with this BatchNorm folded in:
+    /// `w' = w·γ/√(σ²+ε)`, `b' = β − μ·γ/√(σ²+ε)` (exact up to float rounding).
+    public func folded(into conv: Conv2d) -> ConvWeights {
+        var w = conv.weight
+        var b = Tensor(zeros: [dim])
+        let per = w.count / dim
+        w.withUnsafeMutableBufferPointer { wp in
+            b.withUnsafeMutableBufferPointer { bp in
+                for c in 0..<dim {
+                    let s = Double(weight[flat: c]) / (Double(runningVar[flat: c]) + eps).squareRoot()
+                    for i in 0..<per { wp[c * per + i] = Float(Double(wp[c * per + i]) * s) }
+                    let convBias = conv.bias.map { Double($0[flat: c]) } ?? 0
+                    bp[c] = Float((convBias - Double(runningMean[flat: c])) * s + Double(bias[flat: c]))
+                }
+            }
+        }
+        return ConvWeights(weight: w, bias: b, groups: conv.groups)
+    }
+}

@@ -1,0 +1,156 @@
+import CvtTensor
+import Foundation
+
+/// What a parameter is, so initialisers and converters can treat it by role rather than by name.
+public enum ParameterKind: Sendable, Equatable {
+    /// Conv or linear weight; `fanIn` = elements per output channel.
+    case weight(fanIn: Int)
+    case bias
+    /// LayerNorm / BatchNorm scale (γ).
+    case normWeight
+    /// LayerNorm / BatchNorm shift (β).
+    case normBias
+    case runningMean
+    case runningVar
+    case clsToken
+}
+
+/// Visits every parameter of a module tree by its full checkpoint key. Loading, saving and
+/// initialisation are all visitors, so the tree's shape is written down exactly once.
+public protocol ParameterVisitor: AnyObject {
+    func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws
+}
+
+public protocol Module: AnyObject {
+    /// Calls `visitor` for each parameter, keys prefixed by `prefix` (PyTorch's dotted names).
+    func visitParameters(_ visitor: ParameterVisitor, prefix: String) throws
+    /// Rebuilds derived state (folded or packed weights) after parameters were replaced.
+    func parametersDidChange()
+}
+
+@inline(__always)
+public func joinKey(_ prefix: String, _ name: String) -> String { prefix.isEmpty ? name : prefix + "." + name }
+
+// MARK: - visitors
+
+/// Collects every parameter into a dictionary (a state dict).
+public final class StateDictCollector: ParameterVisitor {
+    public private(set) var tensors: [String: Tensor] = [:]
+    public private(set) var order: [String] = []
+    public init() {}
+    public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
+        tensors[key] = tensor
+        order.append(key)
+    }
+}
+
+/// A provider of named tensors (a checkpoint), read lazily so only expected keys are converted.
+public protocol TensorSource {
+    var tensorNames: [String] { get }
+    func shape(of name: String) -> [Int]?
+    func floats(_ name: String) throws -> [Float]
+}
+
+extension Dictionary: TensorSource where Key == String, Value == Tensor {
+    public var tensorNames: [String] { Array(keys) }
+    public func shape(of name: String) -> [Int]? { self[name]?.shape }
+    public func floats(_ name: String) throws -> [Float] {
+        guard let t = self[name] else { throw TensorError("no tensor named \(name)") }
+        return t.scalars
+    }
+}
+
+/// Why a checkpoint does not fit a model: every missing, unexpected and mis-shaped key at once.
+public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
+    public var source: String
+    public var missing: [String] = []
+    public var unexpected: [String] = []
+    public var mismatched: [(key: String, expected: [Int], found: [Int])] = []
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.source == b.source && a.missing == b.missing && a.unexpected == b.unexpected
+            && a.mismatched.map { "\($0.key)\($0.expected)\($0.found)" } == b.mismatched.map { "\($0.key)\($0.expected)\($0.found)" }
+    }
+
+    public var description: String {
+        var parts: [String] = []
+        if !missing.isEmpty { parts.append("missing keys: " + missing.joined(separator: ", ")) }
+        if !unexpected.isEmpty { parts.append("unexpected keys: " + unexpected.joined(separator: ", ")) }
+        if !mismatched.isEmpty {
+            parts.append("mis-shaped keys: " + mismatched.map { "\($0.key) (expected \($0.expected), found \($0.found))" }.joined(separator: ", "))
+        }
+        return "\(source): weights do not match the model: " + parts.joined(separator: "; ")
+    }
+}
+
+/// Strict loading: walks the model, takes each key from the source, and at `finish()` reports
+/// every problem. `num_batches_tracked` buffers are ignored (unused at inference).
+public final class StrictLoader: ParameterVisitor {
+    let source: TensorSource
+    let sourceName: String
+    var seen: Set<String> = []
+    var error: WeightLoadingError
+
+    public init(source: TensorSource, sourceName: String) {
+        self.source = source; self.sourceName = sourceName
+        error = WeightLoadingError(source: sourceName)
+    }
+
+    public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
+        seen.insert(key)
+        guard let shape = source.shape(of: key) else { error.missing.append(key); return }
+        // A scalar-vs-[1] or squeezed mismatch is still a mismatch: shapes must agree exactly.
+        guard shape == tensor.shape else { error.mismatched.append((key, tensor.shape, shape)); return }
+        tensor = try Tensor(shape: shape, scalars: source.floats(key))
+    }
+
+    public func finish() throws {
+        error.unexpected = source.tensorNames.filter { !seen.contains($0) && !$0.hasSuffix("num_batches_tracked") }.sorted()
+        if !error.missing.isEmpty || !error.unexpected.isEmpty || !error.mismatched.isEmpty { throw error }
+    }
+}
+
+/// transformers' initialisation for training from scratch (spec §2.10): truncated normal
+/// (std `initializerRange`, cut at ±2 absolute, as torch's `trunc_normal_` defaults) for conv,
+/// linear and CLS weights; zero biases; norm scales 1; BatchNorm statistics 0 / 1.
+public final class RandomInitializer: ParameterVisitor {
+    var rng: SplitMix64
+    let std: Float
+
+    public init(seed: UInt64, initializerRange: Float = 0.02) {
+        rng = SplitMix64(seed: seed); std = initializerRange
+    }
+
+    public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
+        switch kind {
+        case .weight, .clsToken:
+            tensor = Tensor(shape: tensor.shape) { _ in
+                while true {
+                    let v = self.rng.nextGaussian() * self.std
+                    if abs(v) <= 2 { return v }
+                }
+            }
+        case .bias, .normBias, .runningMean: tensor = Tensor(zeros: tensor.shape)
+        case .normWeight, .runningVar: tensor = Tensor(zeros: tensor.shape, value: 1)
+        }
+    }
+}
+
+/// Small, seedable generator so initialisation is reproducible across platforms.
+public struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// Standard normal (Box–Muller).
+    public mutating func nextGaussian() -> Float {
+        let u1 = max(Double(next() >> 11) / Double(1 << 53), 1e-300)
+        let u2 = Double(next() >> 11) / Double(1 << 53)
+        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+    }
+}

@@ -1,0 +1,336 @@
+import CDNNL
+import Foundation
+
+/// A failure inside the compute backend, naming the operation and oneDNN's status.
+public struct EngineError: Error, CustomStringConvertible {
+    public let operation: String
+    public let status: String
+    public var description: String { "compute backend: \(operation) failed (\(status))" }
+}
+
+@inline(__always)
+func check(_ status: dnnl_status_t, _ op: @autoclosure () -> String) throws {
+    if status != dnnl_success {
+        throw EngineError(operation: op(), status: String(cString: dnnl_status2str(status)))
+    }
+}
+
+/// A strided float32 view handed to one engine call: `pointer` plus dims and element strides.
+/// Lets attention read Q/K/V heads and write merged heads in place, with no split/merge copies.
+public struct StridedView {
+    public var pointer: UnsafeMutablePointer<Float>
+    public var dims: [Int]
+    public var strides: [Int]
+
+    public init(_ pointer: UnsafeMutablePointer<Float>, dims: [Int], strides: [Int]) {
+        self.pointer = pointer; self.dims = dims; self.strides = strides
+    }
+
+    /// Dense row-major view of `dims`.
+    public init(dense pointer: UnsafeMutablePointer<Float>, dims: [Int]) {
+        var strides = [Int](repeating: 1, count: dims.count)
+        var s = 1
+        for i in stride(from: dims.count - 1, through: 0, by: -1) { strides[i] = s; s *= dims[i] }
+        self.init(pointer, dims: dims, strides: strides)
+    }
+}
+
+/// An epilogue fused into a matmul, applied in order after the bias.
+public enum PostOp: Hashable, Sendable {
+    /// Exact-erf GELU.
+    case gelu
+    /// Multiply by a constant (attention's scale, applied after the dot products as the reference does).
+    case scale(Float)
+    /// Add the destination's previous contents (residual connection).
+    case accumulate
+}
+
+/// Weights for a convolution, converted once per primitive shape to the layout oneDNN prefers.
+public final class ConvWeights: @unchecked Sendable {
+    /// PyTorch layout `[out, in/groups, kH, kW]`.
+    public let weight: Tensor
+    public let bias: Tensor?
+    public let groups: Int
+    var packed: [ConvKey: Tensor] = [:]
+
+    public init(weight: Tensor, bias: Tensor?, groups: Int) {
+        self.weight = weight; self.bias = bias; self.groups = groups
+    }
+}
+
+struct MatmulKey: Hashable {
+    var src: [Int], srcStrides: [Int], wei: [Int], weiStrides: [Int], dst: [Int], dstStrides: [Int]
+    var bias: Bool, postOps: [PostOp]
+}
+
+struct ConvKey: Hashable {
+    var src: [Int], srcNCHW: Bool, wei: [Int], groups: Int, stride: [Int], padding: [Int], dst: [Int], bias: Bool
+}
+
+final class Primitive {
+    let pd: dnnl_primitive_desc_t
+    let primitive: dnnl_primitive_t
+    var weightsMD: dnnl_memory_desc_t?
+    init(pd: dnnl_primitive_desc_t, primitive: dnnl_primitive_t) { self.pd = pd; self.primitive = primitive }
+    deinit { dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(pd) }
+}
+
+/// The compute engine: a oneDNN CPU engine and stream, a cache of created primitives, and the
+/// thread count. One engine is shared by a process (`Engine.shared()`); calls are serialized.
+public final class Engine: @unchecked Sendable {
+    let engine: dnnl_engine_t
+    let stream: dnnl_stream_t
+    private var matmuls: [MatmulKey: Primitive] = [:]
+    private var convs: [ConvKey: Primitive] = [:]
+    private var softmaxes: [[Int]: Primitive] = [:]
+    private let lock = NSLock()
+
+    public init(threads: Int? = nil) throws {
+        var e: dnnl_engine_t?
+        try check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine create")
+        guard let e else { throw EngineError(operation: "engine create", status: "null engine") }
+        var s: dnnl_stream_t?
+        try check(dnnl_stream_create(&s, e, UInt32(dnnl_stream_default_flags.rawValue)), "stream create")
+        guard let s else { throw EngineError(operation: "stream create", status: "null stream") }
+        engine = e; stream = s
+        if let threads { self.threads = threads }
+    }
+
+    deinit {
+        matmuls.removeAll(); convs.removeAll(); softmaxes.removeAll()
+        dnnl_stream_destroy(stream); dnnl_engine_destroy(engine)
+    }
+
+    nonisolated(unsafe) private static var sharedEngine: Engine?
+    private static let sharedLock = NSLock()
+
+    /// The process-wide engine, created on first use with all cores.
+    public static func shared() throws -> Engine {
+        sharedLock.lock(); defer { sharedLock.unlock() }
+        if let e = sharedEngine { return e }
+        let e = try Engine()
+        sharedEngine = e
+        return e
+    }
+
+    /// Worker threads used by the backend (OpenMP). Defaults to all cores.
+    public var threads: Int {
+        get { Int(omp_get_max_threads()) }
+        set { omp_set_num_threads(Int32(max(1, newValue))) }
+    }
+
+    // MARK: - memory descriptors
+
+    private func md(_ dims: [Int], strides: [Int]) throws -> dnnl_memory_desc_t {
+        var d = dnnl_memory_desc_t()
+        let dd = dims.map(Int64.init), ss = strides.map(Int64.init)
+        try check(dnnl_memory_desc_init_by_strides(&d, Int32(dims.count), dd, dnnl_f32, ss), "memory desc \(dims)")
+        return d
+    }
+
+    private func md(_ dims: [Int], tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
+        var d = dnnl_memory_desc_t()
+        try check(dnnl_memory_desc_init_by_tag(&d, Int32(dims.count), dims.map(Int64.init), dnnl_f32, tag), "memory desc \(dims)")
+        return d
+    }
+
+    private func memory(_ desc: dnnl_memory_desc_t, _ ptr: UnsafeMutableRawPointer?) throws -> dnnl_memory_t {
+        var d = desc
+        var m: dnnl_memory_t?
+        try check(dnnl_memory_create(&m, &d, engine, ptr), "memory create")
+        guard let m else { throw EngineError(operation: "memory create", status: "null memory") }
+        return m
+    }
+
+    private func run(_ p: Primitive, _ args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)], _ name: String) throws {
+        var mems: [dnnl_memory_t] = []
+        mems.reserveCapacity(args.count)
+        defer { for m in mems { dnnl_memory_destroy(m) } }
+        var execArgs: [dnnl_exec_arg_t] = []
+        for (arg, desc, ptr) in args {
+            let m = try memory(desc, ptr)
+            mems.append(m)
+            execArgs.append(dnnl_exec_arg_t(arg: arg, memory: m))
+        }
+        try check(dnnl_primitive_execute(p.primitive, stream, Int32(execArgs.count), execArgs), name)
+        try check(dnnl_stream_wait(stream), name)
+    }
+
+    private func makePrimitive(_ create: (inout dnnl_primitive_desc_t?) throws -> Void, _ name: String) throws -> Primitive {
+        var pd: dnnl_primitive_desc_t?
+        try create(&pd)
+        guard let pd else { throw EngineError(operation: name, status: "no primitive descriptor") }
+        var prim: dnnl_primitive_t?
+        let st = dnnl_primitive_create(&prim, pd)
+        guard st == dnnl_success, let prim else {
+            dnnl_primitive_desc_destroy(pd)
+            throw EngineError(operation: name, status: String(cString: dnnl_status2str(st)))
+        }
+        return Primitive(pd: pd, primitive: prim)
+    }
+
+    // MARK: - matmul
+
+    /// `dst[..., M, N] = src[..., M, K] · weights[..., K, N] (+ bias[N])`, then `postOps`.
+    /// Batch dims broadcast as oneDNN's matmul defines. All operands are strided views.
+    public func matmul(src: StridedView, weights: StridedView, bias: UnsafePointer<Float>? = nil,
+                       dst: StridedView, postOps: [PostOp] = []) throws {
+        let r = dst.dims.count
+        guard src.dims.count == r, weights.dims.count == r, r >= 2,
+              src.dims[r - 1] == weights.dims[r - 2], src.dims[r - 2] == dst.dims[r - 2],
+              weights.dims[r - 1] == dst.dims[r - 1] else {
+            throw TensorError("matmul shape mismatch: \(src.dims) x \(weights.dims) -> \(dst.dims)")
+        }
+        if dst.dims.contains(0) || src.dims[r - 1] == 0 {
+            if dst.dims.contains(0) { return }
+        }
+        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
+                            dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps)
+        lock.lock(); defer { lock.unlock() }
+        let srcMD = try md(src.dims, strides: src.strides)
+        let weiMD = try md(weights.dims, strides: weights.strides)
+        let dstMD = try md(dst.dims, strides: dst.strides)
+        var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
+        let biasMD = try md(biasDims, tag: r == 2 ? dnnl_ab : (r == 3 ? dnnl_abc : (r == 4 ? dnnl_abcd : dnnl_abcde)))
+        let p: Primitive
+        if let cached = matmuls[key] {
+            p = cached
+        } else {
+            p = try makePrimitive({ pd in
+                var desc = dnnl_matmul_desc_t()
+                var s = srcMD, w = weiMD, d = dstMD, b = biasMD
+                let st = bias != nil
+                    ? dnnl_matmul_desc_init(&desc, &s, &w, &b, &d)
+                    : dnnl_matmul_desc_init(&desc, &s, &w, nil, &d)
+                try check(st, "matmul desc \(src.dims)x\(weights.dims)")
+                let attr = try makeAttr(postOps)
+                defer { dnnl_primitive_attr_destroy(attr) }
+                try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "matmul primitive \(src.dims)x\(weights.dims)")
+            }, "matmul")
+            matmuls[key] = p
+        }
+        var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
+            (DNNL_ARG_SRC, srcMD, UnsafeMutableRawPointer(src.pointer)),
+            (DNNL_ARG_WEIGHTS, weiMD, UnsafeMutableRawPointer(weights.pointer)),
+            (DNNL_ARG_DST, dstMD, UnsafeMutableRawPointer(dst.pointer)),
+        ]
+        if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }
+        try run(p, args, "matmul \(src.dims)x\(weights.dims)")
+    }
+
+    private func makeAttr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t? {
+        var attr: dnnl_primitive_attr_t?
+        try check(dnnl_primitive_attr_create(&attr), "attr create")
+        if postOps.isEmpty { return attr }
+        var po: dnnl_post_ops_t?
+        try check(dnnl_post_ops_create(&po), "post-ops create")
+        defer { dnnl_post_ops_destroy(po) }
+        for op in postOps {
+            switch op {
+            case .gelu: try check(dnnl_post_ops_append_eltwise(po, 1, dnnl_eltwise_gelu_erf, 0, 0), "gelu post-op")
+            case .scale(let a): try check(dnnl_post_ops_append_eltwise(po, 1, dnnl_eltwise_linear, a, 0), "scale post-op")
+            case .accumulate: try check(dnnl_post_ops_append_sum(po, 1), "sum post-op")
+            }
+        }
+        try check(dnnl_primitive_attr_set_post_ops(attr, po), "set post-ops")
+        return attr
+    }
+
+    // MARK: - convolution
+
+    /// 2-D convolution (groups allowed, zero padding, bias optional). `src` is `[N, C, H, W]` dims
+    /// stored NCHW (`srcNCHW`) or NHWC; `dst` is dense NHWC `[N, H', W', O]`.
+    public func conv2d(src: UnsafeMutablePointer<Float>, srcDims: [Int], srcNCHW: Bool, weights: ConvWeights,
+                       stride: (Int, Int), padding: (Int, Int), dst: UnsafeMutablePointer<Float>, dstHW: (Int, Int)) throws {
+        let w = weights.weight.shape
+        guard srcDims.count == 4, w.count == 4, srcDims[1] == w[1] * weights.groups, w[0] % weights.groups == 0 else {
+            throw TensorError("conv2d: input \(srcDims) does not fit weights \(w) with \(weights.groups) groups")
+        }
+        let dstDims = [srcDims[0], w[0], dstHW.0, dstHW.1]
+        if dstDims.contains(0) { return }
+        let g = weights.groups
+        let weiDims = g == 1 ? w : [g, w[0] / g, w[1], w[2], w[3]]
+        let key = ConvKey(src: srcDims, srcNCHW: srcNCHW, wei: weiDims, groups: g, stride: [stride.0, stride.1],
+                          padding: [padding.0, padding.1], dst: dstDims, bias: weights.bias != nil)
+        lock.lock(); defer { lock.unlock() }
+        let srcMD = try md(srcDims, tag: srcNCHW ? dnnl_nchw : dnnl_nhwc)
+        let dstMD = try md(dstDims, tag: dnnl_nhwc)
+        let biasMD = try md([w[0]], tag: dnnl_a)
+        let userWeiMD = try md(weiDims, tag: g == 1 ? dnnl_oihw : dnnl_goihw)
+        let p: Primitive
+        if let cached = convs[key] {
+            p = cached
+        } else {
+            let anyWei = try md(weiDims, tag: dnnl_format_tag_any)
+            p = try makePrimitive({ pd in
+                var desc = dnnl_convolution_desc_t()
+                var s = srcMD, wd = anyWei, d = dstMD, b = biasMD
+                let st = [Int64(stride.0), Int64(stride.1)], pad = [Int64(padding.0), Int64(padding.1)]
+                let status = weights.bias != nil
+                    ? dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct,
+                                                         &s, &wd, &b, &d, st, pad, pad)
+                    : dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, dnnl_convolution_direct,
+                                                         &s, &wd, nil, &d, st, pad, pad)
+                try check(status, "conv desc \(srcDims) w\(weiDims)")
+                let attr = try makeAttr([])
+                defer { dnnl_primitive_attr_destroy(attr) }
+                try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "conv primitive \(srcDims) w\(weiDims)")
+            }, "conv")
+            if let q = dnnl_primitive_desc_query_md(p.pd, dnnl_query_weights_md, 0) { p.weightsMD = q.pointee }
+            convs[key] = p
+        }
+        guard let packedMD = p.weightsMD else { throw EngineError(operation: "conv", status: "no weights layout") }
+        // Weights are converted to the primitive's preferred (blocked) layout once and kept.
+        let packed: Tensor
+        if let cached = weights.packed[key] {
+            packed = cached
+        } else {
+            var pm = packedMD
+            let bytes = dnnl_memory_desc_get_size(&pm)
+            let t = Tensor(zeros: [bytes / 4 + 16])
+            try reorder(from: userWeiMD, UnsafeMutableRawPointer(weights.weight.unsafePointer), to: packedMD, UnsafeMutableRawPointer(t.unsafePointer))
+            weights.packed[key] = t
+            packed = t
+        }
+        var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
+            (DNNL_ARG_SRC, srcMD, UnsafeMutableRawPointer(src)),
+            (DNNL_ARG_WEIGHTS, packedMD, UnsafeMutableRawPointer(packed.unsafePointer)),
+            (DNNL_ARG_DST, dstMD, UnsafeMutableRawPointer(dst)),
+        ]
+        if let b = weights.bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(b.unsafePointer))) }
+        try run(p, args, "conv \(srcDims) w\(weiDims)")
+    }
+
+    private func reorder(from: dnnl_memory_desc_t, _ src: UnsafeMutableRawPointer, to: dnnl_memory_desc_t, _ dst: UnsafeMutableRawPointer) throws {
+        let p = try makePrimitive({ pd in
+            var a = from, b = to
+            try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder")
+        }, "reorder")
+        try run(p, [(DNNL_ARG_FROM, from, src), (DNNL_ARG_TO, to, dst)], "reorder")
+    }
+
+    // MARK: - softmax
+
+    /// In-place softmax over the last axis of a dense `[rows, cols]` block.
+    public func softmax(_ data: UnsafeMutablePointer<Float>, rows: Int, cols: Int) throws {
+        if rows == 0 || cols == 0 { return }
+        lock.lock(); defer { lock.unlock() }
+        let dataMD = try md([rows, cols], tag: dnnl_ab)
+        let key = [rows, cols]
+        let p: Primitive
+        if let cached = softmaxes[key] {
+            p = cached
+        } else {
+            p = try makePrimitive({ pd in
+                var desc = dnnl_softmax_v2_desc_t()
+                var s = dataMD, d = dataMD
+                try check(dnnl_softmax_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_softmax_accurate, &s, &d, 1), "softmax desc")
+                let attr = try makeAttr([])
+                defer { dnnl_primitive_attr_destroy(attr) }
+                try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "softmax primitive")
+            }, "softmax")
+            softmaxes[key] = p
+        }
+        try run(p, [(DNNL_ARG_SRC, dataMD, UnsafeMutableRawPointer(data)), (DNNL_ARG_DST, dataMD, UnsafeMutableRawPointer(data))], "softmax")
+    }
+}

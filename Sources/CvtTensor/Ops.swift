@@ -1,0 +1,105 @@
+import Foundation
+
+/// Swift kernels for the memory-bound ops (the GEMM-heavy work goes through `Engine`).
+/// They work on raw rows so layers can point them at slices of token buffers without copies.
+public enum Kernels {
+    /// LayerNorm over the last axis: `dst[r] = (src[r] - mean) / sqrt(var_biased + eps) * w + b`
+    /// for `rows` rows of `cols` values. `src` and `dst` may alias.
+    public static func layerNorm(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
+                                 weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        if cols == 0 { return }
+        let vec = cols / 16 * 16
+        let inv = 1 / Float(cols)
+        for r in 0..<rows {
+            let x = src + r * cols
+            let y = dst + r * cols
+            var acc = SIMD16<Float>()
+            var i = 0
+            while i < vec { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self); i += 16 }
+            var sum = acc.sum()
+            while i < cols { sum += x[i]; i += 1 }
+            let mean = sum * inv
+            var accv = SIMD16<Float>()
+            let m16 = SIMD16<Float>(repeating: mean)
+            i = 0
+            while i < vec {
+                let d = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - m16
+                accv += d * d; i += 16
+            }
+            var v = accv.sum()
+            while i < cols { let d = x[i] - mean; v += d * d; i += 1 }
+            let rstd = 1 / (v * inv + eps).squareRoot()
+            let r16 = SIMD16<Float>(repeating: rstd)
+            i = 0
+            while i < vec {
+                let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+                let wv = UnsafeRawPointer(weight + i).loadUnaligned(as: SIMD16<Float>.self)
+                let bv = UnsafeRawPointer(bias + i).loadUnaligned(as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(y + i).storeBytes(of: (xv - m16) * r16 * wv + bv, as: SIMD16<Float>.self)
+                i += 16
+            }
+            while i < cols { y[i] = (x[i] - mean) * rstd * weight[i] + bias[i]; i += 1 }
+        }
+    }
+
+    /// `[N, C, H, W]` (NCHW) → `[N, H, W, C]` (NHWC).
+    public static func nchwToNHWC(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, n: Int, c: Int, h: Int, w: Int) {
+        let hw = h * w
+        for b in 0..<n {
+            let s = src + b * c * hw, d = dst + b * c * hw
+            for ch in 0..<c { for p in 0..<hw { d[p * c + ch] = s[ch * hw + p] } }
+        }
+    }
+
+    /// `[N, H·W, C]` tokens (NHWC), rows `rowOffset..<rowOffset+H·W` of each batch item with
+    /// `rowsPerItem` rows in all → `[N, C, H, W]` (NCHW).
+    public static func tokensToNCHW(_ src: UnsafePointer<Float>, rowsPerItem: Int, rowOffset: Int,
+                                    _ dst: UnsafeMutablePointer<Float>, n: Int, c: Int, hw: Int) {
+        for b in 0..<n {
+            let s = src + (b * rowsPerItem + rowOffset) * c, d = dst + b * c * hw
+            for p in 0..<hw { for ch in 0..<c { d[ch * hw + p] = s[p * c + ch] } }
+        }
+    }
+
+    /// Copies `rows` rows of `cols` values between buffers with independent row pitches.
+    public static func copyRows(_ src: UnsafePointer<Float>, srcPitch: Int, _ dst: UnsafeMutablePointer<Float>, dstPitch: Int,
+                                rows: Int, cols: Int) {
+        for r in 0..<rows { (dst + r * dstPitch).update(from: src + r * srcPitch, count: cols) }
+    }
+
+    /// Output size of PyTorch's `AvgPool2d(..., ceil_mode: true)` along one axis.
+    public static func avgPoolOutputSize(_ n: Int, kernel: Int, stride: Int, padding: Int) -> Int {
+        // ceil((n + 2p - k) / s) + 1, then drop a last window that would start in the right padding.
+        let span = n + 2 * padding - kernel
+        if span < 0 { return 0 }
+        var out = (span + stride - 1) / stride + 1
+        if (out - 1) * stride >= n + padding { out -= 1 }
+        return out
+    }
+
+    /// PyTorch `AvgPool2d(kernel, stride, padding, ceil_mode: true, count_include_pad: true)` on NHWC
+    /// data `[N, H, W, C]` → `[N, Ho, Wo, C]`. The divisor counts padding but not the overflow of the
+    /// ceil-mode windows, exactly as ATen's `avg_pool2d` does.
+    public static func avgPool2dNHWC(_ src: UnsafePointer<Float>, n: Int, h: Int, w: Int, c: Int,
+                                     kernel: Int, stride: Int, padding: Int, _ dst: UnsafeMutablePointer<Float>, ho: Int, wo: Int) {
+        for b in 0..<n {
+            for oy in 0..<ho {
+                for ox in 0..<wo {
+                    var hs = oy * stride - padding, ws = ox * stride - padding
+                    var he = min(hs + kernel, h + padding), we = min(ws + kernel, w + padding)
+                    let poolSize = Float((he - hs) * (we - ws))
+                    hs = max(hs, 0); ws = max(ws, 0); he = min(he, h); we = min(we, w)
+                    let out = dst + ((b * ho + oy) * wo + ox) * c
+                    out.initialize(repeating: 0, count: c)
+                    if hs < he && ws < we {
+                        for y in hs..<he { for x in ws..<we {
+                            let inp = src + ((b * h + y) * w + x) * c
+                            for ch in 0..<c { out[ch] += inp[ch] }
+                        } }
+                    }
+                    for ch in 0..<c { out[ch] /= poolSize }
+                }
+            }
+        }
+    }
+}
