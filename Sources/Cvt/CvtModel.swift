@@ -274,7 +274,14 @@ public final class CvtStage: Module {
         }
         let hw = ho * wo, cls = clsToken == nil ? 0 : 1, t = cls + hw
         let patches = Tensor(uninitialized: [b, hw, dim])
-        try conv(engine, src: x.unsafePointer, n: b, h: h, w: w, srcNCHW: inputNCHW, dst: patches.unsafePointer)
+        var src = x
+        if inputNCHW {
+            // oneDNN has no fast NCHW-in/NHWC-out convolution (it falls back to a reference loop),
+            // so the pixels are transposed to NHWC first: [B, C, H, W] → [B, H, W, C].
+            src = Tensor(uninitialized: [b, h, w, conv.inChannels])
+            Kernels.nchwToNHWC(x.unsafePointer, src.unsafePointer, n: b, c: conv.inChannels, h: h, w: w)
+        }
+        try conv(engine, src: src.unsafePointer, n: b, h: h, w: w, srcNCHW: false, dst: patches.unsafePointer)
         var tokens = Tensor(uninitialized: [b, t, dim])
         for i in 0..<b {
             embedding.normalization(src: patches.unsafePointer + i * hw * dim, dst: tokens.unsafePointer + (i * t + cls) * dim, rows: hw)

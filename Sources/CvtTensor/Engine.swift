@@ -84,6 +84,9 @@ public final class Engine: @unchecked Sendable {
     private var convs: [ConvKey: Primitive] = [:]
     private var softmaxes: [[Int]: Primitive] = [:]
     private let lock = NSLock()
+    /// Per-operation wall time in ms, collected when `profile` is set (for `cvt bench --profile`).
+    public var profile = false
+    public var profileTimes: [String: Double] = [:]
 
     public init(threads: Int? = nil) throws {
         var e: dnnl_engine_t?
@@ -152,8 +155,10 @@ public final class Engine: @unchecked Sendable {
             mems.append(m)
             execArgs.append(dnnl_exec_arg_t(arg: arg, memory: m))
         }
+        let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
         try check(dnnl_primitive_execute(p.primitive, stream, Int32(execArgs.count), execArgs), name)
         try check(dnnl_stream_wait(stream), name)
+        if profile { profileTimes[name.split(separator: " ").first.map(String.init) ?? name, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6 }
     }
 
     private func makePrimitive(_ create: (inout dnnl_primitive_desc_t?) throws -> Void, _ name: String) throws -> Primitive {

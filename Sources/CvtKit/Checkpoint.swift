@@ -1,0 +1,105 @@
+@_exported import Cvt
+@_exported import CvtNN
+@_exported import CvtTensor
+import Foundation
+@_exported import Safetensors
+
+/// A checkpoint folder that cannot be used, naming the file and what is wrong with it.
+public struct CheckpointError: Error, CustomStringConvertible, LocalizedError {
+    public let path: String
+    public let message: String
+    public init(path: String, _ message: String) { self.path = path; self.message = message }
+    public var description: String { "\(path): \(message)" }
+    public var errorDescription: String? { description }
+}
+
+extension SafetensorsFile: TensorSource {
+    public func shape(of name: String) -> [Int]? { info(name)?.shape }
+}
+
+extension SafetensorsFile {
+    /// The named tensor as float32 (F32/F16/BF16/F64 stored), or an error naming file and key.
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let info = info(name) else { throw SafetensorsError(file: fileName, message: "no tensor named '\(name)'") }
+        return try Tensor(shape: info.shape, scalars: floats(name))
+    }
+}
+
+extension SafetensorsWriter {
+    public mutating func add(_ name: String, _ tensor: Tensor, as dtype: SafetensorsDType = .f32) throws {
+        try add(name, floats: tensor.scalars, shape: tensor.shape, as: dtype)
+    }
+}
+
+/// The files of a Hugging Face checkpoint folder.
+public struct CheckpointFolder {
+    public let url: URL
+    public init(_ url: URL) { self.url = url }
+
+    public var configURL: URL { url.appendingPathComponent("config.json") }
+    public var safetensorsURL: URL { url.appendingPathComponent("model.safetensors") }
+    public var pytorchBinURL: URL { url.appendingPathComponent("pytorch_model.bin") }
+    public var preprocessorURL: URL { url.appendingPathComponent("preprocessor_config.json") }
+
+    public func loadConfig() throws -> CvtConfig {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {
+            throw CheckpointError(path: url.path, "is not a checkpoint folder (expected a directory with config.json and model.safetensors)")
+        }
+        guard let data = FileManager.default.contents(atPath: configURL.path) else {
+            throw CheckpointError(path: configURL.path, "cannot be read (missing or unreadable)")
+        }
+        do {
+            return try CvtConfig.decode(data)
+        } catch let e as CvtConfigError {
+            throw CheckpointError(path: configURL.path, e.description)
+        } catch let e as DecodingError {
+            throw CheckpointError(path: configURL.path, "is not a valid CvT config: \(Self.describe(e))")
+        } catch {
+            throw CheckpointError(path: configURL.path, "is not valid JSON: \(error)")
+        }
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        func path(_ c: DecodingError.Context) -> String { c.codingPath.map(\.stringValue).joined(separator: ".") }
+        switch e {
+        case .typeMismatch(let t, let c): return "`\(path(c))` has the wrong type (expected \(t))"
+        case .valueNotFound(let t, let c): return "`\(path(c))` is null (expected \(t))"
+        case .keyNotFound(let k, let c): return "missing key `\(k.stringValue)` at `\(path(c))`"
+        case .dataCorrupted(let c): return "\(c.debugDescription) at `\(path(c))`"
+        @unknown default: return "\(e)"
+        }
+    }
+
+    /// Opens the weights file (safetensors; the pickle format comes with its own loader).
+    public func openWeights() throws -> SafetensorsFile {
+        if FileManager.default.fileExists(atPath: safetensorsURL.path) {
+            return try SafetensorsFile(url: safetensorsURL)
+        }
+        if FileManager.default.fileExists(atPath: pytorchBinURL.path) {
+            throw CheckpointError(path: pytorchBinURL.path, "pytorch_model.bin checkpoints are not supported yet; convert it to model.safetensors")
+        }
+        throw CheckpointError(path: url.path, "has no model.safetensors")
+    }
+}
+
+extension CvtForImageClassification {
+    /// Loads a Hugging Face checkpoint folder (`config.json` + `model.safetensors`), strictly.
+    public convenience init(pretrained url: URL, engine: Engine? = nil) throws {
+        let folder = CheckpointFolder(url)
+        let config = try folder.loadConfig()
+        try self.init(config: config, engine: engine)
+        let weights = try folder.openWeights()
+        try load(from: weights, sourceName: folder.safetensorsURL.path)
+    }
+
+    /// Writes `config.json` and `model.safetensors` (weights in `dtype`), as `save_pretrained` does.
+    public func savePretrained(to url: URL, dtype: SafetensorsDType = .f32) throws {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        try config.jsonData().write(to: url.appendingPathComponent("config.json"), options: .atomic)
+        var writer = SafetensorsWriter(metadata: ["format": "pt"])
+        let sd = try stateDict()
+        for key in sd.order { if let t = sd.tensors[key] { try writer.add(key, t, as: dtype) } }
+        try writer.write(to: url.appendingPathComponent("model.safetensors"))
+    }
+}

@@ -1,0 +1,148 @@
+import ArgumentParser
+import CvtKit
+import Foundation
+
+@main
+struct Cvt: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cvt",
+        abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
+        subcommands: [Forward.self, Bench.self])
+}
+
+struct ThreadOptions: ParsableArguments {
+    @Option(help: "Compute threads (default: all cores).")
+    var threads: Int?
+
+    func engine() throws -> Engine {
+        let e = try Engine.shared()
+        if let threads {
+            guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+            e.threads = threads
+        }
+        return e
+    }
+}
+
+struct Forward: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a checkpoint on pixel_values from a safetensors file and write every output.",
+        discussion: """
+        IN holds float32 `pixel_values` [B,C,H,W] and optionally `labels` (int64 [B] for classes, float32 \
+        [B] or [B,num_labels] for regression / multi-label). OUT receives `logits`, `last_hidden_state`, \
+        `cls_token_value` (when the last stage has a CLS token), `hidden_states.0`… with --hidden-states, \
+        and `loss` [1] when labels were given, in transformers' shapes and layouts.
+        """)
+
+    @Option(help: "Checkpoint folder (config.json + model.safetensors).") var model: String
+    @Option(help: "Input safetensors file.") var input: String
+    @Option(help: "Output safetensors file.") var output: String
+    @Flag(help: "Also write the per-stage hidden states.") var hiddenStates = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func run() throws {
+        let engine = try threadOptions.engine()
+        let classifier = try CvtForImageClassification(pretrained: URL(fileURLWithPath: model), engine: engine)
+        let inputFile = try SafetensorsFile(url: URL(fileURLWithPath: input))
+        guard let info = inputFile.info("pixel_values") else {
+            throw CheckpointError(path: input, "has no tensor named `pixel_values`")
+        }
+        guard info.dtype.isFloatingPoint else {
+            throw CheckpointError(path: input, "`pixel_values` is \(info.dtype.rawValue); expected a float tensor")
+        }
+        var labels: Labels?
+        if let l = inputFile.info("labels") {
+            switch l.dtype {
+            case .i64, .i32, .i16, .i8, .u8: labels = .classIndices(try inputFile.int64s("labels").map { Int($0) })
+            case .f32, .f16, .bf16, .f64: labels = .values(try inputFile.tensor("labels"))
+            case .bool: throw CheckpointError(path: input, "`labels` is BOOL; expected int64 or float32")
+            }
+        }
+        let out = try classifier(inputFile.tensor("pixel_values"), labels: labels, outputHiddenStates: hiddenStates)
+        var writer = SafetensorsWriter(metadata: ["format": "pt"])
+        try writer.add("logits", out.logits)
+        try writer.add("last_hidden_state", out.lastHiddenState)
+        if let cls = out.clsTokenValue { try writer.add("cls_token_value", cls) }
+        for (i, h) in (out.hiddenStates ?? []).enumerated() { try writer.add("hidden_states.\(i)", h) }
+        if let loss = out.loss { try writer.add("loss", loss) }
+        try writer.write(to: URL(fileURLWithPath: output))
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time forward passes of a CvT model on random input (random-init preset or a checkpoint).")
+
+    @Option(help: "Preset: \(CvtConfig.presetNames.joined(separator: ", ")).") var preset = "cvt-13"
+    @Option(help: "Checkpoint folder to time instead of a random-init preset.") var model: String?
+    @Option(help: "Images per forward pass.") var batchSize = 1
+    @Option(help: "Input height and width.") var imageSize = 224
+    @Option(help: "Compute dtype (float32).") var dtype = "float32"
+    @Option(help: "Timed iterations (after 2 warm-up passes).") var iterations = 10
+    @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func run() throws {
+        guard dtype == "float32" else { throw ValidationError("--dtype \(dtype) is not supported yet; use float32") }
+        guard batchSize > 0, imageSize > 0, iterations > 0 else {
+            throw ValidationError("--batch-size, --image-size and --iterations must be positive")
+        }
+        let engine = try threadOptions.engine()
+        let classifier: CvtForImageClassification
+        if let model {
+            classifier = try CvtForImageClassification(pretrained: URL(fileURLWithPath: model), engine: engine)
+        } else {
+            guard let config = CvtConfig.preset(named: preset) else {
+                throw ValidationError("unknown preset \(preset); use one of \(CvtConfig.presetNames.joined(separator: ", "))")
+            }
+            classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine)
+        }
+        var rng = SplitMix64(seed: 1)
+        let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
+        let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
+        for _ in 0..<2 { _ = try classifier(pixels) }
+        var times: [Double] = []
+        engine.profile = profile
+        for _ in 0..<iterations {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try classifier(pixels)
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+        }
+        times.sort()
+        let median = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+        let ips = Double(batchSize) / (median / 1000)
+        let rss = peakRSSMegabytes()
+        if profile {
+            let total = times.reduce(0, +)
+            for (op, ms) in engine.profileTimes.sorted(by: { $0.value > $1.value }) {
+                print(String(format: "  %-12@ %8.2f ms/iteration (%4.1f%%)", op, ms / Double(iterations), 100 * ms / total))
+            }
+        }
+        let name = model ?? preset
+        if json {
+            let obj: [String: Any] = [
+                "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype,
+                "threads": engine.threads, "iterations": iterations, "median_ms": median,
+                "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
+                "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
+            ]
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(String(format: "%@ batch %d, %dx%d, %@, %d threads: median %.2f ms/batch (%.2f ms/image, min %.2f, max %.2f), %.1f images/s, peak RSS %.0f MB",
+                         name, batchSize, imageSize, imageSize, dtype, engine.threads, median, median / Double(batchSize),
+                         times.first ?? 0, times.last ?? 0, ips, rss))
+        }
+    }
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+func peakRSSMegabytes() -> Double {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = line.split(separator: " ").compactMap { Double($0) }.first ?? 0
+        return kb / 1024
+    }
+    return 0
+}

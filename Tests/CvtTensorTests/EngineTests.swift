@@ -1,0 +1,171 @@
+import CvtTensor
+import Foundation
+import XCTest
+
+/// Backend ops against naive double-precision loops.
+final class EngineTests: XCTestCase {
+    var engine: Engine!
+    override func setUpWithError() throws { engine = try Engine.shared() }
+
+    func values(_ n: Int, seed: Double) -> [Float] { (0..<n).map { Float(sin(Double($0) * 0.37 + seed) * 1.5) } }
+
+    func assertClose(_ a: [Float], _ b: [Double], tol: Double, _ name: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(a.count, b.count, name, file: file, line: line)
+        var worst = 0.0
+        for (x, y) in zip(a, b) { worst = max(worst, abs(Double(x) - y)) }
+        XCTAssertLessThanOrEqual(worst, tol, "\(name): max abs error \(worst); first \(Array(a.prefix(4))) vs \(Array(b.prefix(4)))", file: file, line: line)
+    }
+
+    func testLinearMatmulWithTransposedWeightsBiasAndPostOps() throws {
+        let m = 5, k = 7, n = 3
+        let x = try Tensor(shape: [m, k], scalars: values(m * k, seed: 0))
+        let w = try Tensor(shape: [n, k], scalars: values(n * k, seed: 1))  // PyTorch [out, in]
+        let b = try Tensor(shape: [n], scalars: [0.1, -0.2, 0.3])
+        let old = try Tensor(shape: [m, n], scalars: values(m * n, seed: 2))
+        func reference(_ post: (Double, Int) -> Double) -> [Double] {
+            var r = [Double](repeating: 0, count: m * n)
+            for i in 0..<m { for j in 0..<n {
+                var s = Double(b[flat: j])
+                for q in 0..<k { s += Double(x[flat: i * k + q]) * Double(w[flat: j * k + q]) }
+                r[i * n + j] = post(s, i * n + j)
+            } }
+            return r
+        }
+        for (ops, post) in [([PostOp](), { (s: Double, _: Int) in s }),
+                            ([.gelu], { (s: Double, _: Int) in 0.5 * s * (1 + erf(s / 2.0.squareRoot())) }),
+                            ([.scale(0.125)], { (s: Double, _: Int) in s * 0.125 }),
+                            ([.accumulate], { (s: Double, i: Int) in s + Double(old[flat: i]) })] {
+            var dst = old
+            dst.makeUnique()
+            try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]),
+                              weights: StridedView(w.unsafePointer, dims: [k, n], strides: [1, k]),
+                              bias: UnsafePointer(b.unsafePointer), dst: StridedView(dense: dst.unsafePointer, dims: [m, n]), postOps: ops)
+            assertClose(dst.scalars, reference(post), tol: 1e-5, "matmul \(ops)")
+        }
+    }
+
+    /// Per-head attention matmuls read heads as strided views of [T, C] and write merged heads.
+    func testBatchedHeadViews() throws {
+        let t = 6, heads = 2, d = 3, c = heads * d, tk = 4
+        let q = try Tensor(shape: [t, c], scalars: values(t * c, seed: 3))
+        let kv = try Tensor(shape: [tk, c], scalars: values(tk * c, seed: 4))
+        let scores = Tensor(zeros: [heads, t, tk])
+        try engine.matmul(src: StridedView(q.unsafePointer, dims: [heads, t, d], strides: [d, c, 1]),
+                          weights: StridedView(kv.unsafePointer, dims: [heads, d, tk], strides: [d, 1, c]),
+                          dst: StridedView(dense: scores.unsafePointer, dims: [heads, t, tk]))
+        var expected = [Double]()
+        for h in 0..<heads { for i in 0..<t { for j in 0..<tk {
+            var s = 0.0
+            for e in 0..<d { s += Double(q[flat: i * c + h * d + e]) * Double(kv[flat: j * c + h * d + e]) }
+            expected.append(s)
+        } } }
+        assertClose(scores.scalars, expected, tol: 1e-5, "Q·Kᵀ per head")
+        let ctx = Tensor(zeros: [t, c])
+        try engine.matmul(src: StridedView(dense: scores.unsafePointer, dims: [heads, t, tk]),
+                          weights: StridedView(kv.unsafePointer, dims: [heads, tk, d], strides: [d, c, 1]),
+                          dst: StridedView(ctx.unsafePointer, dims: [heads, t, d], strides: [d, c, 1]))
+        var merged = [Double](repeating: 0, count: t * c)
+        for h in 0..<heads { for i in 0..<t { for e in 0..<d {
+            var s = 0.0
+            for j in 0..<tk { s += Double(scores[flat: (h * t + i) * tk + j]) * Double(kv[flat: j * c + h * d + e]) }
+            merged[i * c + h * d + e] = s
+        } } }
+        assertClose(ctx.scalars, merged, tol: 1e-5, "P·V merged heads")
+    }
+
+    func naiveConv(_ x: Tensor, n: Int, c: Int, h: Int, w: Int, nchw: Bool, weight: Tensor, bias: Tensor?, groups: Int,
+                   stride: Int, pad: Int) -> ([Double], Int, Int) {
+        let o = weight.shape[0], cg = weight.shape[1], k = weight.shape[2]
+        let ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1
+        var out = [Double](repeating: 0, count: n * ho * wo * o)
+        for b in 0..<n { for oc in 0..<o { for y in 0..<ho { for xx in 0..<wo {
+            var s = bias.map { Double($0[flat: oc]) } ?? 0
+            let g = oc / (o / groups)
+            for ic in 0..<cg { for ky in 0..<k { for kx in 0..<k {
+                let iy = y * stride - pad + ky, ix = xx * stride - pad + kx
+                if iy < 0 || iy >= h || ix < 0 || ix >= w { continue }
+                let ch = g * cg + ic
+                let xi = nchw ? ((b * c + ch) * h + iy) * w + ix : ((b * h + iy) * w + ix) * c + ch
+                s += Double(x[flat: xi]) * Double(weight[flat: ((oc * cg + ic) * k + ky) * k + kx])
+            } } }
+            out[((b * ho + y) * wo + xx) * o + oc] = s
+        } } } }
+        return (out, ho, wo)
+    }
+
+    func testDenseAndDepthwiseConvolutions() throws {
+        for (c, o, groups, k, stride, pad, h, w) in [(3, 8, 1, 7, 4, 2, 19, 23), (8, 16, 1, 3, 2, 1, 9, 8),
+                                                    (16, 16, 16, 3, 1, 1, 7, 5), (16, 16, 16, 3, 2, 1, 7, 6), (5, 5, 5, 3, 1, 0, 4, 4)] {
+            let n = 2
+            let x = try Tensor(shape: [n * h * w * c], scalars: values(n * h * w * c, seed: Double(c)))
+            let weight = try Tensor(shape: [o, c / groups, k, k], scalars: values(o * c / groups * k * k, seed: 9))
+            let bias = try Tensor(shape: [o], scalars: values(o, seed: 5))
+            let cw = ConvWeights(weight: weight, bias: bias, groups: groups)
+            let (expected, ho, wo) = naiveConv(x, n: n, c: c, h: h, w: w, nchw: false, weight: weight, bias: bias, groups: groups, stride: stride, pad: pad)
+            let dst = Tensor(zeros: [n * ho * wo * o])
+            try engine.conv2d(src: x.unsafePointer, srcDims: [n, c, h, w], srcNCHW: false, weights: cw,
+                              stride: (stride, stride), padding: (pad, pad), dst: dst.unsafePointer, dstHW: (ho, wo))
+            assertClose(dst.scalars, expected, tol: 2e-5, "conv c\(c) o\(o) g\(groups) k\(k) s\(stride) p\(pad)")
+            // A second call reuses the packed weights and the cached primitive.
+            try engine.conv2d(src: x.unsafePointer, srcDims: [n, c, h, w], srcNCHW: false, weights: cw,
+                              stride: (stride, stride), padding: (pad, pad), dst: dst.unsafePointer, dstHW: (ho, wo))
+            assertClose(dst.scalars, expected, tol: 2e-5, "conv (cached)")
+        }
+        XCTAssertThrowsError(try engine.conv2d(src: Tensor(zeros: [8]).unsafePointer, srcDims: [1, 4, 1, 2], srcNCHW: false,
+                                               weights: ConvWeights(weight: Tensor(zeros: [2, 3, 1, 1]), bias: nil, groups: 1),
+                                               stride: (1, 1), padding: (0, 0), dst: Tensor(zeros: [4]).unsafePointer, dstHW: (1, 2)))
+    }
+
+    func testSoftmaxRows() throws {
+        let rows = 3, cols = 5
+        var x = try Tensor(shape: [rows, cols], scalars: values(rows * cols, seed: 6).map { $0 * 10 })
+        let before = x.scalars
+        try x.withUnsafeMutableBufferPointer { try engine.softmax($0.baseAddress!, rows: rows, cols: cols) }
+        var expected = [Double]()
+        for r in 0..<rows {
+            let row = before[(r * cols)..<(r * cols + cols)].map(Double.init)
+            let m = row.max()!, e = row.map { exp($0 - m) }, s = e.reduce(0, +)
+            expected += e.map { $0 / s }
+        }
+        assertClose(x.scalars, expected, tol: 1e-6, "softmax")
+    }
+
+    func testLayerNorm() {
+        let rows = 3, cols = 37  // not a multiple of the SIMD width
+        let x = values(rows * cols, seed: 7).map { $0 * 3 + 1 }
+        let w = values(cols, seed: 8), b = values(cols, seed: 9)
+        var y = [Float](repeating: 0, count: rows * cols)
+        Kernels.layerNorm(x, &y, rows: rows, cols: cols, weight: w, bias: b, eps: 1e-5)
+        var expected = [Double]()
+        for r in 0..<rows {
+            let row = x[(r * cols)..<(r * cols + cols)].map(Double.init)
+            let mean = row.reduce(0, +) / Double(cols)
+            let v = row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(cols)
+            for (i, value) in row.enumerated() { expected.append((value - mean) / (v + 1e-5).squareRoot() * Double(w[i]) + Double(b[i])) }
+        }
+        assertClose(y, expected, tol: 1e-5, "layerNorm")
+    }
+
+    /// AvgPool2d(3, stride 2, padding 1, ceil_mode) on a 4×4 map: PyTorch gives a 3×3 output whose
+    /// last row/column windows hang over the padding and divide by the clipped window size.
+    func testAvgPoolCeilModeMatchesPyTorch() {
+        XCTAssertEqual(Kernels.avgPoolOutputSize(4, kernel: 3, stride: 2, padding: 1), 3)
+        XCTAssertEqual(Kernels.avgPoolOutputSize(5, kernel: 3, stride: 2, padding: 1), 3)
+        XCTAssertEqual(Kernels.avgPoolOutputSize(14, kernel: 3, stride: 2, padding: 1), 8)
+        XCTAssertEqual(Kernels.avgPoolOutputSize(1, kernel: 3, stride: 2, padding: 1), 1)
+        let x = (0..<16).map(Float.init)  // 4×4, one channel
+        var y = [Float](repeating: 0, count: 9)
+        Kernels.avgPool2dNHWC(x, n: 1, h: 4, w: 4, c: 1, kernel: 3, stride: 2, padding: 1, &y, ho: 3, wo: 3)
+        // torch 2.13: nn.AvgPool2d(3, 2, 1, ceil_mode=True)(torch.arange(16.).view(1,1,4,4)).flatten()
+        let expected: [Double] = [1.1111111640930176, 2.6666667461395264, 1.6666666269302368, 5.666666507720947, 10.0, 5.5, 4.166666507720947, 7.0, 3.75]
+        assertClose(y, expected, tol: 1e-6, "avg pool")
+    }
+
+    func testThreadCountIsSettable() throws {
+        let e = try Engine.shared()
+        let before = e.threads
+        e.threads = 1
+        XCTAssertEqual(e.threads, 1)
+        e.threads = before
+    }
+}

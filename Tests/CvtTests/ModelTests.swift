@@ -1,0 +1,113 @@
+import Cvt
+import CvtNN
+import CvtTensor
+import Foundation
+import XCTest
+
+final class ModelTests: XCTestCase {
+    func tinyConfig() -> CvtConfig {
+        var c = CvtConfig()
+        c.embedDim = [16, 32, 48]; c.numHeads = [1, 2, 3]; c.depth = [1, 2, 3]; c.numLabels = 4
+        return c
+    }
+
+    func synthetic(_ c: CvtConfig) throws -> CvtForImageClassification {
+        let m = try CvtForImageClassification(config: c)
+        try m.visitParameters(SyntheticWeights(), prefix: "")
+        m.parametersDidChange()
+        return m
+    }
+
+    /// A batch gives the same rows as its images one by one (transformers checks 2e-4).
+    func testBatchEquivalence() throws {
+        let m = try synthetic(tinyConfig())
+        let x = syntheticPixels([3, 3, 48, 40])
+        let batched = try m(x, outputHiddenStates: true)
+        let per = 3 * 48 * 40
+        for i in 0..<3 {
+            let xi = try Tensor(shape: [1, 3, 48, 40], scalars: Array(x.scalars[(i * per)..<((i + 1) * per)]))
+            let single = try m(xi)
+            assertClose("logits[\(i)]", single.logits.scalars, Array(batched.logits.scalars[(i * 4)..<(i * 4 + 4)]), tol: 1e-5)
+        }
+    }
+
+    func testNonSquareAnd224Shapes() throws {
+        let m = try synthetic(tinyConfig())
+        let out = try m(syntheticPixels([1, 3, 225, 250]), outputHiddenStates: true)
+        XCTAssertEqual(out.hiddenStates?.map { Array($0.shape[2...]) }, [[56, 62], [28, 31], [14, 16]], "spec §2.1 grid sizes")
+        XCTAssertEqual(out.lastHiddenState.shape, [1, 48, 14, 16])
+    }
+
+    func testBadInputsAreErrorsNotCrashes() throws {
+        let m = try synthetic(tinyConfig())
+        XCTAssertThrowsError(try m(Tensor(zeros: [1, 3, 2, 2]))) { XCTAssertTrue("\($0)".contains("too small"), "\($0)") }
+        XCTAssertThrowsError(try m(Tensor(zeros: [1, 1, 64, 64]))) { XCTAssertTrue("\($0)".contains("channels"), "\($0)") }
+        XCTAssertThrowsError(try m(Tensor(zeros: [3, 64, 64])))
+        XCTAssertThrowsError(try m(Tensor(zeros: [0, 3, 64, 64])))
+        let x = syntheticPixels([2, 3, 32, 32])
+        XCTAssertThrowsError(try m(x, labels: .classIndices([0])), "one label for two images")
+        XCTAssertThrowsError(try m(x, labels: .classIndices([0, 4])), "label outside 0..<4")
+    }
+
+    func testNumLabelsZeroGivesPooledFeatures() throws {
+        var c = tinyConfig(); c.numLabels = 0
+        let m = try synthetic(c)
+        XCTAssertNil(m.classifier)
+        let out = try m(syntheticPixels([2, 3, 32, 32]))
+        XCTAssertEqual(out.logits.shape, [2, 48])
+        // The features are the LayerNorm-ed CLS token.
+        let cls = try XCTUnwrap(out.clsTokenValue)
+        var expected = Tensor(zeros: [2, 48])
+        expected.withUnsafeMutableBufferPointer { p in
+            m.layernorm(src: cls.unsafePointer, dst: p.baseAddress!, rows: 2)
+        }
+        assertClose("features", out.logits.scalars, expected.scalars, tol: 0)
+    }
+
+    func testRandomInitializationFollowsTransformers() throws {
+        let a = try CvtForImageClassification.randomlyInitialized(config: tinyConfig(), seed: 7)
+        let b = try CvtForImageClassification.randomlyInitialized(config: tinyConfig(), seed: 7)
+        let sa = try a.stateDict(), sb = try b.stateDict()
+        XCTAssertEqual(sa.order, sb.order)
+        for k in sa.order { XCTAssertEqual(sa.tensors[k]?.scalars, sb.tensors[k]?.scalars, "seeded init differs at \(k)") }
+        let w = try XCTUnwrap(sa.tensors["cvt.encoder.stages.2.layers.0.intermediate.dense.weight"]).scalars
+        let mean = w.reduce(0, +) / Float(w.count)
+        let std = (w.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(w.count)).squareRoot()
+        XCTAssertEqual(std, 0.02, accuracy: 0.002)
+        XCTAssertTrue(w.allSatisfy { abs($0) <= 2 })
+        XCTAssertEqual(sa.tensors["cvt.encoder.stages.2.layers.0.intermediate.dense.bias"]?.scalars.allSatisfy { $0 == 0 }, true)
+        XCTAssertEqual(sa.tensors["layernorm.weight"]?.scalars.allSatisfy { $0 == 1 }, true)
+        XCTAssertEqual(sa.tensors["cvt.encoder.stages.0.layers.0.attention.attention.convolution_projection_key.convolution_projection.normalization.running_var"]?.scalars.allSatisfy { $0 == 1 }, true)
+        let cls = try XCTUnwrap(sa.tensors["cvt.encoder.stages.2.cls_token"]).scalars
+        XCTAssertTrue(cls.contains { $0 != 0 }, "cls_token is trunc-normal initialised")
+        let out = try a(syntheticPixels([1, 3, 32, 32]))
+        XCTAssertTrue(out.logits.scalars.allSatisfy(\.isFinite))
+    }
+
+    /// Keys walk in transformers' state_dict order (spec §3.1).
+    func testStateDictKeyOrder() throws {
+        var c = tinyConfig(); c.clsToken = [false, true, true]
+        let keys = try CvtForImageClassification(config: c).stateDict().order
+        XCTAssertEqual(keys.first, "cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight")
+        XCTAssertEqual(Array(keys.suffix(4)), ["layernorm.weight", "layernorm.bias", "classifier.weight", "classifier.bias"])
+        let s1 = keys.firstIndex(of: "cvt.encoder.stages.1.cls_token")
+        let e1 = keys.firstIndex(of: "cvt.encoder.stages.1.embedding.convolution_embeddings.projection.weight")
+        XCTAssertNotNil(s1); XCTAssertEqual(s1.map { $0 + 1 }, e1, "cls_token comes first in its stage")
+        let layer = keys.filter { $0.hasPrefix("cvt.encoder.stages.0.layers.0.") }.map { String($0.dropFirst("cvt.encoder.stages.0.layers.0.".count)) }
+        XCTAssertEqual(layer.count, 34 - 3, "34 keys per layer minus 3 num_batches_tracked")
+        XCTAssertEqual(layer[0], "attention.attention.convolution_projection_query.convolution_projection.convolution.weight")
+        XCTAssertEqual(layer.last, "layernorm_after.bias")
+    }
+
+    func testLosses() throws {
+        let logits = try Tensor(shape: [2, 3], scalars: [1, 2, 3, 0, 0, 0])
+        // -log softmax: row 0 label 2, row 1 label 0.
+        let l0 = log(exp(1.0) + exp(2.0) + exp(3.0)) - 3, l1 = log(3.0)
+        XCTAssertEqual(Double(try Losses.crossEntropy(logits: logits, labels: [2, 0])), (l0 + l1) / 2, accuracy: 1e-6)
+        XCTAssertEqual(Double(try Losses.crossEntropy(logits: logits, labels: [2, -100])), l0, accuracy: 1e-6, "ignore_index -100")
+        XCTAssertEqual(try Losses.mse([1, 2], [0, 4]), 2.5)
+        // BCE(x=0, y=1) = log 2; BCE(x=100, y=0) = 100.
+        XCTAssertEqual(Double(try Losses.bceWithLogits([0, 100], [1, 0])), (log(2.0) + 100) / 2, accuracy: 1e-5)
+        XCTAssertThrowsError(try Losses.mse([1], [1, 2]))
+    }
+}
