@@ -6,6 +6,8 @@ public final class Linear: Module {
     public let inFeatures: Int, outFeatures: Int
     public var weight: Tensor
     public var bias: Tensor?
+    /// `weight` as the engine consumes it (converted copies cached); dropped when parameters change.
+    private var constant: ConstantWeights?
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
         self.inFeatures = inFeatures; self.outFeatures = outFeatures
@@ -16,16 +18,21 @@ public final class Linear: Module {
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inFeatures))
         if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+        constant = nil
     }
 
-    public func parametersDidChange() {}
+    public func parametersDidChange() { constant = nil }
 
     /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
                                dst: UnsafeMutablePointer<Float>, postOps: [PostOp] = []) throws {
-        // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
-        try engine.matmul(src: StridedView(dense: src, dims: [rows, inFeatures]),
-                          weights: StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]),
+        let w: ConstantWeights
+        if let c = constant { w = c } else {
+            // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
+            w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
+            constant = w
+        }
+        try engine.matmul(src: StridedView(dense: src, dims: [rows, inFeatures]), weights: w,
                           bias: bias.map { UnsafePointer($0.unsafePointer) },
                           dst: StridedView(dense: dst, dims: [rows, outFeatures]), postOps: postOps)
     }

@@ -58,10 +58,27 @@ public final class ConvWeights: @unchecked Sendable {
     }
 }
 
+/// Arithmetic of the matmuls. Layer norms, softmax, convolutions and accumulation stay float32.
+public enum ComputePrecision: String, Sendable, CaseIterable {
+    case float32
+    /// Matmul operands rounded to bfloat16 (oneDNN's AMX / avx512_bf16 kernels), float32 accumulation and output.
+    case bfloat16
+}
+
+/// Constant matmul weights (a layer's parameters): converted once to the engine's precision and kept.
+public final class ConstantWeights: @unchecked Sendable {
+    public let view: StridedView
+    var converted: [ComputePrecision: UnsafeMutableRawPointer] = [:]
+    public init(_ view: StridedView) { self.view = view }
+    deinit { for p in converted.values { p.deallocate() } }
+}
+
 struct MatmulKey: Hashable {
     var src: [Int], srcStrides: [Int], wei: [Int], weiStrides: [Int], dst: [Int], dstStrides: [Int]
-    var bias: Bool, postOps: [PostOp]
+    var bias: Bool, postOps: [PostOp], precision: ComputePrecision
 }
+
+struct ReorderKey: Hashable { var dims: [Int], strides: [Int], precision: ComputePrecision }
 
 struct ConvKey: Hashable {
     var src: [Int], srcNCHW: Bool, wei: [Int], groups: Int, stride: [Int], padding: [Int], dst: [Int], bias: Bool
@@ -83,6 +100,9 @@ public final class Engine: @unchecked Sendable {
     private var matmuls: [MatmulKey: Primitive] = [:]
     private var convs: [ConvKey: Primitive] = [:]
     private var softmaxes: [[Int]: Primitive] = [:]
+    private var reorders: [ReorderKey: Primitive] = [:]
+    /// Matmul arithmetic; float32 (the default) is the parity reference.
+    public var precision: ComputePrecision = .float32
     private let lock = NSLock()
     /// Per-operation wall time in ms, collected when `profile` is set (for `cvt bench --profile`).
     public var profile = false
@@ -100,7 +120,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     deinit {
-        matmuls.removeAll(); convs.removeAll(); softmaxes.removeAll()
+        matmuls.removeAll(); convs.removeAll(); softmaxes.removeAll(); reorders.removeAll()
         dnnl_stream_destroy(stream); dnnl_engine_destroy(engine)
     }
 
@@ -124,11 +144,35 @@ public final class Engine: @unchecked Sendable {
 
     // MARK: - memory descriptors
 
-    private func md(_ dims: [Int], strides: [Int]) throws -> dnnl_memory_desc_t {
+    private func md(_ dims: [Int], strides: [Int], type: dnnl_data_type_t = dnnl_f32) throws -> dnnl_memory_desc_t {
         var d = dnnl_memory_desc_t()
         let dd = dims.map(Int64.init), ss = strides.map(Int64.init)
-        try check(dnnl_memory_desc_init_by_strides(&d, Int32(dims.count), dd, dnnl_f32, ss), "memory desc \(dims)")
+        try check(dnnl_memory_desc_init_by_strides(&d, Int32(dims.count), dd, type, ss), "memory desc \(dims)")
         return d
+    }
+
+    static func denseStrides(_ dims: [Int]) -> [Int] { StridedView(dense: UnsafeMutablePointer<Float>(bitPattern: 64)!, dims: dims).strides }
+
+    /// Converts a float32 strided view to a dense buffer of `precision` (caller deallocates).
+    private func convert(_ v: StridedView, to precision: ComputePrecision) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t) {
+        let dense = Self.denseStrides(v.dims)
+        let dstMD = try md(v.dims, strides: dense, type: precision == .bfloat16 ? dnnl_bf16 : dnnl_f32)
+        let srcMD = try md(v.dims, strides: v.strides)
+        let count = max(1, v.dims.reduce(1, *))
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: count * (precision == .bfloat16 ? 2 : 4), alignment: 64)
+        let key = ReorderKey(dims: v.dims, strides: v.strides, precision: precision)
+        let p: Primitive
+        if let cached = reorders[key] { p = cached } else {
+            p = try makePrimitive({ pd in
+                var a = srcMD, b = dstMD
+                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder to \(precision)")
+            }, "reorder")
+            reorders[key] = p
+        }
+        do {
+            try run(p, [(DNNL_ARG_FROM, srcMD, UnsafeMutableRawPointer(v.pointer)), (DNNL_ARG_TO, dstMD, buffer)], "reorder")
+        } catch { buffer.deallocate(); throw error }
+        return (buffer, dstMD)
     }
 
     private func md(_ dims: [Int], tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
@@ -180,23 +224,49 @@ public final class Engine: @unchecked Sendable {
     /// Batch dims broadcast as oneDNN's matmul defines. All operands are strided views.
     public func matmul(src: StridedView, weights: StridedView, bias: UnsafePointer<Float>? = nil,
                        dst: StridedView, postOps: [PostOp] = []) throws {
+        try matmul(src: src, weights: weights, constant: nil, bias: bias, dst: dst, postOps: postOps)
+    }
+
+    /// Same with constant weights, which are converted to the engine's precision only once.
+    public func matmul(src: StridedView, weights: ConstantWeights, bias: UnsafePointer<Float>? = nil,
+                       dst: StridedView, postOps: [PostOp] = []) throws {
+        try matmul(src: src, weights: weights.view, constant: weights, bias: bias, dst: dst, postOps: postOps)
+    }
+
+    private func matmul(src: StridedView, weights: StridedView, constant: ConstantWeights?, bias: UnsafePointer<Float>?,
+                        dst: StridedView, postOps: [PostOp]) throws {
         let r = dst.dims.count
         guard src.dims.count == r, weights.dims.count == r, r >= 2,
               src.dims[r - 1] == weights.dims[r - 2], src.dims[r - 2] == dst.dims[r - 2],
               weights.dims[r - 1] == dst.dims[r - 1] else {
             throw TensorError("matmul shape mismatch: \(src.dims) x \(weights.dims) -> \(dst.dims)")
         }
-        if dst.dims.contains(0) || src.dims[r - 1] == 0 {
-            if dst.dims.contains(0) { return }
-        }
-        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
-                            dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps)
+        if dst.dims.contains(0) { return }
         lock.lock(); defer { lock.unlock() }
-        let srcMD = try md(src.dims, strides: src.strides)
-        let weiMD = try md(weights.dims, strides: weights.strides)
+        let precision = self.precision
+        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
+                            dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision)
+        var srcMD = try md(src.dims, strides: src.strides), srcPtr = UnsafeMutableRawPointer(src.pointer)
+        var weiMD = try md(weights.dims, strides: weights.strides), weiPtr = UnsafeMutableRawPointer(weights.pointer)
+        var scratch: [UnsafeMutableRawPointer] = []
+        defer { for b in scratch { b.deallocate() } }
+        if precision == .bfloat16 {
+            // bf16 kernels need bf16 operands: activations are rounded per call, weights once.
+            (srcPtr, srcMD) = try convert(src, to: .bfloat16)
+            scratch.append(srcPtr)
+            let bfMD = try md(weights.dims, strides: Self.denseStrides(weights.dims), type: dnnl_bf16)
+            if let constant, let cached = constant.converted[.bfloat16] {
+                weiPtr = cached
+            } else {
+                let (ptr, _) = try convert(weights, to: .bfloat16)
+                if let constant { constant.converted[.bfloat16] = ptr } else { scratch.append(ptr) }
+                weiPtr = ptr
+            }
+            weiMD = bfMD
+        }
         let dstMD = try md(dst.dims, strides: dst.strides)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
-        let biasMD = try md(biasDims, tag: r == 2 ? dnnl_ab : (r == 3 ? dnnl_abc : (r == 4 ? dnnl_abcd : dnnl_abcde)))
+        let biasMD = try md(biasDims, strides: Self.denseStrides(biasDims))
         let p: Primitive
         if let cached = matmuls[key] {
             p = cached
@@ -215,8 +285,8 @@ public final class Engine: @unchecked Sendable {
             matmuls[key] = p
         }
         var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
-            (DNNL_ARG_SRC, srcMD, UnsafeMutableRawPointer(src.pointer)),
-            (DNNL_ARG_WEIGHTS, weiMD, UnsafeMutableRawPointer(weights.pointer)),
+            (DNNL_ARG_SRC, srcMD, srcPtr),
+            (DNNL_ARG_WEIGHTS, weiMD, weiPtr),
             (DNNL_ARG_DST, dstMD, UnsafeMutableRawPointer(dst.pointer)),
         ]
         if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }

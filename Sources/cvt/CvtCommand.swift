@@ -77,18 +77,21 @@ struct Bench: ParsableCommand {
     @Option(help: "Checkpoint folder to time instead of a random-init preset.") var model: String?
     @Option(help: "Images per forward pass.") var batchSize = 1
     @Option(help: "Input height and width.") var imageSize = 224
-    @Option(help: "Compute dtype (float32).") var dtype = "float32"
+    @Option(help: "Matmul arithmetic: float32 or bfloat16 (float32 accumulation).") var dtype = "float32"
     @Option(help: "Timed iterations (after 2 warm-up passes).") var iterations = 10
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
-        guard dtype == "float32" else { throw ValidationError("--dtype \(dtype) is not supported yet; use float32") }
+        guard let precision = ComputePrecision(rawValue: dtype) else {
+            throw ValidationError("--dtype must be float32 or bfloat16, got \(dtype)")
+        }
         guard batchSize > 0, imageSize > 0, iterations > 0 else {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
         let engine = try threadOptions.engine()
+        engine.precision = precision
         let classifier: CvtForImageClassification
         if let model {
             classifier = try CvtForImageClassification(pretrained: URL(fileURLWithPath: model), engine: engine)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU benchmark: our `cvt bench` vs transformers eager (fp32, bf16) and ONNX Runtime,
+same random-init weights, same shapes, same thread count, one run.
+
+Usage (after Scripts/setup-reference-env.sh and `swift build -c release`):
+  .venv-reference/bin/python Scripts/bench_peers.py --preset cvt-13 --batch-size 1 --threads 2
+Prints one table (ms per batch, images/s, ratio to ours) and, with --json, one JSON object.
+"""
+import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
+
+import torch
+from transformers import CvtConfig, CvtForImageClassification
+
+PRESETS = {
+    "cvt-13": dict(embed_dim=[64, 192, 384], num_heads=[1, 3, 6], depth=[1, 2, 10]),
+    "cvt-21": dict(embed_dim=[64, 192, 384], num_heads=[1, 3, 6], depth=[1, 4, 16]),
+    "cvt-w24": dict(embed_dim=[192, 768, 1024], num_heads=[3, 12, 16], depth=[2, 2, 20]),
+}
+
+
+def timeit(fn, iterations, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), min(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="cvt-13", choices=sorted(PRESETS))
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--cvt", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "cvt"))
+    ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(a.threads)
+    model = CvtForImageClassification(CvtConfig(num_labels=1000, **PRESETS[a.preset])).eval()
+    x = torch.randn(a.batch_size, 3, a.image_size, a.image_size)
+    rows = []
+
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        # Ours first, on the very same weights.
+        out = subprocess.run([a.cvt, "bench", "--model", d, "--batch-size", str(a.batch_size), "--image-size", str(a.image_size),
+                              "--threads", str(a.threads), "--iterations", str(a.iterations), "--json"],
+                             check=True, capture_output=True, text=True)
+        ours = json.loads(out.stdout)
+        rows.append(("swift-cvt fp32 (oneDNN)", ours["median_ms"], ours["min_ms"]))
+
+        with torch.no_grad():
+            rows.append(("transformers eager fp32", *timeit(lambda: model(x), a.iterations)))
+            mb, xb = model.to(torch.bfloat16), x.to(torch.bfloat16)
+            rows.append(("transformers eager bf16", *timeit(lambda: mb(xb), a.iterations)))
+            model.float()
+
+        if not a.skip_onnx:
+            import onnxruntime as ort
+            path = os.path.join(d, "model.onnx")
+            torch.onnx.export(model, (x,), path, input_names=["pixel_values"], output_names=["logits"],
+                              opset_version=17, dynamo=False)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = a.threads
+            so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            feed = {"pixel_values": x.numpy()}
+            rows.append((f"ONNX Runtime {ort.__version__} fp32", *timeit(lambda: sess.run(None, feed), a.iterations)))
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    result = {
+        "preset": a.preset, "batch_size": a.batch_size, "image_size": a.image_size, "threads": a.threads,
+        "iterations": a.iterations, "cpu": cpu, "torch": torch.__version__,
+        "rows": [{"system": n, "median_ms": m, "min_ms": mn, "images_per_second": a.batch_size / (m / 1e3),
+                  "ratio_to_ours": m / rows[0][1]} for n, m, mn in rows],
+        "ours_peak_rss_mb": ours["peak_rss_mb"],
+    }
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{a.preset}, batch {a.batch_size}, {a.image_size}x{a.image_size}, {a.threads} threads, {a.iterations} iterations, {cpu}")
+    print(f"{'system':34} {'median ms/batch':>16} {'min ms':>8} {'images/s':>9} {'time vs ours':>13}")
+    for r in result["rows"]:
+        print(f"{r['system']:34} {r['median_ms']:16.1f} {r['min_ms']:8.1f} {r['images_per_second']:9.1f} {r['ratio_to_ours']:12.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
