@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Layers depend one way: CvtTensor (tensor + oneDNN engine) → CvtNN (layers) → Cvt (config and
-// model, no I/O) → CvtKit (checkpoint loading, safetensors, pipeline) → cvt (CLI).
+// model, no I/O) → CvtVision (image decoding and preprocessing) → CvtKit (checkpoint loading,
+// safetensors, pipeline) → cvt (CLI).
 let package = Package(
     name: "swift-cvt",
     products: [
@@ -18,15 +19,26 @@ let package = Package(
         .target(name: "CvtTensor", dependencies: ["CDNNL"],
                 swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
         .target(name: "Safetensors"),
+        // PyTorch's zip checkpoints (pytorch_model.bin) through a restricted unpickler; zlib from Debian.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
+        .target(name: "TorchCheckpoint", dependencies: ["CZlib"]),
+        // Hugging Face cache layout and Hub downloads.
+        .target(name: "HubClient"),
         .target(name: "CvtNN", dependencies: ["CvtTensor"]),
         .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor"]),
-        .target(name: "CvtKit", dependencies: ["Cvt", "CvtNN", "CvtTensor", "Safetensors"]),
+        // libjpeg-turbo and libpng (Debian), wrapped in C because their error handling uses setjmp.
+        .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]),
+        .target(name: "CvtVision", dependencies: ["CImageCodecs", "CvtTensor"]),
+        .target(name: "CvtKit", dependencies: ["Cvt", "CvtNN", "CvtTensor", "CvtVision", "Safetensors", "TorchCheckpoint", "HubClient", "CZlib"]),
         .executableTarget(name: "cvt", dependencies: [
             "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor"]),
         .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
+        .testTarget(name: "TorchCheckpointTests", dependencies: ["TorchCheckpoint"]),
+        .testTarget(name: "HubClientTests", dependencies: ["HubClient"]),
         .testTarget(name: "CvtTests", dependencies: ["Cvt", "CvtNN", "CvtTensor"]),
+        .testTarget(name: "CvtVisionTests", dependencies: ["CvtVision"]),
         .testTarget(name: "CvtKitTests", dependencies: ["CvtKit"]),
     ],
     swiftLanguageModes: [.v5]

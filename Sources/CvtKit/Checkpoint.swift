@@ -3,6 +3,7 @@
 @_exported import CvtTensor
 import Foundation
 @_exported import Safetensors
+@_exported import TorchCheckpoint
 
 /// A checkpoint folder that cannot be used, naming the file and what is wrong with it.
 public struct CheckpointError: Error, CustomStringConvertible, LocalizedError {
@@ -16,6 +17,9 @@ public struct CheckpointError: Error, CustomStringConvertible, LocalizedError {
 extension SafetensorsFile: TensorSource {
     public func shape(of name: String) -> [Int]? { info(name)?.shape }
 }
+
+/// `pytorch_model.bin` through the restricted unpickler (no code from the file ever runs).
+extension TorchCheckpoint: TensorSource {}
 
 extension SafetensorsFile {
     /// The named tensor as float32 (F32/F16/BF16/F64 stored), or an error naming file and key.
@@ -71,15 +75,16 @@ public struct CheckpointFolder {
         }
     }
 
-    /// Opens the weights file (safetensors; the pickle format comes with its own loader).
-    public func openWeights() throws -> SafetensorsFile {
+    /// Opens the weights: `model.safetensors` first (as transformers prefers it), else
+    /// `pytorch_model.bin`. Returns the source and the file it came from.
+    public func openWeights() throws -> (source: TensorSource, path: String) {
         if FileManager.default.fileExists(atPath: safetensorsURL.path) {
-            return try SafetensorsFile(url: safetensorsURL)
+            return (try SafetensorsFile(url: safetensorsURL), safetensorsURL.path)
         }
         if FileManager.default.fileExists(atPath: pytorchBinURL.path) {
-            throw CheckpointError(path: pytorchBinURL.path, "pytorch_model.bin checkpoints are not supported yet; convert it to model.safetensors")
+            return (try TorchCheckpoint(url: pytorchBinURL), pytorchBinURL.path)
         }
-        throw CheckpointError(path: url.path, "has no model.safetensors")
+        throw CheckpointError(path: url.path, "has no model.safetensors or pytorch_model.bin")
     }
 }
 
@@ -89,8 +94,8 @@ extension CvtForImageClassification {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
         try self.init(config: config, engine: engine)
-        let weights = try folder.openWeights()
-        try load(from: weights, sourceName: folder.safetensorsURL.path)
+        let (weights, path) = try folder.openWeights()
+        try load(from: weights, sourceName: path)
     }
 
     /// Writes `config.json` and `model.safetensors` (weights in `dtype`), as `save_pretrained` does.

@@ -7,7 +7,7 @@ struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
-        subcommands: [Forward.self, Bench.self])
+        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Bench.self])
 }
 
 struct ThreadOptions: ParsableArguments {
@@ -34,7 +34,7 @@ struct Forward: ParsableCommand {
         and `loss` [1] when labels were given, in transformers' shapes and layouts.
         """)
 
-    @Option(help: "Checkpoint folder (config.json + model.safetensors).") var model: String
+    @Option(help: "Checkpoint folder or Hub id (org/name[@revision], from the HF cache or downloaded).") var model: String
     @Option(help: "Input safetensors file.") var input: String
     @Option(help: "Output safetensors file.") var output: String
     @Flag(help: "Also write the per-stage hidden states.") var hiddenStates = false
@@ -42,7 +42,7 @@ struct Forward: ParsableCommand {
 
     func run() throws {
         let engine = try threadOptions.engine()
-        let classifier = try CvtForImageClassification(pretrained: URL(fileURLWithPath: model), engine: engine)
+        let classifier = try CvtForImageClassification(pretrained: model, engine: engine, progress: TerminalProgressBar()?.callback)
         let inputFile = try SafetensorsFile(url: URL(fileURLWithPath: input))
         guard let info = inputFile.info("pixel_values") else {
             throw CheckpointError(path: input, "has no tensor named `pixel_values`")
@@ -94,7 +94,7 @@ struct Bench: ParsableCommand {
         engine.precision = precision
         let classifier: CvtForImageClassification
         if let model {
-            classifier = try CvtForImageClassification(pretrained: URL(fileURLWithPath: model), engine: engine)
+            classifier = try CvtForImageClassification(pretrained: model, engine: engine, progress: TerminalProgressBar()?.callback)
         } else {
             guard let config = CvtConfig.preset(named: preset) else {
                 throw ValidationError("unknown preset \(preset); use one of \(CvtConfig.presetNames.joined(separator: ", "))")

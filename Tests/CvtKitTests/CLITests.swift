@@ -9,7 +9,7 @@ final class CLITests: XCTestCase {
         URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("cvt")
     }
 
-    func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    func run(_ args: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
         let exe = Self.executable
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             struct MissingExecutable: Error, CustomStringConvertible { let description: String }
@@ -18,6 +18,7 @@ final class CLITests: XCTestCase {
         let p = Process()
         p.executableURL = exe
         p.arguments = args
+        if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out; p.standardError = err
         try p.run()
@@ -62,5 +63,67 @@ final class CLITests: XCTestCase {
             XCTAssertNotNil(obj[key], "missing \(key) in \(r.stdout)")
         }
         XCTAssertEqual(obj["batch_size"] as? Int, 2)
+    }
+
+    /// A model that exists only in a Hugging Face cache (as Python leaves it) loads by Hub id, offline.
+    func testHubIdFromTheCacheOffline() throws {
+        let fm = FileManager.default
+        let cache = fm.temporaryDirectory.appendingPathComponent("cvt-hf-cache-\(UUID().uuidString)")
+        defer { try? fm.removeItem(at: cache) }
+        let commit = String(repeating: "ab", count: 20)
+        let repo = cache.appendingPathComponent("models--acme--tiny-cvt")
+        let snapshot = repo.appendingPathComponent("snapshots/\(commit)")
+        let blobs = repo.appendingPathComponent("blobs")
+        try fm.createDirectory(at: snapshot, withIntermediateDirectories: true)
+        try fm.createDirectory(at: blobs, withIntermediateDirectories: true)
+        try fm.createDirectory(at: repo.appendingPathComponent("refs"), withIntermediateDirectories: true)
+        try Data(commit.utf8).write(to: repo.appendingPathComponent("refs/main"))
+        let source = fixturesRoot.appendingPathComponent("parity/tiny")
+        for (i, file) in ["config.json", "model.safetensors"].enumerated() {
+            // huggingface_hub's layout: snapshot entries are relative symlinks into blobs/.
+            let blob = blobs.appendingPathComponent("blob\(i)")
+            try fm.copyItem(at: source.appendingPathComponent(file), to: blob)
+            try fm.createSymbolicLink(atPath: snapshot.appendingPathComponent(file).path, withDestinationPath: "../../blobs/blob\(i)")
+        }
+        let output = fm.temporaryDirectory.appendingPathComponent("cvt-hub-\(UUID().uuidString).safetensors")
+        defer { try? fm.removeItem(at: output) }
+        let env = ["HF_HUB_CACHE": cache.path, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"]
+        let r = try run(["forward", "--model", "acme/tiny-cvt", "--input", source.appendingPathComponent("input.safetensors").path,
+                         "--output", output.path], environment: env)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let expected = try SafetensorsFile(url: source.appendingPathComponent("expected.safetensors"))
+        assertTensorClose("logits via HF cache", try SafetensorsFile(url: output).tensor("logits"), try expected.tensor("logits"), tol: 1e-4)
+        let missing = try run(["forward", "--model", "acme/not-there", "--input", source.appendingPathComponent("input.safetensors").path,
+                               "--output", output.path], environment: env)
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.stderr.contains("acme/not-there"), missing.stderr)
+    }
+
+    func testClassifyJSONAndExitCode() throws {
+        let model = fixturesRoot.appendingPathComponent("pipeline/single_label").path
+        let images = fixturesRoot.appendingPathComponent("images")
+        let good = images.appendingPathComponent("rocket.jpg").path, bad = images.appendingPathComponent("not_an_image.jpg").path
+        let r = try run(["classify", "--model", model, good, bad, "--json", "--top-k", "2"])
+        XCTAssertNotEqual(r.status, 0, "a failed image makes the exit code non-zero")
+        let array = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        XCTAssertEqual(array.count, 2)
+        XCTAssertEqual(array[0]["image"] as? String, good)
+        XCTAssertEqual((array[0]["predictions"] as? [[String: Any]])?.count, 2)
+        XCTAssertEqual(array[1]["image"] as? String, bad)
+        XCTAssertNotNil(array[1]["error"])
+        let ok = try run(["classify", "--model", model, good])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        XCTAssertTrue(ok.stdout.contains("rocket"), ok.stdout)
+    }
+
+    func testPreprocessMatchesTransformersPixels() throws {
+        let model = fixturesRoot.appendingPathComponent("pipeline/single_label").path
+        let image = fixturesRoot.appendingPathComponent("images/coffee.png").path
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-pre-\(UUID().uuidString).safetensors")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let r = try run(["preprocess", "--model", model, image, image, "--output", output.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let pixels = try SafetensorsFile(url: output).tensor("pixel_values")
+        XCTAssertEqual(pixels.shape, [2, 3, 64, 64])
     }
 }

@@ -1,0 +1,140 @@
+import CZlib
+import Foundation
+
+/// A malformed data-set file, naming the file and what is wrong.
+public struct DatasetError: Error, CustomStringConvertible, LocalizedError {
+    public let path: String
+    public let message: String
+    public init(path: String, _ message: String) { self.path = path; self.message = message }
+    public var description: String { "\(path): \(message)" }
+    public var errorDescription: String? { description }
+}
+
+/// Reads gzip-compressed (or plain) bytes fully, with zlib.
+func gunzipIfNeeded(_ data: Data, path: String) throws -> Data {
+    guard data.count >= 2, data[data.startIndex] == 0x1F, data[data.startIndex + 1] == 0x8B else { return data }
+    var stream = z_stream()
+    // 16 + MAX_WBITS: expect a gzip header.
+    guard inflateInit2_(&stream, 16 + MAX_WBITS, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
+        throw DatasetError(path: path, "cannot initialise gzip decompression")
+    }
+    defer { inflateEnd(&stream) }
+    var out = Data()
+    let chunk = 1 << 20
+    var buffer = [UInt8](repeating: 0, count: chunk)
+    var status: Int32 = Z_OK
+    try data.withUnsafeBytes { (input: UnsafeRawBufferPointer) in
+        stream.next_in = UnsafeMutablePointer(mutating: input.bindMemory(to: Bytef.self).baseAddress)
+        stream.avail_in = uInt(input.count)
+        repeat {
+            try buffer.withUnsafeMutableBufferPointer { b in
+                stream.next_out = b.baseAddress
+                stream.avail_out = uInt(chunk)
+                status = inflate(&stream, Z_NO_FLUSH)
+                guard status == Z_OK || status == Z_STREAM_END else {
+                    throw DatasetError(path: path, "corrupt gzip data (zlib status \(status))")
+                }
+                out.append(b.baseAddress!, count: chunk - Int(stream.avail_out))
+            }
+            if status != Z_STREAM_END && stream.avail_in == 0 && stream.avail_out != 0 {
+                throw DatasetError(path: path, "truncated gzip data")
+            }
+        } while status != Z_STREAM_END
+    }
+    return out
+}
+
+/// The IDX format of (Fashion-)MNIST: a big-endian header (magic with type and rank, then the
+/// dimensions) followed by the values.
+public struct IDXFile {
+    public let shape: [Int]
+    public let bytes: [UInt8]
+
+    public init(url: URL) throws {
+        guard let raw = FileManager.default.contents(atPath: url.path) else {
+            throw DatasetError(path: url.path, "cannot be read (missing or unreadable)")
+        }
+        let data = [UInt8](try gunzipIfNeeded(raw, path: url.path))
+        guard data.count >= 4, data[0] == 0, data[1] == 0 else {
+            throw DatasetError(path: url.path, "is not an IDX file (bad magic number)")
+        }
+        guard data[2] == 0x08 else {
+            throw DatasetError(path: url.path, "has IDX element type 0x\(String(data[2], radix: 16)); only unsigned bytes (0x08) are supported")
+        }
+        let rank = Int(data[3])
+        guard rank >= 1, data.count >= 4 + 4 * rank else { throw DatasetError(path: url.path, "is truncated in its header") }
+        var shape: [Int] = []
+        var count = 1
+        for i in 0..<rank {
+            let o = 4 + 4 * i
+            let d = Int(data[o]) << 24 | Int(data[o + 1]) << 16 | Int(data[o + 2]) << 8 | Int(data[o + 3])
+            shape.append(d)
+            let (c, overflow) = count.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw DatasetError(path: url.path, "declares too many elements \(shape)") }
+            count = c
+        }
+        let header = 4 + 4 * rank
+        guard data.count - header == count else {
+            throw DatasetError(path: url.path, "declares shape \(shape) (\(count) values) but holds \(data.count - header)")
+        }
+        self.shape = shape
+        bytes = Array(data[header...])
+    }
+}
+
+/// An images + labels pair of IDX files, e.g. Fashion-MNIST's test split.
+public struct IDXDataset {
+    public let images: IDXFile
+    public let labels: [Int]
+    public var count: Int { labels.count }
+    public var height: Int { images.shape[1] }
+    public var width: Int { images.shape[2] }
+
+    /// `url` is the images file, or a folder holding `<split>-images-idx3-ubyte[.gz]` and the labels file.
+    public init(url: URL, split: String = "t10k") throws {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir) else {
+            throw DatasetError(path: url.path, "does not exist")
+        }
+        let imagesURL: URL, labelsURL: URL
+        if isDir.boolValue {
+            func find(_ base: String) throws -> URL {
+                for name in [base + ".gz", base] {
+                    let u = url.appendingPathComponent(name)
+                    if FileManager.default.fileExists(atPath: u.path) { return u }
+                }
+                throw DatasetError(path: url.path, "has no \(base)[.gz]")
+            }
+            imagesURL = try find("\(split)-images-idx3-ubyte")
+            labelsURL = try find("\(split)-labels-idx1-ubyte")
+        } else {
+            imagesURL = url
+            let name = url.lastPathComponent
+            guard name.contains("images-idx3") else {
+                throw DatasetError(path: url.path, "is not an IDX images file (expected a name with images-idx3) or a folder")
+            }
+            labelsURL = url.deletingLastPathComponent().appendingPathComponent(name.replacingOccurrences(of: "images-idx3", with: "labels-idx1"))
+        }
+        images = try IDXFile(url: imagesURL)
+        let labelFile = try IDXFile(url: labelsURL)
+        guard images.shape.count == 3 else {
+            throw DatasetError(path: imagesURL.path, "has shape \(images.shape); expected [count, height, width]")
+        }
+        guard labelFile.shape.count == 1 else {
+            throw DatasetError(path: labelsURL.path, "has shape \(labelFile.shape); expected [count]")
+        }
+        guard labelFile.shape[0] == images.shape[0] else {
+            throw DatasetError(path: labelsURL.path, "has \(labelFile.shape[0]) labels for \(images.shape[0]) images in \(imagesURL.lastPathComponent)")
+        }
+        labels = labelFile.bytes.map(Int.init)
+    }
+
+    /// Image `i` as 8-bit RGB (grey replicated, as Pillow's convert("RGB") does).
+    public func image(_ i: Int) -> RGBImage {
+        let n = height * width
+        let grey = images.bytes[(i * n)..<((i + 1) * n)]
+        var rgb = [UInt8](repeating: 0, count: n * 3)
+        for (j, v) in grey.enumerated() { rgb[3 * j] = v; rgb[3 * j + 1] = v; rgb[3 * j + 2] = v }
+        return RGBImage(width: width, height: height, pixels: rgb)
+    }
+}

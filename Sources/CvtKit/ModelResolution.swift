@@ -1,0 +1,32 @@
+import Foundation
+@_exported import HubClient
+
+/// Turns what a user types after `--model` into a local checkpoint folder: a folder on disk, or a
+/// Hub id `org/name[@revision]` found in the Hugging Face cache (shared with Python) or downloaded
+/// into it. `HF_HUB_OFFLINE=1` never touches the network.
+public enum ModelResolver {
+    /// Files a CvT checkpoint folder needs; weights are safetensors first, then the pickle format.
+    static let required = ["config.json"]
+    static let optional = ["preprocessor_config.json"]
+    static let weights = [["model.safetensors", "pytorch_model.bin"]]
+
+    public static func resolve(_ reference: String, client: HubClient = HubClient(), progress: DownloadProgress? = nil) throws -> URL {
+        let ref = try ModelReference.parse(reference)
+        if case .local(let url) = ref { return url }
+        return try client.snapshot(ref, files: required, optionalFiles: optional, alternatives: weights, progress: progress)
+    }
+}
+
+extension CvtForImageClassification {
+    /// Loads from a local folder or a Hub id (`microsoft/cvt-13`, `org/name@revision`).
+    public convenience init(pretrained reference: String, engine: Engine? = nil, progress: DownloadProgress? = nil) throws {
+        try self.init(pretrained: ModelResolver.resolve(reference, progress: progress), engine: engine)
+    }
+}
+
+extension ImageClassificationPipeline {
+    /// Loads model and processor from a local folder or a Hub id.
+    public convenience init(model reference: String, engine: Engine? = nil, progress: DownloadProgress? = nil) throws {
+        try self.init(model: ModelResolver.resolve(reference, progress: progress), engine: engine)
+    }
+}

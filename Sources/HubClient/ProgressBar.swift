@@ -1,0 +1,77 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+/// A one-line download progress bar on stderr, drawn only when stderr is a terminal:
+///
+///     model.safetensors [##########----------]  50%  40.1/80.2 MB
+///
+/// Pass `bar.callback` as the `progress` of `HubClient.snapshot`. Redraws at most ten times a
+/// second; a new file or a finished one ends the line.
+public final class TerminalProgressBar {
+    private let lock = NSLock()
+    private var currentFile: String?
+    private var lastDraw = Date.distantPast
+    private var lineOpen = false
+    private let width: Int
+
+    /// Nil when stderr is not a TTY (pipes, CI logs), so callers can write `TerminalProgressBar()?.callback`.
+    public init?(width: Int = 30) {
+        guard Self.isStandardErrorTerminal else { return nil }
+        self.width = width
+    }
+
+    public static var isStandardErrorTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+
+    public var callback: DownloadProgress {
+        { [self] file, done, total in update(file: file, done: done, total: total) }
+    }
+
+    public func update(file: String, done: Int64, total: Int64?) {
+        lock.lock()
+        defer { lock.unlock() }
+        let finished = total.map { done >= $0 } ?? false
+        if file != currentFile {
+            if lineOpen { emit("\n") }
+            currentFile = file
+            lastDraw = .distantPast
+        }
+        let now = Date()
+        guard finished || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+        lastDraw = now
+        emit("\r" + Self.line(file: file, done: done, total: total, width: width) + "\u{1B}[K")
+        lineOpen = true
+        if finished {
+            emit("\n")
+            lineOpen = false
+            currentFile = nil
+        }
+    }
+
+    /// Ends an unfinished line (call after an error).
+    public func finish() {
+        lock.lock()
+        defer { lock.unlock() }
+        if lineOpen { emit("\n") }
+        lineOpen = false
+        currentFile = nil
+    }
+
+    /// The text of one progress line.
+    public static func line(file: String, done: Int64, total: Int64?, width: Int = 30) -> String {
+        let mb = { (n: Int64) in String(format: "%.1f", Double(n) / 1_000_000) }
+        guard let total, total > 0 else { return "\(file) \(mb(done)) MB" }
+        let fraction = min(1, max(0, Double(done) / Double(total)))
+        let filled = Int(fraction * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+        let percent = String(format: "%3d%%", Int(fraction * 100))
+        return "\(file) [\(bar)] \(percent)  \(mb(done))/\(mb(total)) MB"
+    }
+
+    private func emit(_ s: String) {
+        FileHandle.standardError.write(Data(s.utf8))
+    }
+}

@@ -1,0 +1,181 @@
+import ArgumentParser
+import CvtKit
+import Foundation
+
+/// The bundled Fashion-MNIST model, used when no --model is given: looked up from the current
+/// folder, then from the executable's location upwards (so `swift run` and a built binary both find it).
+func defaultModelPath() throws -> String {
+    if let env = ProcessInfo.processInfo.environment["CVT_DEFAULT_MODEL"], !env.isEmpty { return env }
+    let relative = "models/cvt-fashion-mnist"
+    var candidates = [URL(fileURLWithPath: FileManager.default.currentDirectoryPath)]
+    var dir = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<6 { candidates.append(dir); dir = dir.deletingLastPathComponent() }
+    for base in candidates {
+        let u = base.appendingPathComponent(relative)
+        if FileManager.default.fileExists(atPath: u.appendingPathComponent("config.json").path) { return u.path }
+    }
+    throw ValidationError("no --model given and the bundled model (\(relative)) was not found; pass --model DIR or set CVT_DEFAULT_MODEL")
+}
+
+struct ModelOptions: ParsableArguments {
+    @Option(help: "Checkpoint folder or Hub id (default: the bundled Fashion-MNIST model).") var model: String?
+    @Option(help: "Matmul arithmetic: float32 (default, transformers' numbers) or bfloat16.") var dtype = "float32"
+    @OptionGroup var threadOptions: ThreadOptions
+
+    func pipeline() throws -> ImageClassificationPipeline {
+        guard let precision = ComputePrecision(rawValue: dtype) else {
+            throw ValidationError("--dtype must be float32 or bfloat16, got \(dtype)")
+        }
+        let engine = try threadOptions.engine()
+        engine.precision = precision
+        let p = try ImageClassificationPipeline(model: model ?? defaultModelPath(), engine: engine,
+                                                progress: TerminalProgressBar()?.callback)
+        for w in p.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        return p
+    }
+}
+
+struct Classify: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Classify JPEG/PNG images: ranked labels per image.")
+
+    @Argument(help: "Image files (JPEG or PNG).") var images: [String]
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "Labels to show per image (clipped to the label count).") var topK = 5
+    @Option(help: "Score function: softmax, sigmoid or none (default: from the model's problem_type).") var function: String?
+    @Option(help: "Images per forward pass.") var batchSize = 1
+    @Flag(help: "Print one JSON array, one element per image in input order.") var json = false
+
+    func run() throws {
+        guard !images.isEmpty else { throw ValidationError("give at least one image") }
+        guard topK >= 0, batchSize > 0 else { throw ValidationError("--top-k must be >= 0 and --batch-size > 0") }
+        var f: ClassificationFunction?
+        if let function {
+            guard let parsed = ClassificationFunction(caseInsensitive: function) else {
+                throw ValidationError("--function must be softmax, sigmoid or none, got \(function)")
+            }
+            f = parsed
+        }
+        let pipeline = try modelOptions.pipeline()
+        let results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize)
+        var failed = 0
+        if json {
+            var array: [[String: Any]] = []
+            for (path, r) in zip(images, results) {
+                switch r {
+                case .success(let preds):
+                    array.append(["image": path, "predictions": preds.map { ["label": $0.label, "score": Double($0.score)] }])
+                case .failure(let e):
+                    failed += 1
+                    array.append(["image": path, "error": "\(e)"])
+                }
+            }
+            let data = try JSONSerialization.data(withJSONObject: array, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            for (path, r) in zip(images, results) {
+                switch r {
+                case .success(let preds):
+                    print(path)
+                    for p in preds { print(String(format: "  %8.4f  %@", p.score, p.label)) }
+                case .failure(let e):
+                    failed += 1
+                    FileHandle.standardError.write(Data("error: \(e)\n".utf8))
+                }
+            }
+        }
+        if failed > 0 {
+            FileHandle.standardError.write(Data("\(failed) of \(images.count) images failed\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}
+
+struct Preprocess: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write the image processor's pixel_values [N,3,H,W] for images, to compare with transformers.")
+
+    @Argument(help: "Image files, in output order.") var images: [String]
+    @Option(help: "Checkpoint folder (its preprocessor_config.json; default: the bundled model).") var model: String?
+    @Option(help: "Output safetensors file.") var output: String
+
+    func run() throws {
+        guard !images.isEmpty else { throw ValidationError("give at least one image") }
+        let folder = CheckpointFolder(try ModelResolver.resolve(model ?? defaultModelPath()))
+        let config: PreprocessorConfig
+        if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
+            config = try JSONDecoder().decode(PreprocessorConfig.self, from: data)
+        } else {
+            FileHandle.standardError.write(Data("warning: \(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing\n".utf8))
+            config = .cvt13Default
+        }
+        let decoded = try images.map { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: $0)) }
+        let pixels = try ConvNextImageProcessor(config: config)(decoded)
+        var writer = SafetensorsWriter(metadata: ["format": "pt"])
+        try writer.add("pixel_values", pixels)
+        try writer.write(to: URL(fileURLWithPath: output))
+    }
+}
+
+struct Evaluate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Accuracy of a model on an image folder (one subfolder per label) or IDX files (Fashion-MNIST).")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "Image folder, or IDX images file / folder with <split>-images-idx3-ubyte[.gz].") var data: String
+    @Option(help: "IDX split prefix when --data is a folder of IDX files.") var split = "t10k"
+    @Option(help: "Images per forward pass.") var batchSize = 64
+    @Option(help: "Evaluate only the first N images.") var limit: Int?
+    @Flag(help: "Print one JSON object.") var json = false
+    @Option(help: "Also write per-image predicted class indices (JSON array) to this file.") var predictions: String?
+
+    func run() throws {
+        guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        let pipeline = try modelOptions.pipeline()
+        let url = URL(fileURLWithPath: data)
+        let count: Int
+        let image: (Int) throws -> RGBImage
+        let label: (Int) -> Int
+        let isIDX = url.lastPathComponent.contains("idx3") || (try? FileManager.default.contentsOfDirectory(atPath: url.path))?
+            .contains { $0.hasPrefix("\(split)-images-idx3") } == true
+        if isIDX {
+            let set = try IDXDataset(url: url, split: split)
+            count = set.count; image = { set.image($0) }; label = { set.labels[$0] }
+        } else {
+            let set = try ImageFolderDataset(url: url, id2label: pipeline.model.config.id2label)
+            count = set.items.count
+            image = { try ImageDecoder.load(contentsOf: set.items[$0].url) }
+            label = { set.items[$0].label }
+        }
+        let n = min(count, limit ?? count)
+        let tty = isatty(STDERR_FILENO) == 1
+        let result = try Evaluator.evaluate(pipeline: pipeline, count: n, batchSize: batchSize, image: image, label: label) { done, total in
+            guard tty else { return }
+            let width = 30, filled = done * width / max(total, 1)
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total)\(done == total ? "\n" : "")".utf8))
+        }
+        if let predictions {
+            try JSONSerialization.data(withJSONObject: result.predictions).write(to: URL(fileURLWithPath: predictions))
+        }
+        if json {
+            var copy = result
+            copy.predictions = []
+            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+            var obj = try JSONSerialization.jsonObject(with: e.encode(copy)) as? [String: Any] ?? [:]
+            obj["predictions"] = nil
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            return
+        }
+        print(String(format: "%d images: top-1 %.2f%%, top-5 %.2f%%, %.1f images/s", result.count, 100 * result.top1, 100 * result.top5, result.imagesPerSecond))
+        let labels = result.perClass.map(\.label)
+        let w = max(12, (labels.map(\.count).max() ?? 0) + 2)
+        print("per class:")
+        for c in result.perClass {
+            print("  " + c.label.padding(toLength: w, withPad: " ", startingAt: 0) + (c.accuracy.map { String(format: "%6.2f%%", 100 * $0) } ?? "     -") + "  (\(c.count))")
+        }
+        print("confusion matrix (rows: true class, columns: predicted, in label order):")
+        for (i, row) in result.confusionMatrix.enumerated() {
+            print("  " + String(i).padding(toLength: 3, withPad: " ", startingAt: 0) + row.map { String(format: "%5d", $0) }.joined())
+        }
+    }
+}
