@@ -204,9 +204,83 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         try JSONDecoder().decode(CvtConfig.self, from: data)
     }
 
+    /// `config.json` bytes, keys sorted, 2-space indent. Floats are always written with a decimal
+    /// point (`4.0`, not `4`): transformers v5 validates `mlp_ratio` and the rates as floats and
+    /// rejects integers.
     public func jsonData() throws -> Data {
-        let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return try e.encode(self)
+        var fields: [(String, JSONValue)] = [
+            ("attention_drop_rate", .array(attentionDropRate.map(JSONValue.float))),
+            ("cls_token", .array(clsToken.map(JSONValue.bool))),
+            ("depth", .array(depth.map(JSONValue.int))),
+            ("drop_path_rate", .array(dropPathRate.map(JSONValue.float))),
+            ("drop_rate", .array(dropRate.map(JSONValue.float))),
+            ("dtype", .string("float32")),
+            ("embed_dim", .array(embedDim.map(JSONValue.int))),
+            ("id2label", .object(id2label.sorted { $0.key < $1.key }.map { (String($0.key), .string($0.value)) })),
+            ("initializer_range", .float(initializerRange)),
+            ("kernel_qkv", .array(kernelQkv.map(JSONValue.int))),
+            ("label2id", .object(label2id.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) })),
+            ("layer_norm_eps", .float(layerNormEps)),
+            ("mlp_ratio", .array(mlpRatio.map(JSONValue.float))),
+            ("model_type", .string("cvt")),
+            ("num_channels", .int(numChannels)),
+            ("num_heads", .array(numHeads.map(JSONValue.int))),
+            ("padding_kv", .array(paddingKv.map(JSONValue.int))),
+            ("padding_q", .array(paddingQ.map(JSONValue.int))),
+            ("patch_padding", .array(patchPadding.map(JSONValue.int))),
+            ("patch_sizes", .array(patchSizes.map(JSONValue.int))),
+            ("patch_stride", .array(patchStride.map(JSONValue.int))),
+            ("qkv_bias", .array(qkvBias.map(JSONValue.bool))),
+            ("qkv_projection_method", .array(qkvProjectionMethod.map(JSONValue.string))),
+            ("stride_kv", .array(strideKv.map(JSONValue.int))),
+            ("stride_q", .array(strideQ.map(JSONValue.int))),
+        ]
+        if let architectures { fields.append(("architectures", .array(architectures.map(JSONValue.string)))) }
+        if let problemType { fields.append(("problem_type", .string(problemType))) }
+        fields.sort { $0.0 < $1.0 }
+        return Data((JSONValue.object(fields).render(indent: 0) + "\n").utf8)
+    }
+}
+
+/// Minimal JSON writer with control over number formatting (see `CvtConfig.jsonData`).
+enum JSONValue {
+    case int(Int), float(Double), bool(Bool), string(String)
+    indirect case array([JSONValue])
+    indirect case object([(String, JSONValue)])
+
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
+            }
+        }
+        return out + "\""
+    }
+
+    func render(indent: Int) -> String {
+        let pad = String(repeating: "  ", count: indent + 1), close = String(repeating: "  ", count: indent)
+        switch self {
+        case .int(let v): return String(v)
+        case .float(let v):
+            guard v.isFinite else { return "null" }
+            // Swift's description is the shortest round-trip form; make integral values floats.
+            let d = "\(v)"
+            return d.contains(".") || d.contains("e") ? d : d + ".0"
+        case .bool(let v): return v ? "true" : "false"
+        case .string(let v): return Self.quote(v)
+        case .array(let items):
+            if items.isEmpty { return "[]" }
+            return "[\n" + items.map { pad + $0.render(indent: indent + 1) }.joined(separator: ",\n") + "\n" + close + "]"
+        case .object(let fields):
+            if fields.isEmpty { return "{}" }
+            return "{\n" + fields.map { pad + Self.quote($0.0) + ": " + $0.1.render(indent: indent + 1) }.joined(separator: ",\n") + "\n" + close + "}"
+        }
     }
 }

@@ -105,6 +105,12 @@ extension CvtForImageClassification {
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
         let sd = try stateDict()
         for key in sd.order { if let t = sd.tensors[key] { try writer.add(key, t, as: dtype) } }
+        // transformers' state_dict also holds each BatchNorm's step counter; write it so a strict
+        // load there sees no missing keys (the value is unused at inference).
+        for key in sd.order where key.hasSuffix(".normalization.running_mean") && key.contains("convolution_projection") {
+            let counter = String(key.dropLast("running_mean".count)) + "num_batches_tracked"
+            try writer.add(counter, int64s: [0], shape: [])
+        }
         try writer.write(to: url.appendingPathComponent("model.safetensors"))
     }
 }

@@ -7,7 +7,7 @@ struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
-        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Bench.self])
+        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Convert.self, Bench.self])
 }
 
 struct ThreadOptions: ParsableArguments {
@@ -148,4 +148,33 @@ func peakRSSMegabytes() -> Double {
         return kb / 1024
     }
     return 0
+}
+
+struct Convert: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Convert any supported checkpoint to config.json + model.safetensors (+ preprocessor_config.json), loadable by transformers.")
+
+    @Option(help: "Source checkpoint folder or Hub id (safetensors or pytorch_model.bin).") var model: String
+    @Option(help: "Output folder.") var output: String
+    @Option(help: "Stored weight dtype: float32, float16 or bfloat16.") var dtype = "float32"
+
+    func run() throws {
+        let stored: SafetensorsDType
+        switch dtype {
+        case "float32": stored = .f32
+        case "float16": stored = .f16
+        case "bfloat16": stored = .bf16
+        default: throw ValidationError("--dtype must be float32, float16 or bfloat16, got \(dtype)")
+        }
+        let source = try ModelResolver.resolve(model, progress: TerminalProgressBar()?.callback)
+        let classifier = try CvtForImageClassification(pretrained: source)
+        let out = URL(fileURLWithPath: output)
+        try classifier.savePretrained(to: out, dtype: stored)
+        let preprocessor = CheckpointFolder(source).preprocessorURL
+        if FileManager.default.fileExists(atPath: preprocessor.path) {
+            let target = out.appendingPathComponent("preprocessor_config.json")
+            try? FileManager.default.removeItem(at: target)
+            try FileManager.default.copyItem(at: preprocessor, to: target)
+        }
+    }
 }
