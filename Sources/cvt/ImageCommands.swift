@@ -179,3 +179,42 @@ struct Evaluate: ParsableCommand {
         }
     }
 }
+
+struct BenchPreprocess: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-preprocess",
+        abstract: "Time decode + resize + crop + normalize of image files (single thread), to compare with transformers + Pillow.")
+
+    @Argument(help: "Image files.") var images: [String]
+    @Option(help: "Checkpoint folder whose preprocessor_config.json to use (default: microsoft/cvt-13 settings).") var model: String?
+    @Option(help: "Timed runs per image.") var iterations = 100
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func run() throws {
+        guard !images.isEmpty, iterations > 0 else { throw ValidationError("give images and a positive --iterations") }
+        var config = PreprocessorConfig.cvt13Default
+        if let model {
+            let folder = CheckpointFolder(try ModelResolver.resolve(model))
+            config = try PreprocessorConfig.load(contentsOf: folder.preprocessorURL)
+        }
+        let processor = ConvNextImageProcessor(config: config)
+        var rows: [[String: Any]] = []
+        for path in images {
+            let url = URL(fileURLWithPath: path)
+            for _ in 0..<3 { _ = try processor([ImageDecoder.load(contentsOf: url)]) }
+            var times: [Double] = []
+            for _ in 0..<iterations {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                _ = try processor([ImageDecoder.load(contentsOf: url)])
+                times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            }
+            times.sort()
+            let row: [String: Any] = ["image": path, "median_ms": times[times.count / 2], "min_ms": times[0]]
+            rows.append(row)
+            if !json { print(String(format: "%@: load + preprocess median %.3f ms (min %.3f) over %d runs", path, times[times.count / 2], times[0], iterations)) }
+        }
+        if json {
+            print(String(decoding: try JSONSerialization.data(withJSONObject: ["iterations": iterations, "images": rows], options: [.sortedKeys]), as: UTF8.self))
+        }
+    }
+}
