@@ -11,16 +11,9 @@ final class ModelTests: XCTestCase {
         return c
     }
 
-    func synthetic(_ c: CvtConfig) throws -> CvtForImageClassification {
-        let m = try CvtForImageClassification(config: c)
-        try m.visitParameters(SyntheticWeights(), prefix: "")
-        m.parametersDidChange()
-        return m
-    }
-
     /// A batch gives the same rows as its images one by one (transformers checks 2e-4).
     func testBatchEquivalence() throws {
-        let m = try synthetic(tinyConfig())
+        let m = try syntheticModel(tinyConfig())
         let x = syntheticPixels([3, 3, 48, 40])
         let batched = try m(x, outputHiddenStates: true)
         let per = 3 * 48 * 40
@@ -32,14 +25,14 @@ final class ModelTests: XCTestCase {
     }
 
     func testNonSquareAnd224Shapes() throws {
-        let m = try synthetic(tinyConfig())
+        let m = try syntheticModel(tinyConfig())
         let out = try m(syntheticPixels([1, 3, 225, 250]), outputHiddenStates: true)
         XCTAssertEqual(out.hiddenStates?.map { Array($0.shape[2...]) }, [[56, 62], [28, 31], [14, 16]], "spec §2.1 grid sizes")
         XCTAssertEqual(out.lastHiddenState.shape, [1, 48, 14, 16])
     }
 
     func testBadInputsAreErrorsNotCrashes() throws {
-        let m = try synthetic(tinyConfig())
+        let m = try syntheticModel(tinyConfig())
         XCTAssertThrowsError(try m(Tensor(zeros: [1, 3, 2, 2]))) { XCTAssertTrue("\($0)".contains("too small"), "\($0)") }
         XCTAssertThrowsError(try m(Tensor(zeros: [1, 1, 64, 64]))) { XCTAssertTrue("\($0)".contains("channels"), "\($0)") }
         XCTAssertThrowsError(try m(Tensor(zeros: [3, 64, 64])))
@@ -51,7 +44,7 @@ final class ModelTests: XCTestCase {
 
     func testNumLabelsZeroGivesPooledFeatures() throws {
         var c = tinyConfig(); c.numLabels = 0
-        let m = try synthetic(c)
+        let m = try syntheticModel(c)
         XCTAssertNil(m.classifier)
         let out = try m(syntheticPixels([2, 3, 32, 32]))
         XCTAssertEqual(out.logits.shape, [2, 48])

@@ -5,16 +5,9 @@ import XCTest
 
 /// The formula-defined vectors of spec §10 (transformers 5.23.0 / torch 2.15.0 outputs).
 final class SpecVectorTests: XCTestCase {
-    func synthetic(_ config: CvtConfig) throws -> CvtForImageClassification {
-        let m = try CvtForImageClassification(config: config)
-        try m.visitParameters(SyntheticWeights(), prefix: "")
-        m.parametersDidChange()
-        return m
-    }
-
     /// §10.2: cvt-13 at full size, 1000 labels, [1, 3, 224, 224].
     func testCaseACvt13FullSize() throws {
-        let model = try synthetic(.cvt13)
+        let model = try syntheticModel(.cvt13)
         XCTAssertEqual(try model.stateDict().order.count, 459 - 39, "459 keys minus the 39 num_batches_tracked")
         let out = try model(syntheticPixels([1, 3, 224, 224]), outputHiddenStates: true)
         XCTAssertEqual(out.logits.shape, [1, 1000])
@@ -43,7 +36,7 @@ final class SpecVectorTests: XCTestCase {
     func testCaseBTinyBatch2() throws {
         var c = CvtConfig()
         c.embedDim = [16, 32, 48]; c.numHeads = [1, 2, 3]; c.depth = [1, 2, 3]; c.numLabels = 10
-        let model = try synthetic(c)
+        let model = try syntheticModel(c)
         let out = try model(syntheticPixels([2, 3, 64, 64]), outputHiddenStates: true)
         XCTAssertEqual(out.logits.shape, [2, 10])
         let l = out.logits.scalars
@@ -58,5 +51,20 @@ final class SpecVectorTests: XCTestCase {
         XCTAssertEqual(hs[1].sum(), 6.52194, accuracy: 1e-3)
         XCTAssertEqual(hs[2].sum(), 0.48414, accuracy: 1e-3)
         assertClose("hidden_states.0[0,0,0,:3]", Array(hs[0].scalars.prefix(3)), [-0.960406, -0.103151, -0.166007], tol: 2e-5)
+    }
+
+    /// bf16 matmul mode on the cvt-13 vector: its own tolerance against the float32 reference.
+    func testCaseACvt13InBFloat16() throws {
+        let engine = try Engine()
+        engine.precision = .bfloat16
+        let m = try CvtForImageClassification(config: .cvt13, engine: engine)
+        try m.visitParameters(SyntheticWeights(), prefix: "")
+        m.parametersDidChange()
+        let logits = try m(syntheticPixels([1, 3, 224, 224])).logits.scalars
+        let reference: [Float] = [0.178793, -0.134363, -0.226797, 0.044100, 0.236902, 0.042618, -0.218511, -0.120119]
+        let err = zip(logits.prefix(8), reference).map { abs($0 - $1) }.max() ?? 0
+        print("bf16 cvt-13 spec vector: max |logits[0,:8] error| = \(err)")
+        assertClose("bf16 logits[0,:8]", Array(logits.prefix(8)), reference, tol: 0.02)
+        XCTAssertGreaterThan(err, 1e-5, "bf16 mode should differ from float32 (is it on?)")
     }
 }

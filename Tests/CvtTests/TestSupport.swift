@@ -1,3 +1,4 @@
+import Cvt
 import CvtNN
 import CvtTensor
 import Foundation
@@ -48,4 +49,12 @@ func assertClose(_ name: String, _ actual: [Float], _ expected: [Float], tol: Fl
         XCTFail("\(name): max abs error \(maxErr) at \(at) > \(tol); first actual \(Array(actual.prefix(6))), expected \(Array(expected.prefix(6)))",
                 file: file, line: line)
     }
+}
+
+/// A model with the spec §10.1 synthetic weights.
+func syntheticModel(_ config: CvtConfig) throws -> CvtForImageClassification {
+    let m = try CvtForImageClassification(config: config)
+    try m.visitParameters(SyntheticWeights(), prefix: "")
+    m.parametersDidChange()
+    return m
 }
