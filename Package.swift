@@ -16,12 +16,15 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
-        .target(name: "CvtTensor", dependencies: ["CDNNL"],
-                swiftSettings: [.unsafeFlags(["-Ounchecked"])]),
+        // No unsafe flags anywhere: SwiftPM refuses them in packages used as dependencies.
+        .target(name: "CvtTensor", dependencies: ["CDNNL"]),
         .target(name: "Safetensors"),
         // PyTorch's zip checkpoints (pytorch_model.bin) through a restricted unpickler; zlib from Debian.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
         .target(name: "TorchCheckpoint", dependencies: ["CZlib"]),
+        // TensorFlow tf_model.h5 checkpoints through Debian's libhdf5 (pkg-config hdf5).
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
+        .target(name: "TFCheckpoint", dependencies: ["CHDF5"]),
         // Hugging Face cache layout and Hub downloads.
         .target(name: "HubClient"),
         .target(name: "CvtNN", dependencies: ["CvtTensor"]),
@@ -36,6 +39,7 @@ let package = Package(
         .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor"]),
         .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
         .testTarget(name: "TorchCheckpointTests", dependencies: ["TorchCheckpoint"]),
+        .testTarget(name: "TFCheckpointTests", dependencies: ["TFCheckpoint"]),
         .testTarget(name: "HubClientTests", dependencies: ["HubClient"]),
         .testTarget(name: "CvtTests", dependencies: ["Cvt", "CvtNN", "CvtTensor"]),
         .testTarget(name: "CvtVisionTests", dependencies: ["CvtVision"]),

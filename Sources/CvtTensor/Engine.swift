@@ -108,6 +108,8 @@ public final class Engine: @unchecked Sendable {
     public var profile = false
     public var profileTimes: [String: Double] = [:]
 
+    /// `threads`: backend worker threads; nil means all cores (not OMP_NUM_THREADS, which libgomp
+    /// reads only at load time).
     public init(threads: Int? = nil) throws {
         var e: dnnl_engine_t?
         try check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine create")
@@ -116,7 +118,7 @@ public final class Engine: @unchecked Sendable {
         try check(dnnl_stream_create(&s, e, UInt32(dnnl_stream_default_flags.rawValue)), "stream create")
         guard let s else { throw EngineError(operation: "stream create", status: "null stream") }
         engine = e; stream = s
-        if let threads { self.threads = threads }
+        self.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
     }
 
     deinit {
