@@ -336,6 +336,9 @@ public final class CvtModel: Module {
             throw CvtInputError("pixel_values has \(ch) channels but the model expects num_channels = \(config.numChannels)")
         }
         guard b > 0 else { throw CvtInputError("pixel_values has an empty batch") }
+        guard pixelValues.shape[2] > 0, pixelValues.shape[3] > 0 else {
+            throw CvtInputError("pixel_values has an empty image (shape \(pixelValues.shape))")
+        }
         var x = pixelValues, h = pixelValues.shape[2], w = pixelValues.shape[3]
         var hidden: [Tensor] = []
         var tokens = pixelValues

@@ -37,6 +37,8 @@ final class ModelTests: XCTestCase {
         XCTAssertThrowsError(try m(Tensor(zeros: [1, 1, 64, 64]))) { XCTAssertTrue("\($0)".contains("channels"), "\($0)") }
         XCTAssertThrowsError(try m(Tensor(zeros: [3, 64, 64])))
         XCTAssertThrowsError(try m(Tensor(zeros: [0, 3, 64, 64])))
+        XCTAssertThrowsError(try m(Tensor(zeros: [1, 3, 0, 64])))
+        XCTAssertThrowsError(try m(Tensor(zeros: [1, 3, 64, 0])))
         let x = syntheticPixels([2, 3, 32, 32])
         XCTAssertThrowsError(try m(x, labels: .classIndices([0])), "one label for two images")
         XCTAssertThrowsError(try m(x, labels: .classIndices([0, 4])), "label outside 0..<4")
