@@ -32,7 +32,7 @@ let package = Package(
         // libjpeg-turbo and libpng (Debian), wrapped in C because their error handling uses setjmp.
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]),
         .target(name: "CvtVision", dependencies: ["CImageCodecs", "CvtTensor"]),
-        .target(name: "CvtKit", dependencies: ["Cvt", "CvtNN", "CvtTensor", "CvtVision", "Safetensors", "TorchCheckpoint", "HubClient", "CZlib"]),
+        .target(name: "CvtKit", dependencies: ["Cvt", "CvtNN", "CvtTensor", "CvtVision", "Safetensors", "TorchCheckpoint", "TFCheckpoint", "HubClient", "CZlib"]),
         .executableTarget(name: "cvt", dependencies: [
             "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),

@@ -4,6 +4,7 @@
 import Foundation
 @_exported import Safetensors
 @_exported import TorchCheckpoint
+@_exported import TFCheckpoint
 
 /// A checkpoint folder that cannot be used, naming the file and what is wrong with it.
 public struct CheckpointError: Error, CustomStringConvertible, LocalizedError {
@@ -20,6 +21,9 @@ extension SafetensorsFile: TensorSource {
 
 /// `pytorch_model.bin` through the restricted unpickler (no code from the file ever runs).
 extension TorchCheckpoint: TensorSource {}
+
+/// `tf_model.h5` (TFCvtForImageClassification), TF names and layouts mapped to PyTorch's.
+extension TFCheckpoint: TensorSource {}
 
 extension SafetensorsFile {
     /// The named tensor as float32 (F32/F16/BF16/F64 stored), or an error naming file and key.
@@ -43,6 +47,7 @@ public struct CheckpointFolder {
     public var configURL: URL { url.appendingPathComponent("config.json") }
     public var safetensorsURL: URL { url.appendingPathComponent("model.safetensors") }
     public var pytorchBinURL: URL { url.appendingPathComponent("pytorch_model.bin") }
+    public var tfH5URL: URL { url.appendingPathComponent("tf_model.h5") }
     public var preprocessorURL: URL { url.appendingPathComponent("preprocessor_config.json") }
 
     public func loadConfig() throws -> CvtConfig {
@@ -76,7 +81,7 @@ public struct CheckpointFolder {
     }
 
     /// Opens the weights: `model.safetensors` first (as transformers prefers it), else
-    /// `pytorch_model.bin`. Returns the source and the file it came from.
+    /// `pytorch_model.bin`, else `tf_model.h5`. Returns the source and the file it came from.
     public func openWeights() throws -> (source: TensorSource, path: String) {
         if FileManager.default.fileExists(atPath: safetensorsURL.path) {
             return (try SafetensorsFile(url: safetensorsURL), safetensorsURL.path)
@@ -84,7 +89,10 @@ public struct CheckpointFolder {
         if FileManager.default.fileExists(atPath: pytorchBinURL.path) {
             return (try TorchCheckpoint(url: pytorchBinURL), pytorchBinURL.path)
         }
-        throw CheckpointError(path: url.path, "has no model.safetensors or pytorch_model.bin")
+        if FileManager.default.fileExists(atPath: tfH5URL.path) {
+            return (try TFCheckpoint(url: tfH5URL), tfH5URL.path)
+        }
+        throw CheckpointError(path: url.path, "has no model.safetensors, pytorch_model.bin or tf_model.h5")
     }
 }
 

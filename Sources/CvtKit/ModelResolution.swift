@@ -8,7 +8,7 @@ public enum ModelResolver {
     /// Files a CvT checkpoint folder needs; weights are safetensors first, then the pickle format.
     static let required = ["config.json"]
     static let optional = ["preprocessor_config.json"]
-    static let weights = [["model.safetensors", "pytorch_model.bin"]]
+    static let weights = [["model.safetensors", "pytorch_model.bin", "tf_model.h5"]]
 
     public static func resolve(_ reference: String, client: HubClient = HubClient(), progress: DownloadProgress? = nil) throws -> URL {
         let ref = try ModelReference.parse(reference)
