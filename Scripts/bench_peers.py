@@ -50,11 +50,15 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
         # Ours first, on the very same weights.
-        out = subprocess.run([a.cvt, "bench", "--model", d, "--batch-size", str(a.batch_size), "--image-size", str(a.image_size),
-                              "--threads", str(a.threads), "--iterations", str(a.iterations), "--json"],
-                             check=True, capture_output=True, text=True)
-        ours = json.loads(out.stdout)
+        def cvt_bench(dtype):
+            out = subprocess.run([a.cvt, "bench", "--model", d, "--batch-size", str(a.batch_size), "--image-size", str(a.image_size),
+                                  "--threads", str(a.threads), "--iterations", str(a.iterations), "--dtype", dtype, "--json"],
+                                 check=True, capture_output=True, text=True)
+            return json.loads(out.stdout)
+        ours = cvt_bench("float32")
         rows.append(("swift-cvt fp32 (oneDNN)", ours["median_ms"], ours["min_ms"]))
+        ours_bf16 = cvt_bench("bfloat16")
+        rows.append(("swift-cvt bf16 (oneDNN)", ours_bf16["median_ms"], ours_bf16["min_ms"]))
 
         with torch.no_grad():
             rows.append(("transformers eager fp32", *timeit(lambda: model(x), a.iterations)))
@@ -80,7 +84,7 @@ def main():
         "iterations": a.iterations, "cpu": cpu, "torch": torch.__version__,
         "rows": [{"system": n, "median_ms": m, "min_ms": mn, "images_per_second": a.batch_size / (m / 1e3),
                   "ratio_to_ours": m / rows[0][1]} for n, m, mn in rows],
-        "ours_peak_rss_mb": ours["peak_rss_mb"],
+        "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_bf16_peak_rss_mb": ours_bf16["peak_rss_mb"],
     }
     if a.json:
         print(json.dumps(result, indent=2))

@@ -172,22 +172,17 @@ public final class CvtSelfAttention: Module {
         let scores = Tensor(uninitialized: [heads, tq, tk])
         for i in 0..<b {
             let qp = q.unsafePointer + i * tq * c, kp = k.unsafePointer + i * tk * c, vp = v.unsafePointer + i * tk * c
-            // Heads as strided views of [T, C]: head `hd` is channels hd·d ..< (hd+1)·d, so Q_hd is
-            // [Tq, d] with row stride C and K_hdᵀ is [d, Tk] with strides [1, C]; no split copies.
-            for hd in 0..<heads {
-                let sp = scores.unsafePointer + hd * tq * tk
-                // scores_hd = (Q_hd · K_hdᵀ) · scale
-                try engine.matmul(src: StridedView(qp + hd * d, dims: [tq, d], strides: [c, 1]),
-                                  weights: StridedView(kp + hd * d, dims: [d, tk], strides: [1, c]),
-                                  dst: StridedView(dense: sp, dims: [tq, tk]), postOps: [.scale(scale)])
-            }
+            // Heads as strided views of [T, C]: head `hd` is channels hd·d ..< (hd+1)·d.
+            // scores[hd] = (Q_hd · K_hdᵀ) · scale: Q view [heads, Tq, d], Kᵀ view [heads, d, Tk].
+            try engine.matmul(src: StridedView(qp, dims: [heads, tq, d], strides: [d, c, 1]),
+                              weights: StridedView(kp, dims: [heads, d, tk], strides: [d, 1, c]),
+                              dst: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
+                              postOps: [.scale(scale)])
             try engine.softmax(scores.unsafePointer, rows: heads * tq, cols: tk)
-            for hd in 0..<heads {
-                // ctx[:, hd·d ..< (hd+1)·d] = P_hd · V_hd, written straight into merged-head layout.
-                try engine.matmul(src: StridedView(dense: scores.unsafePointer + hd * tq * tk, dims: [tq, tk]),
-                                  weights: StridedView(vp + hd * d, dims: [tk, d], strides: [c, 1]),
-                                  dst: StridedView(ctx.unsafePointer + i * tq * c + hd * d, dims: [tq, d], strides: [c, 1]))
-            }
+            // ctx[:, hd·d ..< (hd+1)·d] = P_hd · V_hd, written straight into merged-head layout.
+            try engine.matmul(src: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
+                              weights: StridedView(vp, dims: [heads, tk, d], strides: [d, c, 1]),
+                              dst: StridedView(ctx.unsafePointer + i * tq * c, dims: [heads, tq, d], strides: [d, c, 1]))
         }
         return ctx
     }
