@@ -104,7 +104,7 @@ MODEL_CONFIG = dict(
 
 # Training recipe (defaults of the command-line flags).
 RECIPE = dict(
-    epochs=12,
+    epochs=18,
     batch_size=128,
     lr=2e-3,
     min_lr=1e-5,
@@ -113,7 +113,7 @@ RECIPE = dict(
     betas=(0.9, 0.999),
     label_smoothing=0.1,
     grad_clip=1.0,
-    crop_padding=2,
+    crop_padding=1,
     hflip=True,
 )
 
@@ -282,6 +282,7 @@ def train(args) -> None:
     r = dict(RECIPE)
     r["epochs"] = args.epochs
     r["lr"] = args.lr
+    r["crop_padding"] = args.crop_padding
     opt = torch.optim.AdamW(param_groups(model, r["weight_decay"]), lr=r["lr"], betas=r["betas"])
     steps_per_epoch = math.ceil(len(xtr) / r["batch_size"])
     total_steps = steps_per_epoch * r["epochs"]
@@ -349,7 +350,7 @@ def train(args) -> None:
 
     log.update(
         {
-            "command": "Scripts/train_fashion_mnist.py " + " ".join(sys.argv[1:]),
+            "command": _repro_command(r),
             "seed": SEED,
             "threads": THREADS,
             "model_config": MODEL_CONFIG,
@@ -377,6 +378,17 @@ def train(args) -> None:
         json.dump(log, f, indent=2)
         f.write("\n")
     print(f"saved to {out} after {wall:.0f} s of training", flush=True)
+
+
+def _repro_command(r: dict) -> str:
+    cmd = ".venv-reference/bin/python Scripts/train_fashion_mnist.py"
+    if r["epochs"] != RECIPE["epochs"]:
+        cmd += f" --epochs {r['epochs']}"
+    if r["lr"] != RECIPE["lr"]:
+        cmd += f" --lr {r['lr']:g}"
+    if r["crop_padding"] != RECIPE["crop_padding"]:
+        cmd += f" --crop-padding {r['crop_padding']}"
+    return cmd
 
 
 def _cpu_name() -> str:
@@ -636,7 +648,7 @@ Reproduce (from the repository root, after `Scripts/setup-reference-env.sh` and
 `apt-get install -y dataset-fashion-mnist`):
 
 ```
-.venv-reference/bin/python Scripts/train_fashion_mnist.py
+{log['command']}
 ```
 
 This trains, saves this folder, then evaluates the saved checkpoint in a fresh process, exports the
@@ -752,6 +764,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     ap.add_argument("--lr", type=float, default=RECIPE["lr"])
+    ap.add_argument("--crop-padding", type=int, default=RECIPE["crop_padding"])
     ap.add_argument("--eval-every", type=int, default=3, help="log test accuracy every N epochs (monitoring only)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop early after N steps (smoke tests)")
     args = ap.parse_args()

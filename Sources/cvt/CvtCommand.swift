@@ -3,6 +3,28 @@ import CvtKit
 import Foundation
 
 @main
+enum Entry {
+    static func main() {
+        useSleepingOpenMPThreads()
+        Cvt.main()
+    }
+
+    /// libgomp's default wait policy spins between parallel regions; when anything else runs on
+    /// the machine a spinning thread waits for a descheduled one and a forward pass becomes up to
+    /// 100× slower (measured: 9.9 s vs 62 ms for a batch of 64 Fashion-MNIST images with a
+    /// training job running). libgomp reads the policy only when it loads, so the CLI re-executes
+    /// itself once with OMP_WAIT_POLICY=passive unless the user chose a policy.
+    static func useSleepingOpenMPThreads() {
+        let env = ProcessInfo.processInfo.environment
+        guard env["OMP_WAIT_POLICY"] == nil, env["GOMP_SPINCOUNT"] == nil else { return }
+        setenv("OMP_WAIT_POLICY", "passive", 1)
+        var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.map { strdup($0) }
+        argv.append(nil)
+        execv("/proc/self/exe", &argv)
+        // execv only returns on failure: carry on with the default policy.
+    }
+}
+
 struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",

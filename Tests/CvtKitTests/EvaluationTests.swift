@@ -88,4 +88,19 @@ final class EvaluationTests: XCTestCase {
         XCTAssertEqual(result.perClass.map(\.count), [2, 1, 1])
         XCTAssertThrowsError(try Evaluator.evaluate(pipeline: pipeline, count: 1, batchSize: 1, image: { decoded[$0] }, label: { _ in 7 }))
     }
+
+    /// The bundled model agrees with transformers (models/cvt-fashion-mnist/eval_reference.json,
+    /// written by the training script) image by image on the Fashion-MNIST test set.
+    func testBundledModelAgreesWithTransformersOnFashionMNIST() throws {
+        let modelDir = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        struct Reference: Decodable { var top1: Double; var predictions: [Int] }
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: modelDir.appendingPathComponent("eval_reference.json")))
+        let set = try IDXDataset(url: URL(fileURLWithPath: "/usr/share/datasets/fashion-mnist"))
+        let pipeline = try ImageClassificationPipeline(model: modelDir)
+        let n = 2000  // a fifth of the test set keeps the debug-build test short; `cvt evaluate` does all 10k
+        let result = try Evaluator.evaluate(pipeline: pipeline, count: n, batchSize: 100, image: { set.image($0) }, label: { set.labels[$0] })
+        let agree = zip(result.predictions, reference.predictions.prefix(n)).filter { $0 == $1 }.count
+        XCTAssertGreaterThanOrEqual(Double(agree) / Double(n), 0.999, "\(n - agree) of \(n) predictions differ from transformers")
+        XCTAssertGreaterThan(result.top1, 0.88, "accuracy on the first \(n) test images")
+    }
 }
