@@ -28,10 +28,15 @@ public struct StridedView {
 
     /// Dense row-major view of `dims`.
     public init(dense pointer: UnsafeMutablePointer<Float>, dims: [Int]) {
+        self.init(pointer, dims: dims, strides: StridedView.denseStrides(dims))
+    }
+
+    /// Row-major element strides of `dims`.
+    public static func denseStrides(_ dims: [Int]) -> [Int] {
         var strides = [Int](repeating: 1, count: dims.count)
         var s = 1
         for i in stride(from: dims.count - 1, through: 0, by: -1) { strides[i] = s; s *= dims[i] }
-        self.init(pointer, dims: dims, strides: strides)
+        return strides
     }
 }
 
@@ -153,11 +158,10 @@ public final class Engine: @unchecked Sendable {
         return d
     }
 
-    static func denseStrides(_ dims: [Int]) -> [Int] { StridedView(dense: UnsafeMutablePointer<Float>(bitPattern: 64)!, dims: dims).strides }
 
     /// Converts a float32 strided view to a dense buffer of `precision` (caller deallocates).
     private func convert(_ v: StridedView, to precision: ComputePrecision) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t) {
-        let dense = Self.denseStrides(v.dims)
+        let dense = StridedView.denseStrides(v.dims)
         let dstMD = try md(v.dims, strides: dense, type: precision == .bfloat16 ? dnnl_bf16 : dnnl_f32)
         let srcMD = try md(v.dims, strides: v.strides)
         let count = max(1, v.dims.reduce(1, *))
@@ -256,7 +260,7 @@ public final class Engine: @unchecked Sendable {
             // bf16 kernels need bf16 operands: activations are rounded per call, weights once.
             (srcPtr, srcMD) = try convert(src, to: .bfloat16)
             scratch.append(srcPtr)
-            let bfMD = try md(weights.dims, strides: Self.denseStrides(weights.dims), type: dnnl_bf16)
+            let bfMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: dnnl_bf16)
             if let constant, let cached = constant.converted[.bfloat16] {
                 weiPtr = cached
             } else {
@@ -268,7 +272,7 @@ public final class Engine: @unchecked Sendable {
         }
         let dstMD = try md(dst.dims, strides: dst.strides)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
-        let biasMD = try md(biasDims, strides: Self.denseStrides(biasDims))
+        let biasMD = try md(biasDims, strides: StridedView.denseStrides(biasDims))
         let p: Primitive
         if let cached = matmuls[key] {
             p = cached

@@ -66,7 +66,7 @@ public enum RepoID {
             guard part.utf8.allSatisfy({ isWordByte($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") }) else {
                 throw fail("only letters, digits, '-', '_' and '.' are allowed")
             }
-            guard isWordByte(part.utf8.first!), isWordByte(part.utf8.last!) else {
+            guard let first = part.utf8.first, let last = part.utf8.last, isWordByte(first), isWordByte(last) else {
                 throw fail("'-' and '.' cannot start or end a name")
             }
             if isName && part.count > 96 { throw fail("the name is longer than 96 characters") }

@@ -97,7 +97,7 @@ final class EvaluationTests: XCTestCase {
         let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: modelDir.appendingPathComponent("eval_reference.json")))
         let set = try IDXDataset(url: URL(fileURLWithPath: "/usr/share/datasets/fashion-mnist"))
         let pipeline = try ImageClassificationPipeline(model: modelDir)
-        let n = 2000  // a fifth of the test set keeps the debug-build test short; `cvt evaluate` does all 10k
+        let n = 1000  // a tenth of the test set keeps the debug-build test short; `cvt evaluate` does all 10k
         let result = try Evaluator.evaluate(pipeline: pipeline, count: n, batchSize: 100, image: { set.image($0) }, label: { set.labels[$0] })
         let agree = zip(result.predictions, reference.predictions.prefix(n)).filter { $0 == $1 }.count
         XCTAssertGreaterThanOrEqual(Double(agree) / Double(n), 0.999, "\(n - agree) of \(n) predictions differ from transformers")
