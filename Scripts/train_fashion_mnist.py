@@ -107,8 +107,8 @@ RESTART_WARMUP_STEPS = 200
 # Training recipe (defaults of the command-line flags).
 RECIPE = dict(
     epochs=12,
-    restart_epochs=6,
-    restart_lr=5e-4,
+    # Warm restarts (SGDR-style) after the main cycle: (epochs, peak lr) per extra cosine cycle.
+    restarts=[(6, 5e-4), (12, 5e-4)],
     batch_size=128,
     lr=2e-3,
     min_lr=1e-5,
@@ -335,43 +335,54 @@ def train(args) -> None:
     r["epochs"] = args.epochs
     r["lr"] = args.lr
     r["crop_padding"] = args.crop_padding
-    r["restart_epochs"] = args.restart_epochs
-    r["restart_lr"] = args.restart_lr
+    r["restarts"] = parse_restarts(args.restarts)
     r["restart_warmup_steps"] = RESTART_WARMUP_STEPS
     steps_per_epoch = math.ceil(len(x_train) / r["batch_size"])
     warmup_steps = steps_per_epoch * r["warmup_epochs"]
+    # One entry per cosine cycle: (phase name, epochs, peak lr, warm-up steps, generator seed).
+    # Every cycle starts from fresh AdamW state and its own seeded generator, so a run resumed from a
+    # folder saved after k cycles continues exactly as the single command would.
+    phases = [("main", r["epochs"], r["lr"], warmup_steps, SEED + 1)]
+    for k, (ep, lr) in enumerate(r["restarts"]):
+        phases.append((restart_phase_name(k), ep, lr, RESTART_WARMUP_STEPS, SEED + 2 + k))
 
     t_start = time.time()
     if args.resume:
-        # Phase 1 already done by an earlier run of this same command (same flags): load its saved
-        # weights (float32, exact) and log, and run only phase 2. Phase 2 starts from fresh
-        # optimizer state and its own generator, so this gives the same result as one full run.
+        # The first cycles were done by an earlier run of this command with the same flags: load the
+        # saved weights (float32, exact, including BatchNorm statistics) and log, and run the rest.
         model = CvtForImageClassification.from_pretrained(args.resume)
         log = json.load(open(Path(args.resume) / "training_log.json"))
-        log["epochs"] = [e for e in log["epochs"] if e.get("phase", "main") == "main"]
         for e in log["epochs"]:
-            e["phase"] = "main"
-        assert len(log["epochs"]) == r["epochs"], "resume: phase-1 log does not match --epochs"
+            e.setdefault("phase", "main")
+        done = []
+        for e in log["epochs"]:
+            if not done or done[-1] != e["phase"]:
+                done.append(e["phase"])
+        names = [p[0] for p in phases]
+        assert done == names[: len(done)], f"resume: logged cycles {done} do not match this recipe {names}"
+        for name, ep, *_ in phases[: len(done)]:
+            n = sum(1 for e in log["epochs"] if e["phase"] == name)
+            assert n == ep, f"resume: cycle {name} logged {n} epochs, this recipe has {ep}"
         assert log["recipe"]["crop_padding"] == r["crop_padding"] and log["recipe"]["lr"] == r["lr"]
-        phase1_seconds = log["train_wall_seconds"]
-        phase1_steps = log["recipe"]["total_steps"]
-        log["resumed_phase2_from_saved_phase1"] = True
-        t_start -= phase1_seconds
+        t_start -= log["train_wall_seconds"]
+        total_steps = log["recipe"]["total_steps"]
+        earlier = [1] if log.pop("resumed_phase2_from_saved_phase1", False) else []
+        log["resumed_after_cycles"] = log.get("resumed_after_cycles", earlier) + [len(done)]
+        todo = phases[len(done):]
+        epoch0 = len(log["epochs"])
     else:
         model = build_model()
         log = {"epochs": []}
-        gen = torch.Generator().manual_seed(SEED + 1)
-        phase1_steps = run_phase("main", model, r, r["epochs"], r["lr"], warmup_steps, gen, data, lut,
-                                 args, log, t_start, 0)
+        total_steps = 0
+        todo = phases
+        epoch0 = 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters", flush=True)
 
-    phase2_steps = 0
-    if r["restart_epochs"] > 0:
-        # Phase 2: one warm restart (SGDR-style), a second, shorter cosine cycle at a lower peak.
-        gen2 = torch.Generator().manual_seed(SEED + 2)
-        phase2_steps = run_phase("restart", model, r, r["restart_epochs"], r["restart_lr"],
-                                 RESTART_WARMUP_STEPS, gen2, data, lut, args, log, t_start, r["epochs"])
+    for name, ep, lr, wu, seed in todo:
+        gen = torch.Generator().manual_seed(seed)
+        total_steps += run_phase(name, model, r, ep, lr, wu, gen, data, lut, args, log, t_start, epoch0)
+        epoch0 += ep
     wall = time.time() - t_start
 
     out = Path(args.out)
@@ -391,7 +402,7 @@ def train(args) -> None:
             "threads": THREADS,
             "model_config": MODEL_CONFIG,
             "recipe": {**r, "betas": list(r["betas"]), "steps_per_epoch": steps_per_epoch,
-                       "total_steps": phase1_steps + phase2_steps, "warmup_steps": warmup_steps},
+                       "total_steps": total_steps, "warmup_steps": warmup_steps},
             "parameters": n_params,
             "dataset_mean": mean,
             "dataset_std": std,
@@ -416,6 +427,22 @@ def train(args) -> None:
     print(f"saved to {out} after {wall:.0f} s of training", flush=True)
 
 
+def parse_restarts(text: str) -> list[tuple[int, float]]:
+    out = []
+    for part in filter(None, text.split(",")):
+        ep, lr = part.split(":")
+        out.append((int(ep), float(lr)))
+    return out
+
+
+def format_restarts(restarts) -> str:
+    return ",".join(f"{ep}:{lr:g}" for ep, lr in restarts)
+
+
+def restart_phase_name(k: int) -> str:
+    return "restart" if k == 0 else f"restart{k + 1}"
+
+
 def _repro_command(r: dict) -> str:
     cmd = ".venv-reference/bin/python Scripts/train_fashion_mnist.py"
     if r["epochs"] != RECIPE["epochs"]:
@@ -424,6 +451,8 @@ def _repro_command(r: dict) -> str:
         cmd += f" --lr {r['lr']:g}"
     if r["crop_padding"] != RECIPE["crop_padding"]:
         cmd += f" --crop-padding {r['crop_padding']}"
+    if format_restarts(r["restarts"]) != format_restarts(RECIPE["restarts"]):
+        cmd += f" --restarts '{format_restarts(r['restarts'])}'"
     return cmd
 
 
@@ -831,11 +860,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     ap.add_argument("--lr", type=float, default=RECIPE["lr"])
-    ap.add_argument("--restart-epochs", type=int, default=RECIPE["restart_epochs"],
-                    help="epochs of the second (warm-restart) cosine cycle; 0 = none")
-    ap.add_argument("--restart-lr", type=float, default=RECIPE["restart_lr"])
+    ap.add_argument("--restarts", default=format_restarts(RECIPE["restarts"]),
+                    help="warm-restart cosine cycles after the main one, as EPOCHS:PEAK_LR,...; '' = none")
     ap.add_argument("--resume", default=None,
-                    help="folder saved by phase 1 of this command with the same flags and --restart-epochs 0: run phase 2 only")
+                    help="folder saved by this command (same flags) after some of its cycles: run the remaining cycles")
     ap.add_argument("--crop-padding", type=int, default=RECIPE["crop_padding"])
     ap.add_argument("--eval-every", type=int, default=3, help="log test accuracy every N epochs (monitoring only)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop early after N steps (smoke tests)")

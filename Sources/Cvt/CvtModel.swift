@@ -117,13 +117,13 @@ public final class CvtSelfAttention: Module {
     }
 
     /// Projects normalized tokens `n` `[B, T, C]` (T = cls + H·W) through one conv projection and
-    /// its Linear → `[B, T', C]` with the CLS (when present) in row 0.
+    /// its Linear → `[B, T', C]` of `type` with the CLS (when present) in row 0.
     private func project(_ engine: Engine, _ proj: CvtSelfAttentionProjection, _ linear: Linear, n: Tensor,
-                         patches: Tensor?, b: Int, h: Int, w: Int) throws -> (Tensor, Int) {
+                         patches: Tensor?, b: Int, h: Int, w: Int, type: ElementType) throws -> (TypedBuffer, Int) {
         let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
         if proj.method == .linear {
-            let out = Tensor(uninitialized: [b, t, c])
-            try linear(engine, src: n.unsafePointer, rows: b * t, dst: out.unsafePointer)
+            let out = TypedBuffer(type: type, count: b * t * c)
+            try linear(engine, src: StridedView(dense: n.unsafePointer, dims: [b * t, c]), dst: out.view([b * t, c]))
             return (out, t)
         }
         guard let patches else { throw CvtInputError("internal: no patch tokens") }
@@ -144,13 +144,14 @@ public final class CvtSelfAttention: Module {
                 (tokens.unsafePointer + (i * tp + 1) * c).update(from: grid.unsafePointer + i * ho * wo * c, count: ho * wo * c)
             }
         }
-        let out = Tensor(uninitialized: [b, tp, c])
-        try linear(engine, src: tokens.unsafePointer, rows: b * tp, dst: out.unsafePointer)
+        let out = TypedBuffer(type: type, count: b * tp * c)
+        try linear(engine, src: StridedView(dense: tokens.unsafePointer, dims: [b * tp, c]), dst: out.view([b * tp, c]))
         return (out, tp)
     }
 
-    /// Attention context `[B, Tq, C]` (heads merged) for normalized tokens `n` `[B, T, C]`.
-    func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int) throws -> Tensor {
+    /// Attention context `[B, Tq, C]` (heads merged) for normalized tokens `n` `[B, T, C]`, as `type`
+    /// (bfloat16 in bf16 precision: every consumer is a matmul).
+    func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int, type: ElementType) throws -> TypedBuffer {
         let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
         var patches: Tensor?
         if convolutionProjectionKey.method != .linear {
@@ -163,26 +164,33 @@ public final class CvtSelfAttention: Module {
                 patches = p
             }
         }
-        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, patches: patches, b: b, h: h, w: w)
-        let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, patches: patches, b: b, h: h, w: w)
-        let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, patches: patches, b: b, h: h, w: w)
+        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, patches: patches, b: b, h: h, w: w, type: type)
+        let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, patches: patches, b: b, h: h, w: w, type: type)
+        let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, patches: patches, b: b, h: h, w: w, type: type)
         let heads = numHeads, d = c / heads
-        let ctx = Tensor(uninitialized: [b, tq, c])
-        // One image at a time bounds the score buffer to heads·Tq·Tkv floats.
-        let scores = Tensor(uninitialized: [heads, tq, tk])
-        for i in 0..<b {
-            let qp = q.unsafePointer + i * tq * c, kp = k.unsafePointer + i * tk * c, vp = v.unsafePointer + i * tk * c
-            // Heads as strided views of [T, C]: head `hd` is channels hd·d ..< (hd+1)·d.
-            // scores[hd] = (Q_hd · K_hdᵀ) · scale: Q view [heads, Tq, d], Kᵀ view [heads, d, Tk].
-            try engine.matmul(src: StridedView(qp, dims: [heads, tq, d], strides: [d, c, 1]),
-                              weights: StridedView(kp, dims: [heads, d, tk], strides: [d, 1, c]),
-                              dst: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
+        let ctx = TypedBuffer(type: type, count: b * tq * c)
+        // Images go through attention in groups: one matmul covers every head of every image in the
+        // group (small late-stage products are too short to run well one image at a time), and the
+        // group size bounds the score buffer to `engine.attentionScoreBudget` floats.
+        let perImage = max(1, heads * tq * tk)
+        let group = max(1, min(b, engine.attentionScoreBudget / perImage))
+        let scores = Tensor(uninitialized: [group * perImage])
+        let probs = type == .float32 ? TypedBuffer(scores) : TypedBuffer(type: type, count: group * perImage)
+        var i = 0
+        while i < b {
+            let g = min(group, b - i)
+            // Heads as strided views of [B, T, C]: head `hd` is channels hd·d ..< (hd+1)·d.
+            // scores = (Q · Kᵀ) · scale: Q view [g, heads, Tq, d], Kᵀ view [g, heads, d, Tk].
+            try engine.matmul(src: q.view([g, heads, tq, d], strides: [tq * c, d, c, 1], offset: i * tq * c),
+                              weights: k.view([g, heads, d, tk], strides: [tk * c, d, 1, c], offset: i * tk * c),
+                              dst: StridedView(dense: scores.unsafePointer, dims: [g, heads, tq, tk]),
                               postOps: [.scale(scale)])
-            try engine.softmax(scores.unsafePointer, rows: heads * tq, cols: tk)
-            // ctx[:, hd·d ..< (hd+1)·d] = P_hd · V_hd, written straight into merged-head layout.
-            try engine.matmul(src: StridedView(dense: scores.unsafePointer, dims: [heads, tq, tk]),
-                              weights: StridedView(vp, dims: [heads, tk, d], strides: [d, c, 1]),
-                              dst: StridedView(ctx.unsafePointer + i * tq * c, dims: [heads, tq, d], strides: [d, c, 1]))
+            try engine.softmax(scores.unsafePointer, rows: g * heads * tq, cols: tk, dst: probs.raw, dstType: probs.type)
+            // ctx[:, :, hd·d ..< (hd+1)·d] = P_hd · V_hd, written straight into merged-head layout.
+            try engine.matmul(src: probs.view([g, heads, tq, tk]),
+                              weights: v.view([g, heads, tk, d], strides: [tk * c, d, c, 1], offset: i * tk * c),
+                              dst: ctx.view([g, heads, tq, d], strides: [tq * c, d, c, 1], offset: i * tq * c))
+            i += g
         }
         return ctx
     }
@@ -221,19 +229,22 @@ public final class CvtLayer: Module {
     /// Updates the residual stream `t` `[B, T, C]` in place.
     func callAsFunction(_ engine: Engine, _ t: inout Tensor, b: Int, h: Int, w: Int) throws {
         t.makeUnique()
-        let rows = t.shape[0] * t.shape[1]
+        let rows = t.shape[0] * t.shape[1], c = t.shape[2]
+        // In bf16 precision, activations that only matmuls read are produced as bf16 directly.
+        let act: ElementType = engine.precision == .bfloat16 ? .bfloat16 : .float32
         let n = Tensor(uninitialized: t.shape)
         layernormBefore(src: t.unsafePointer, dst: n.unsafePointer, rows: rows)
-        let ctx = try attention(engine, n: n, b: b, h: h, w: w)
-        guard ctx.shape == t.shape else {
-            throw CvtInputError("attention output \(ctx.shape) does not match the residual stream \(t.shape)")
+        let ctx = try attention(engine, n: n, b: b, h: h, w: w, type: act)
+        guard ctx.count == t.count else {
+            throw CvtInputError("attention output (\(ctx.count) values) does not match the residual stream \(t.shape)")
         }
         // Residual adds are fused: the output projection accumulates into `t`.
-        try attentionOutput(engine, src: ctx.unsafePointer, rows: rows, dst: t.unsafePointer, postOps: [.accumulate])
-        layernormAfter(src: t.unsafePointer, dst: n.unsafePointer, rows: rows)
-        let hidden = Tensor(uninitialized: [rows, intermediate.outFeatures])
-        try intermediate(engine, src: n.unsafePointer, rows: rows, dst: hidden.unsafePointer, postOps: [.gelu])
-        try output(engine, src: hidden.unsafePointer, rows: rows, dst: t.unsafePointer, postOps: [.accumulate])
+        try attentionOutput(engine, src: ctx.view([rows, c]), dst: StridedView(dense: t.unsafePointer, dims: [rows, c]), postOps: [.accumulate])
+        let n2 = act == .float32 ? TypedBuffer(n) : TypedBuffer(type: act, count: rows * c)
+        layernormAfter(src: t.unsafePointer, dst: n2, rows: rows)
+        let hidden = TypedBuffer(type: act, count: rows * intermediate.outFeatures)
+        try intermediate(engine, src: n2.view([rows, c]), dst: hidden.view([rows, intermediate.outFeatures]), postOps: [.gelu])
+        try output(engine, src: hidden.view([rows, intermediate.outFeatures]), dst: StridedView(dense: t.unsafePointer, dims: [rows, c]), postOps: [.accumulate])
     }
 }
 

@@ -26,15 +26,18 @@ public final class Linear: Module {
     /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
                                dst: UnsafeMutablePointer<Float>, postOps: [PostOp] = []) throws {
+        try self(engine, src: StridedView(dense: src, dims: [rows, inFeatures]), dst: StridedView(dense: dst, dims: [rows, outFeatures]), postOps: postOps)
+    }
+
+    /// Same on typed views: `src` `[rows, in]`, `dst` `[rows, out]` (bfloat16 only in bf16 precision).
+    public func callAsFunction(_ engine: Engine, src: StridedView, dst: StridedView, postOps: [PostOp] = []) throws {
         let w: ConstantWeights
         if let c = constant { w = c } else {
             // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
             w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
             constant = w
         }
-        try engine.matmul(src: StridedView(dense: src, dims: [rows, inFeatures]), weights: w,
-                          bias: bias.map { UnsafePointer($0.unsafePointer) },
-                          dst: StridedView(dense: dst, dims: [rows, outFeatures]), postOps: postOps)
+        try engine.matmul(src: src, weights: w, bias: bias.map { UnsafePointer($0.unsafePointer) }, dst: dst, postOps: postOps)
     }
 }
 
@@ -99,6 +102,16 @@ public final class LayerNorm: Module {
 
     public func callAsFunction(src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>, rows: Int) {
         Kernels.layerNorm(src, dst, rows: rows, cols: dim, weight: weight.unsafePointer, bias: bias.unsafePointer, eps: eps)
+    }
+
+    /// Writes `dst` as `dst.type` (bfloat16 feeds a bf16 matmul directly).
+    public func callAsFunction(src: UnsafePointer<Float>, dst: TypedBuffer, rows: Int) {
+        if dst.type == .float32 {
+            Kernels.layerNorm(src, dst.raw.assumingMemoryBound(to: Float.self), rows: rows, cols: dim,
+                              weight: weight.unsafePointer, bias: bias.unsafePointer, eps: eps)
+        } else {
+            Kernels.layerNormBFloat16(src, dst.raw, rows: rows, cols: dim, weight: weight.unsafePointer, bias: bias.unsafePointer, eps: eps)
+        }
     }
 }
 

@@ -15,20 +15,41 @@ func check(_ status: dnnl_status_t, _ op: @autoclosure () -> String) throws {
     }
 }
 
-/// A strided float32 view handed to one engine call: `pointer` plus dims and element strides.
+/// Element type of an activation buffer handed to the engine.
+public enum ElementType: Hashable, Sendable {
+    case float32
+    /// bfloat16 (the upper half of a float32, rounded to nearest even): produced and consumed only
+    /// by bfloat16-precision matmuls, so the engine need not convert activations per call.
+    case bfloat16
+
+    public var byteCount: Int { self == .float32 ? 4 : 2 }
+    var dnnl: dnnl_data_type_t { self == .float32 ? dnnl_f32 : dnnl_bf16 }
+}
+
+/// A strided view handed to one engine call: a pointer plus dims and element strides.
 /// Lets attention read Q/K/V heads and write merged heads in place, with no split/merge copies.
 public struct StridedView {
-    public var pointer: UnsafeMutablePointer<Float>
+    public var raw: UnsafeMutableRawPointer
     public var dims: [Int]
     public var strides: [Int]
+    public var type: ElementType
 
     public init(_ pointer: UnsafeMutablePointer<Float>, dims: [Int], strides: [Int]) {
-        self.pointer = pointer; self.dims = dims; self.strides = strides
+        self.init(raw: UnsafeMutableRawPointer(pointer), type: .float32, dims: dims, strides: strides)
     }
 
-    /// Dense row-major view of `dims`.
+    public init(raw: UnsafeMutableRawPointer, type: ElementType, dims: [Int], strides: [Int]) {
+        self.raw = raw; self.type = type; self.dims = dims; self.strides = strides
+    }
+
+    /// Dense row-major float32 view of `dims`.
     public init(dense pointer: UnsafeMutablePointer<Float>, dims: [Int]) {
         self.init(pointer, dims: dims, strides: StridedView.denseStrides(dims))
+    }
+
+    /// Dense row-major view of `dims` over a buffer of `type`.
+    public init(dense raw: UnsafeMutableRawPointer, type: ElementType, dims: [Int]) {
+        self.init(raw: raw, type: type, dims: dims, strides: StridedView.denseStrides(dims))
     }
 
     /// Row-major element strides of `dims`.
@@ -80,8 +101,10 @@ public final class ConstantWeights: @unchecked Sendable {
 
 struct MatmulKey: Hashable {
     var src: [Int], srcStrides: [Int], wei: [Int], weiStrides: [Int], dst: [Int], dstStrides: [Int]
-    var bias: Bool, postOps: [PostOp], precision: ComputePrecision
+    var bias: Bool, postOps: [PostOp], precision: ComputePrecision, srcType: ElementType, weiType: ElementType, dstType: ElementType
 }
+
+struct SoftmaxKey: Hashable { var rows: Int, cols: Int, dstType: ElementType }
 
 struct ReorderKey: Hashable { var dims: [Int], strides: [Int], precision: ComputePrecision }
 
@@ -104,14 +127,19 @@ public final class Engine: @unchecked Sendable {
     let stream: dnnl_stream_t
     private var matmuls: [MatmulKey: Primitive] = [:]
     private var convs: [ConvKey: Primitive] = [:]
-    private var softmaxes: [[Int]: Primitive] = [:]
+    private var softmaxes: [SoftmaxKey: Primitive] = [:]
     private var reorders: [ReorderKey: Primitive] = [:]
+    /// Attention runs images in groups whose score matrices total at most this many float32 values
+    /// (16 MB by default; at least one image per group). Larger groups mean fewer, longer matmuls.
+    public var attentionScoreBudget = 4 << 20
     /// Matmul arithmetic; float32 (the default) is the parity reference.
     public var precision: ComputePrecision = .float32
     private let lock = NSLock()
     /// Per-operation wall time in ms, collected when `profile` is set (for `cvt bench --profile`).
     public var profile = false
     public var profileTimes: [String: Double] = [:]
+    /// Same, per operation and shape (e.g. `matmul [32, 3136, 64]x[64, 64]`).
+    public var profileDetail: [String: Double] = [:]
 
     /// `threads`: backend worker threads; nil means all cores (not OMP_NUM_THREADS, which libgomp
     /// reads only at load time).
@@ -159,13 +187,15 @@ public final class Engine: @unchecked Sendable {
     }
 
 
-    /// Converts a float32 strided view to a dense buffer of `precision` (caller deallocates).
-    private func convert(_ v: StridedView, to precision: ComputePrecision) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t) {
+    /// Converts a float32 strided view to a dense buffer of `precision`, taken from the buffer pool
+    /// (the caller gives it back, or keeps it for constant weights).
+    private func convert(_ v: StridedView, to precision: ComputePrecision) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t, Int) {
         let dense = StridedView.denseStrides(v.dims)
         let dstMD = try md(v.dims, strides: dense, type: precision == .bfloat16 ? dnnl_bf16 : dnnl_f32)
         let srcMD = try md(v.dims, strides: v.strides)
         let count = max(1, v.dims.reduce(1, *))
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: count * (precision == .bfloat16 ? 2 : 4), alignment: 64)
+        let bytes = count * (precision == .bfloat16 ? 2 : 4)
+        let buffer = BufferPool.shared.take(bytes: bytes)
         let key = ReorderKey(dims: v.dims, strides: v.strides, precision: precision)
         let p: Primitive
         if let cached = reorders[key] { p = cached } else {
@@ -176,9 +206,9 @@ public final class Engine: @unchecked Sendable {
             reorders[key] = p
         }
         do {
-            try run(p, [(DNNL_ARG_FROM, srcMD, UnsafeMutableRawPointer(v.pointer)), (DNNL_ARG_TO, dstMD, buffer)], "reorder")
-        } catch { buffer.deallocate(); throw error }
-        return (buffer, dstMD)
+            try run(p, [(DNNL_ARG_FROM, srcMD, v.raw), (DNNL_ARG_TO, dstMD, buffer)], "reorder")
+        } catch { BufferPool.shared.give(buffer, bytes: bytes); throw error }
+        return (buffer, dstMD, bytes)
     }
 
     private func md(_ dims: [Int], tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
@@ -208,7 +238,11 @@ public final class Engine: @unchecked Sendable {
         let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
         try check(dnnl_primitive_execute(p.primitive, stream, Int32(execArgs.count), execArgs), name)
         try check(dnnl_stream_wait(stream), name)
-        if profile { profileTimes[name.split(separator: " ").first.map(String.init) ?? name, default: 0] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6 }
+        if profile {
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            profileTimes[name.split(separator: " ").first.map(String.init) ?? name, default: 0] += ms
+            profileDetail[name, default: 0] += ms
+        }
     }
 
     private func makePrimitive(_ create: (inout dnnl_primitive_desc_t?) throws -> Void, _ name: String) throws -> Primitive {
@@ -250,27 +284,37 @@ public final class Engine: @unchecked Sendable {
         if dst.dims.contains(0) { return }
         lock.lock(); defer { lock.unlock() }
         let precision = self.precision
-        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
-                            dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision)
-        var srcMD = try md(src.dims, strides: src.strides), srcPtr = UnsafeMutableRawPointer(src.pointer)
-        var weiMD = try md(weights.dims, strides: weights.strides), weiPtr = UnsafeMutableRawPointer(weights.pointer)
-        var scratch: [UnsafeMutableRawPointer] = []
-        defer { for b in scratch { b.deallocate() } }
-        if precision == .bfloat16 {
-            // bf16 kernels need bf16 operands: activations are rounded per call, weights once.
-            (srcPtr, srcMD) = try convert(src, to: .bfloat16)
-            scratch.append(srcPtr)
-            let bfMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: dnnl_bf16)
-            if let constant, let cached = constant.converted[.bfloat16] {
-                weiPtr = cached
-            } else {
-                let (ptr, _) = try convert(weights, to: .bfloat16)
-                if let constant { constant.converted[.bfloat16] = ptr } else { scratch.append(ptr) }
-                weiPtr = ptr
-            }
-            weiMD = bfMD
+        if precision == .float32, src.type != .float32 || weights.type != .float32 || dst.type != .float32 {
+            throw TensorError("matmul: bfloat16 operands need the engine's bfloat16 precision")
         }
-        let dstMD = try md(dst.dims, strides: dst.strides)
+        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
+                            dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
+                            srcType: src.type, weiType: weights.type, dstType: dst.type)
+        var srcMD = try md(src.dims, strides: src.strides, type: src.type.dnnl), srcPtr = src.raw
+        var weiMD = try md(weights.dims, strides: weights.strides, type: weights.type.dnnl), weiPtr = weights.raw
+        var scratch: [(UnsafeMutableRawPointer, Int)] = []
+        defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
+        if precision == .bfloat16 {
+            // bf16 kernels need bf16 operands: float32 activations are rounded per call (producers
+            // that can write bf16 directly avoid this), constant weights once.
+            if src.type == .float32 {
+                let (ptr, m, n) = try convert(src, to: .bfloat16)
+                (srcPtr, srcMD) = (ptr, m)
+                scratch.append((ptr, n))
+            }
+            if weights.type == .float32 {
+                let bfMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: dnnl_bf16)
+                if let constant, let cached = constant.converted[.bfloat16] {
+                    weiPtr = cached
+                } else {
+                    let (ptr, _, n) = try convert(weights, to: .bfloat16)
+                    if let constant { constant.converted[.bfloat16] = ptr } else { scratch.append((ptr, n)) }
+                    weiPtr = ptr
+                }
+                weiMD = bfMD
+            }
+        }
+        let dstMD = try md(dst.dims, strides: dst.strides, type: dst.type.dnnl)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
         let biasMD = try md(biasDims, strides: StridedView.denseStrides(biasDims))
         let p: Primitive
@@ -293,7 +337,7 @@ public final class Engine: @unchecked Sendable {
         var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
             (DNNL_ARG_SRC, srcMD, srcPtr),
             (DNNL_ARG_WEIGHTS, weiMD, weiPtr),
-            (DNNL_ARG_DST, dstMD, UnsafeMutableRawPointer(dst.pointer)),
+            (DNNL_ARG_DST, dstMD, dst.raw),
         ]
         if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }
         try run(p, args, "matmul \(src.dims)x\(weights.dims)")
@@ -394,17 +438,24 @@ public final class Engine: @unchecked Sendable {
 
     /// In-place softmax over the last axis of a dense `[rows, cols]` block.
     public func softmax(_ data: UnsafeMutablePointer<Float>, rows: Int, cols: Int) throws {
+        try softmax(data, rows: rows, cols: cols, dst: UnsafeMutableRawPointer(data), dstType: .float32)
+    }
+
+    /// Softmax over the last axis of a dense float32 `[rows, cols]` block into a dense `dst` of
+    /// `dstType` (bfloat16 feeds the next bf16 matmul without a conversion pass).
+    public func softmax(_ src: UnsafeMutablePointer<Float>, rows: Int, cols: Int, dst: UnsafeMutableRawPointer, dstType: ElementType) throws {
         if rows == 0 || cols == 0 { return }
         lock.lock(); defer { lock.unlock() }
-        let dataMD = try md([rows, cols], tag: dnnl_ab)
-        let key = [rows, cols]
+        let srcMD = try md([rows, cols], strides: [cols, 1])
+        let dstMD = try md([rows, cols], strides: [cols, 1], type: dstType.dnnl)
+        let key = SoftmaxKey(rows: rows, cols: cols, dstType: dstType)
         let p: Primitive
         if let cached = softmaxes[key] {
             p = cached
         } else {
             p = try makePrimitive({ pd in
                 var desc = dnnl_softmax_v2_desc_t()
-                var s = dataMD, d = dataMD
+                var s = srcMD, d = dstMD
                 try check(dnnl_softmax_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_softmax_accurate, &s, &d, 1), "softmax desc")
                 let attr = try makeAttr([])
                 defer { dnnl_primitive_attr_destroy(attr) }
@@ -412,6 +463,6 @@ public final class Engine: @unchecked Sendable {
             }, "softmax")
             softmaxes[key] = p
         }
-        try run(p, [(DNNL_ARG_SRC, dataMD, UnsafeMutableRawPointer(data)), (DNNL_ARG_DST, dataMD, UnsafeMutableRawPointer(data))], "softmax")
+        try run(p, [(DNNL_ARG_SRC, srcMD, UnsafeMutableRawPointer(src)), (DNNL_ARG_DST, dstMD, dst)], "softmax")
     }
 }

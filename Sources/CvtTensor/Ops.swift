@@ -42,6 +42,78 @@ public enum Kernels {
         }
     }
 
+    /// Float32 → bfloat16 bits, rounded to nearest even as oneDNN's reorder does (NaN stays NaN).
+    @inline(__always)
+    static func bf16Bits(_ x: SIMD16<Float>) -> SIMD16<UInt16> {
+        let bits = unsafeBitCast(x, to: SIMD16<UInt32>.self)
+        var r = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
+        r.replace(with: 0x7FC0, where: x .!= x)
+        return SIMD16<UInt16>(truncatingIfNeeded: r)
+    }
+
+    @inline(__always)
+    static func bf16Bits(_ x: Float) -> UInt16 {
+        if x.isNaN { return 0x7FC0 }
+        let bits = x.bitPattern
+        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+    }
+
+    /// Rounds `count` float32 values to bfloat16 (`dst` holds 2-byte elements).
+    public static func toBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+        let d = dst.assumingMemoryBound(to: UInt16.self)
+        var i = 0
+        while i + 16 <= count {
+            UnsafeMutableRawPointer(d + i).storeBytes(of: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)), as: SIMD16<UInt16>.self)
+            i += 16
+        }
+        while i < count { d[i] = bf16Bits(src[i]); i += 1 }
+    }
+
+    /// bfloat16 → float32 (exact).
+    public static func fromBFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        let s = src.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<count { dst[i] = Float(bitPattern: UInt32(s[i]) << 16) }
+    }
+
+    /// LayerNorm as `layerNorm`, writing bfloat16 (the input of a bf16 matmul).
+    public static func layerNormBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
+                                         weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        if cols == 0 { return }
+        let vec = cols / 16 * 16
+        let inv = 1 / Float(cols)
+        let out = dst.assumingMemoryBound(to: UInt16.self)
+        for r in 0..<rows {
+            let x = src + r * cols
+            let y = out + r * cols
+            var acc = SIMD16<Float>()
+            var i = 0
+            while i < vec { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self); i += 16 }
+            var sum = acc.sum()
+            while i < cols { sum += x[i]; i += 1 }
+            let mean = sum * inv
+            var accv = SIMD16<Float>()
+            let m16 = SIMD16<Float>(repeating: mean)
+            i = 0
+            while i < vec {
+                let d = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - m16
+                accv += d * d; i += 16
+            }
+            var v = accv.sum()
+            while i < cols { let d = x[i] - mean; v += d * d; i += 1 }
+            let rstd = 1 / (v * inv + eps).squareRoot()
+            let r16 = SIMD16<Float>(repeating: rstd)
+            i = 0
+            while i < vec {
+                let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
+                let wv = UnsafeRawPointer(weight + i).loadUnaligned(as: SIMD16<Float>.self)
+                let bv = UnsafeRawPointer(bias + i).loadUnaligned(as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(y + i).storeBytes(of: bf16Bits((xv - m16) * r16 * wv + bv), as: SIMD16<UInt16>.self)
+                i += 16
+            }
+            while i < cols { y[i] = bf16Bits((x[i] - mean) * rstd * weight[i] + bias[i]); i += 1 }
+        }
+    }
+
     /// `[N, C, H, W]` (NCHW) → `[N, H, W, C]` (NHWC).
     public static func nchwToNHWC(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, n: Int, c: Int, h: Int, w: Int) {
         let hw = h * w

@@ -143,6 +143,12 @@ struct Bench: ParsableCommand {
             for (op, ms) in engine.profileTimes.sorted(by: { $0.value > $1.value }) {
                 print(String(format: "  %-12@ %8.2f ms/iteration (%4.1f%%)", op, ms / Double(iterations), 100 * ms / total))
             }
+            let backend = engine.profileTimes.values.reduce(0, +)
+            print(String(format: "  %-12@ %8.2f ms/iteration (%4.1f%%)", "other", (total - backend) / Double(iterations), 100 * (total - backend) / total))
+            print("  slowest backend calls (summed over all layers):")
+            for (op, ms) in engine.profileDetail.sorted(by: { $0.value > $1.value }).prefix(25) {
+                print(String(format: "    %8.2f ms/iteration (%4.1f%%)  %@", ms / Double(iterations), 100 * ms / total, op))
+            }
         }
         let name = model ?? preset
         if json {

@@ -95,3 +95,21 @@ final class ParityTests: XCTestCase {
         XCTAssertEqual(Set(dirs), Set(Self.cases), "a fixture folder without a test, or a test without its folder")
     }
 }
+
+/// Attention groups images so one matmul covers several; every grouping must give the reference.
+final class AttentionGroupingTests: XCTestCase {
+    func testEveryGroupSizeMatchesReference() throws {
+        // tiny, batch 3, 64×64: per-image score sizes 16384 / 2048 / 255 (stages 0/1/2), so these
+        // budgets give groups of 1 everywhere, partial groups (2 + 1) in stage 1 or stage 2, and all 3 at once.
+        let dir = fixturesRoot.appendingPathComponent("parity/tiny")
+        let input = try SafetensorsFile(url: dir.appendingPathComponent("input.safetensors"))
+        let expected = try SafetensorsFile(url: dir.appendingPathComponent("expected.safetensors")).tensor("logits")
+        for budget in [1, 600, 4096, 1 << 22] {
+            let engine = try Engine()
+            engine.attentionScoreBudget = budget
+            let model = try CvtForImageClassification(pretrained: dir, engine: engine)
+            let logits = try model(input.tensor("pixel_values")).logits
+            assertTensorClose("tiny/logits (attention budget \(budget))", logits, expected, tol: 1e-4)
+        }
+    }
+}

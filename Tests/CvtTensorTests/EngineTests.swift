@@ -169,3 +169,90 @@ final class EngineTests: XCTestCase {
         e.threads = before
     }
 }
+
+/// bfloat16 activations: rounding, bf16-in/bf16-out matmuls and softmax, and the buffer pool.
+final class BFloat16KernelTests: XCTestCase {
+    func testRoundingIsNearestEven() {
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1 + 2^-7: ties go to the even mantissa (1.0);
+        // 1 + 3·2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6 and goes to 1 + 2^-6.
+        let values: [Float] = [1, 1 + 0x1p-8, 1 + 3 * 0x1p-8, 1 + 0x1p-8 + 0x1p-20, -2.5, .infinity, 0x1p-130, .nan, 3.0e38]
+        var bits = [UInt16](repeating: 0, count: values.count * 3)
+        // 27 values exercise both the 16-wide and the scalar path.
+        let src = values + values + values
+        src.withUnsafeBufferPointer { s in bits.withUnsafeMutableBytes { Kernels.toBFloat16(s.baseAddress!, $0.baseAddress!, count: src.count) } }
+        let expected: [UInt16] = [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0xC020, 0x7F80, 0x0000 | UInt16(Float(0x1p-130).bitPattern >> 16), 0x7FC0, 0x7F62]
+        for r in 0..<3 {
+            XCTAssertEqual(Array(bits[r * values.count ..< (r + 1) * values.count]), expected, "pass \(r)")
+        }
+        var back = [Float](repeating: 0, count: 3)
+        bits.withUnsafeBytes { b in back.withUnsafeMutableBufferPointer { Kernels.fromBFloat16(b.baseAddress!, $0.baseAddress!, count: 3) } }
+        XCTAssertEqual(back, [1, 1, 1 + 0x1p-6])
+    }
+
+    func testLayerNormBFloat16IsRoundedLayerNorm() {
+        let rows = 3, cols = 37
+        let x = Tensor(shape: [rows, cols]) { Float(($0 * 7919) % 101) / 13 - 3 }
+        let w = Tensor(shape: [cols]) { 0.5 + Float($0) / 40 }, b = Tensor(shape: [cols]) { Float($0) / 50 - 0.3 }
+        let ref = Tensor(uninitialized: [rows, cols])
+        Kernels.layerNorm(x.unsafePointer, ref.unsafePointer, rows: rows, cols: cols, weight: w.unsafePointer, bias: b.unsafePointer, eps: 1e-5)
+        var expected = [UInt16](repeating: 0, count: rows * cols)
+        expected.withUnsafeMutableBytes { Kernels.toBFloat16(ref.unsafePointer, $0.baseAddress!, count: rows * cols) }
+        var got = [UInt16](repeating: 0, count: rows * cols)
+        got.withUnsafeMutableBytes {
+            Kernels.layerNormBFloat16(x.unsafePointer, $0.baseAddress!, rows: rows, cols: cols, weight: w.unsafePointer, bias: b.unsafePointer, eps: 1e-5)
+        }
+        XCTAssertEqual(got, expected)
+    }
+
+    func testBFloat16OperandsAndOutputs() throws {
+        let engine = try Engine()
+        let m = 19, k = 40, n = 24
+        let x = Tensor(shape: [m, k]) { Float(($0 * 31) % 17) / 8 - 1 }
+        let w = Tensor(shape: [k, n]) { Float(($0 * 13) % 23) / 11 - 1 }
+        let ref = Tensor(uninitialized: [m, n])
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                          dst: StridedView(dense: ref.unsafePointer, dims: [m, n]))
+        // A float32 engine refuses bf16 operands instead of misreading them.
+        let xb = TypedBuffer(type: .bfloat16, count: m * k)
+        Kernels.toBFloat16(x.unsafePointer, xb.raw, count: m * k)
+        let out = TypedBuffer(type: .bfloat16, count: m * n)
+        XCTAssertThrowsError(try engine.matmul(src: xb.view([m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]), dst: out.view([m, n])))
+        engine.precision = .bfloat16
+        try engine.matmul(src: xb.view([m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]), dst: out.view([m, n]))
+        let got = Tensor(uninitialized: [m, n])
+        Kernels.fromBFloat16(out.raw, got.unsafePointer, count: m * n)
+        // Inputs are exact in bf16 (multiples of 1/8 and 1/11 rounded once); errors come from
+        // rounding w and the output: relative ~2^-8 of values up to ~40.
+        XCTAssertLessThan(got.maxAbsDifference(ref), 0.5)
+        XCTAssertGreaterThan(got.maxAbsDifference(ref), 0, "bf16 output should be rounded")
+
+        // Softmax into bf16 equals the float32 softmax rounded.
+        let s = Tensor(shape: [5, 33]) { Float(($0 * 7) % 29) / 5 }
+        let probs = TypedBuffer(type: .bfloat16, count: 5 * 33)
+        try engine.softmax(s.unsafePointer, rows: 5, cols: 33, dst: probs.raw, dstType: .bfloat16)
+        var f32 = s
+        try f32.withUnsafeMutableBufferPointer { try engine.softmax($0.baseAddress!, rows: 5, cols: 33) }
+        let back = Tensor(uninitialized: [5, 33])
+        Kernels.fromBFloat16(probs.raw, back.unsafePointer, count: 5 * 33)
+        XCTAssertLessThan(back.maxAbsDifference(f32), 0.004)
+    }
+
+    func testBufferPoolReusesFreedBuffers() {
+        let count = 1 << 18 + 3  // just over 1 MB: pooled, and a size nothing else uses
+        let pool = BufferPool.shared
+        pool.drain()  // earlier tests may have filled it to capacity
+        var first: UnsafeMutablePointer<Float>?
+        let before = pool.pooledByteCount
+        do {
+            let t = Tensor(uninitialized: [count])
+            first = t.unsafePointer
+            XCTAssertEqual(pool.pooledByteCount, before)
+        }
+        XCTAssertEqual(pool.pooledByteCount, before + count * 4, "a freed large buffer is kept")
+        let again = Tensor(uninitialized: [count])
+        XCTAssertEqual(again.unsafePointer, first, "a freed buffer of the same size is handed out again")
+        XCTAssertEqual(pool.pooledByteCount, before)
+        let zeros = Tensor(zeros: [count])
+        XCTAssertEqual(zeros.scalars.max(), 0, "reused storage is still initialized when asked")
+    }
+}
