@@ -17,7 +17,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),
         // No unsafe flags anywhere: SwiftPM refuses them in packages used as dependencies.
-        .target(name: "CvtTensor", dependencies: ["CDNNL"]),
+        // Small C kernels that need instructions outside the x86-64 baseline (chosen at run time).
+        .target(name: "CKernels"),
+        .target(name: "CvtTensor", dependencies: ["CDNNL", "CKernels"]),
         .target(name: "Safetensors"),
         // PyTorch's zip checkpoints (pytorch_model.bin) through a restricted unpickler; zlib from Debian.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),

@@ -48,8 +48,10 @@ public final class CvtForImageClassification: Module {
     }
 
     /// A model with transformers' from-scratch initialisation (spec §2.10), seeded.
-    public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil) throws -> CvtForImageClassification {
+    public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil,
+                                           weightStorage: ElementType = .float32) throws -> CvtForImageClassification {
         let m = try CvtForImageClassification(config: config, engine: engine)
+        m.storeWeights(as: weightStorage)
         try m.visitParameters(RandomInitializer(seed: seed, initializerRange: Float(config.initializerRange)), prefix: "")
         m.parametersDidChange()
         return m
@@ -61,6 +63,23 @@ public final class CvtForImageClassification: Module {
         try classifier?.visitParameters(v, prefix: joinKey(prefix, "classifier"))
     }
     public func parametersDidChange() { cvt.parametersDidChange() }
+
+    /// Keeps every Linear weight in `type` (`Linear.storeWeight(as:)`): float16 or bfloat16 halve
+    /// the weight memory. Convolutions, norms and biases (~4% of cvt-13) stay float32. Loading,
+    /// saving or re-initializing restores float32 storage.
+    public func storeWeights(as type: ElementType) {
+        for l in cvt.linearLayers { l.storeWeight(as: type) }
+        classifier?.storeWeight(as: type)
+    }
+
+    /// Bytes held by the parameters as stored (excluding the engine's packed convolution copies).
+    public var parameterBytes: Int {
+        let linears = cvt.linearLayers + (classifier.map { [$0] } ?? [])
+        let counter = ParameterCounter()
+        try? visitParameters(counter, prefix: "")
+        let linearElements = linears.reduce(0) { $0 + $1.inFeatures * $1.outFeatures + ($1.bias?.count ?? 0) }
+        return linears.reduce(0) { $0 + $1.parameterBytes } + (counter.count - linearElements) * 4
+    }
 
     /// Loads every parameter from `source`, strictly: missing, unexpected or mis-shaped keys fail together.
     public func load(from source: TensorSource, sourceName: String) throws {

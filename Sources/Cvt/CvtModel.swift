@@ -332,6 +332,13 @@ public final class CvtModel: Module {
     }
     public func parametersDidChange() { stages.forEach { $0.parametersDidChange() } }
 
+    /// Every Linear layer of the encoder (they hold ~95% of the parameters).
+    public var linearLayers: [Linear] {
+        stages.flatMap { $0.layers.flatMap { l in
+            [l.attention.projectionQuery, l.attention.projectionKey, l.attention.projectionValue, l.attentionOutput, l.intermediate, l.output]
+        } }
+    }
+
     /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
     func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
         guard pixelValues.rank == 4 else {

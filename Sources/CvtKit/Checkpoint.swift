@@ -98,10 +98,13 @@ public struct CheckpointFolder {
 
 extension CvtForImageClassification {
     /// Loads a Hugging Face checkpoint folder (`config.json` + `model.safetensors`), strictly.
-    public convenience init(pretrained url: URL, engine: Engine? = nil) throws {
+    /// `dtype`, when given, sets the engine precision and weight storage first, so half-precision
+    /// storage is filled layer by layer (never the whole model in float32); nil leaves the engine as is.
+    public convenience init(pretrained url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
         try self.init(config: config, engine: engine)
+        dtype?.apply(to: self)
         let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
     }

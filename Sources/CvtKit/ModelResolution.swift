@@ -19,14 +19,16 @@ public enum ModelResolver {
 
 extension CvtForImageClassification {
     /// Loads from a local folder or a Hub id (`microsoft/cvt-13`, `org/name@revision`).
-    public convenience init(pretrained reference: String, engine: Engine? = nil, progress: DownloadProgress? = nil) throws {
-        try self.init(pretrained: ModelResolver.resolve(reference, progress: progress), engine: engine)
+    public convenience init(pretrained reference: String, engine: Engine? = nil, dtype: InferenceDType? = nil,
+                            progress: DownloadProgress? = nil) throws {
+        try self.init(pretrained: ModelResolver.resolve(reference, progress: progress), engine: engine, dtype: dtype)
     }
 }
 
 extension ImageClassificationPipeline {
     /// Loads model and processor from a local folder or a Hub id.
-    public convenience init(model reference: String, engine: Engine? = nil, progress: DownloadProgress? = nil) throws {
-        try self.init(model: ModelResolver.resolve(reference, progress: progress), engine: engine)
+    public convenience init(model reference: String, engine: Engine? = nil, dtype: InferenceDType? = nil,
+                            progress: DownloadProgress? = nil) throws {
+        try self.init(model: ModelResolver.resolve(reference, progress: progress), engine: engine, dtype: dtype)
     }
 }

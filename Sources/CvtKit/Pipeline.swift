@@ -51,8 +51,8 @@ public final class ImageClassificationPipeline {
 
     /// Loads the model and its `preprocessor_config.json` from a checkpoint folder. Without that
     /// file the microsoft/cvt-13 settings are used (not the processor's class defaults), with a warning.
-    public convenience init(model url: URL, engine: Engine? = nil) throws {
-        let model = try CvtForImageClassification(pretrained: url, engine: engine)
+    public convenience init(model url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
+        let model = try CvtForImageClassification(pretrained: url, engine: engine, dtype: dtype)
         let folder = CheckpointFolder(url)
         var warning: String?
         let config: PreprocessorConfig

@@ -4,8 +4,13 @@ import Foundation
 /// `torch.nn.Linear`: `y = x·Wᵀ + b`, weight `[out, in]`.
 public final class Linear: Module {
     public let inFeatures: Int, outFeatures: Int
+    /// float32 `[out, in]`; empty (`[0]`) while the weight is stored compactly (`storeWeight(as:)`).
     public var weight: Tensor
     public var bias: Tensor?
+    /// Element type the weight is kept in: float32, or float16 / bfloat16 for half the memory.
+    public private(set) var weightStorage: ElementType = .float32
+    /// Wᵀ as dense `[in, out]` in `weightStorage` when that is not float32.
+    private var compactWeight: TypedBuffer?
     /// `weight` as the engine consumes it (converted copies cached); dropped when parameters change.
     private var constant: ConstantWeights?
 
@@ -16,12 +21,75 @@ public final class Linear: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
+        // Visitors see the float32 weight. Read-only ones (saving, counting) get a widened copy of
+        // compact storage; the others (loading, init) turn the layer back into float32 storage.
+        if v.readsOnly, compactWeight != nil {
+            var copy = float32Weight()
+            try v.visit(joinKey(prefix, "weight"), &copy, kind: .weight(fanIn: inFeatures))
+            if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+            return
+        }
+        convertStorage(to: .float32)
         try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inFeatures))
         if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
         constant = nil
+        // Loading layer by layer into compact storage keeps only one float32 weight alive at a time.
+        convertStorage(to: preferredStorage)
     }
 
     public func parametersDidChange() { constant = nil }
+
+    /// Storage that loading and initialisation convert the weight to (set by `storeWeight(as:)`).
+    public private(set) var preferredStorage: ElementType = .float32
+
+    /// Keeps the weight in `type` only, now and after later loads: float16 / bfloat16 halve its
+    /// memory (rounding it once); float32 widens it back (the rounding stays). Matmuls widen half
+    /// storage per call to the engine's precision; bfloat16 storage is used directly by a bfloat16 engine.
+    public func storeWeight(as type: ElementType) {
+        preferredStorage = type
+        convertStorage(to: type)
+    }
+
+    private func convertStorage(to type: ElementType) {
+        if type == weightStorage { return }
+        let n = inFeatures * outFeatures
+        if compactWeight != nil {
+            weight = float32Weight()
+            compactWeight = nil
+            weightStorage = .float32
+        }
+        constant = nil
+        if type == .float32 { return }
+        // Wᵀ dense [in, out]: the layout the matmul reads without a per-call transpose.
+        let wt = Tensor(zeros: [inFeatures, outFeatures])
+        weight.withUnsafeBufferPointer { s in
+            for o in 0..<outFeatures { for i in 0..<inFeatures { wt.unsafePointer[i * outFeatures + o] = s[o * inFeatures + i] } }
+        }
+        let compact = TypedBuffer(type: type, count: n, pooled: false)
+        if type == .bfloat16 { Kernels.toBFloat16(wt.unsafePointer, compact.raw, count: n) } else { Kernels.toFloat16(wt.unsafePointer, compact.raw, count: n) }
+        compactWeight = compact
+        weight = Tensor(zeros: [0])
+        weightStorage = type
+    }
+
+    /// The weight as float32 `[out, in]` (widened from compact storage when needed).
+    public func float32Weight() -> Tensor {
+        guard let compact = compactWeight else { return weight }
+        let n = inFeatures * outFeatures
+        // From Wᵀ [in, out] back to [out, in].
+        let wt = Tensor(zeros: [inFeatures, outFeatures])
+        if compact.type == .bfloat16 { Kernels.fromBFloat16(compact.raw, wt.unsafePointer, count: n) } else { Kernels.fromFloat16(compact.raw, wt.unsafePointer, count: n) }
+        var w = Tensor(zeros: [outFeatures, inFeatures])
+        w.withUnsafeMutableBufferPointer { d in
+            for i in 0..<inFeatures { for o in 0..<outFeatures { d[o * inFeatures + i] = wt.unsafePointer[i * outFeatures + o] } }
+        }
+        return w
+    }
+
+    /// Bytes held by the weight and bias.
+    public var parameterBytes: Int {
+        (compactWeight.map { $0.count * $0.type.byteCount } ?? weight.count * 4) + (bias?.count ?? 0) * 4
+    }
 
     /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
@@ -32,7 +100,10 @@ public final class Linear: Module {
     /// Same on typed views: `src` `[rows, in]`, `dst` `[rows, out]` (bfloat16 only in bf16 precision).
     public func callAsFunction(_ engine: Engine, src: StridedView, dst: StridedView, postOps: [PostOp] = []) throws {
         let w: ConstantWeights
-        if let c = constant { w = c } else {
+        if let c = constant { w = c } else if let compact = compactWeight {
+            w = ConstantWeights(compact.view([inFeatures, outFeatures]), owner: compact)
+            constant = w
+        } else {
             // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
             w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
             constant = w

@@ -19,6 +19,21 @@ public enum ParameterKind: Sendable, Equatable {
 /// initialisation are all visitors, so the tree's shape is written down exactly once.
 public protocol ParameterVisitor: AnyObject {
     func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws
+    /// True for visitors that never modify the tensors (collectors, counters): layers may then hand
+    /// them a float32 copy of a compactly stored weight instead of converting their storage back.
+    var readsOnly: Bool { get }
+}
+
+extension ParameterVisitor {
+    public var readsOnly: Bool { false }
+}
+
+/// Counts parameter elements.
+public final class ParameterCounter: ParameterVisitor {
+    public private(set) var count = 0
+    public init() {}
+    public var readsOnly: Bool { true }
+    public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws { count += tensor.count }
 }
 
 public protocol Module: AnyObject {
@@ -38,6 +53,7 @@ public final class StateDictCollector: ParameterVisitor {
     public private(set) var tensors: [String: Tensor] = [:]
     public private(set) var order: [String] = []
     public init() {}
+    public var readsOnly: Bool { true }
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
         tensors[key] = tensor
         order.append(key)

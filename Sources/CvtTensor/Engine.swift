@@ -21,9 +21,18 @@ public enum ElementType: Hashable, Sendable {
     /// bfloat16 (the upper half of a float32, rounded to nearest even): produced and consumed only
     /// by bfloat16-precision matmuls, so the engine need not convert activations per call.
     case bfloat16
+    /// IEEE half precision: only a storage format for constant weights (oneDNN 2.6 has no f16
+    /// matmul on CPU), widened per call to the engine's precision.
+    case float16
 
     public var byteCount: Int { self == .float32 ? 4 : 2 }
-    var dnnl: dnnl_data_type_t { self == .float32 ? dnnl_f32 : dnnl_bf16 }
+    var dnnl: dnnl_data_type_t {
+        switch self {
+        case .float32: return dnnl_f32
+        case .bfloat16: return dnnl_bf16
+        case .float16: return dnnl_f16
+        }
+    }
 }
 
 /// A strided view handed to one engine call: a pointer plus dims and element strides.
@@ -94,9 +103,11 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
 /// Constant matmul weights (a layer's parameters): converted once to the engine's precision and kept.
 public final class ConstantWeights: @unchecked Sendable {
     public let view: StridedView
-    var converted: [ComputePrecision: UnsafeMutableRawPointer] = [:]
-    public init(_ view: StridedView) { self.view = view }
-    deinit { for p in converted.values { p.deallocate() } }
+    var converted: [ComputePrecision: (pointer: UnsafeMutableRawPointer, bytes: Int)] = [:]
+    /// Keeps the viewed storage alive as long as these weights are in use.
+    private let owner: Any?
+    public init(_ view: StridedView, owner: Any? = nil) { self.view = view; self.owner = owner }
+    deinit { for c in converted.values { RawMemory.free(c.pointer, bytes: c.bytes) } }
 }
 
 struct MatmulKey: Hashable {
@@ -106,7 +117,7 @@ struct MatmulKey: Hashable {
 
 struct SoftmaxKey: Hashable { var rows: Int, cols: Int, dstType: ElementType }
 
-struct ReorderKey: Hashable { var dims: [Int], strides: [Int], precision: ComputePrecision }
+struct ReorderKey: Hashable { var dims: [Int], strides: [Int], from: ElementType, to: ElementType }
 
 struct ConvKey: Hashable {
     var src: [Int], srcNCHW: Bool, wei: [Int], groups: Int, stride: [Int], padding: [Int], dst: [Int], bias: Bool
@@ -187,21 +198,21 @@ public final class Engine: @unchecked Sendable {
     }
 
 
-    /// Converts a float32 strided view to a dense buffer of `precision`, taken from the buffer pool
-    /// (the caller gives it back, or keeps it for constant weights).
-    private func convert(_ v: StridedView, to precision: ComputePrecision) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t, Int) {
+    /// Converts a strided view to a dense buffer of `type`, taken from the buffer pool (the caller
+    /// gives it back, or keeps it for constant weights).
+    private func convert(_ v: StridedView, to type: ElementType) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t, Int) {
         let dense = StridedView.denseStrides(v.dims)
-        let dstMD = try md(v.dims, strides: dense, type: precision == .bfloat16 ? dnnl_bf16 : dnnl_f32)
-        let srcMD = try md(v.dims, strides: v.strides)
+        let dstMD = try md(v.dims, strides: dense, type: type.dnnl)
+        let srcMD = try md(v.dims, strides: v.strides, type: v.type.dnnl)
         let count = max(1, v.dims.reduce(1, *))
-        let bytes = count * (precision == .bfloat16 ? 2 : 4)
+        let bytes = count * type.byteCount
         let buffer = BufferPool.shared.take(bytes: bytes)
-        let key = ReorderKey(dims: v.dims, strides: v.strides, precision: precision)
+        let key = ReorderKey(dims: v.dims, strides: v.strides, from: v.type, to: type)
         let p: Primitive
         if let cached = reorders[key] { p = cached } else {
             p = try makePrimitive({ pd in
                 var a = srcMD, b = dstMD
-                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder to \(precision)")
+                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder \(v.type) to \(type)")
             }, "reorder")
             reorders[key] = p
         }
@@ -284,8 +295,11 @@ public final class Engine: @unchecked Sendable {
         if dst.dims.contains(0) { return }
         lock.lock(); defer { lock.unlock() }
         let precision = self.precision
-        if precision == .float32, src.type != .float32 || weights.type != .float32 || dst.type != .float32 {
-            throw TensorError("matmul: bfloat16 operands need the engine's bfloat16 precision")
+        if precision == .float32, src.type != .float32 || dst.type != .float32 {
+            throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
+        }
+        if src.type == .float16 || dst.type == .float16 {
+            throw TensorError("matmul: float16 is a weight storage format only")
         }
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
                             dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
@@ -294,25 +308,34 @@ public final class Engine: @unchecked Sendable {
         var weiMD = try md(weights.dims, strides: weights.strides, type: weights.type.dnnl), weiPtr = weights.raw
         var scratch: [(UnsafeMutableRawPointer, Int)] = []
         defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
-        if precision == .bfloat16 {
-            // bf16 kernels need bf16 operands: float32 activations are rounded per call (producers
-            // that can write bf16 directly avoid this), constant weights once.
-            if src.type == .float32 {
-                let (ptr, m, n) = try convert(src, to: .bfloat16)
-                (srcPtr, srcMD) = (ptr, m)
+        let operandType: ElementType = precision == .bfloat16 ? .bfloat16 : .float32
+        // bf16 kernels need bf16 operands: float32 activations are rounded per call (producers
+        // that can write bf16 directly avoid this).
+        if src.type != operandType {
+            let (ptr, m, n) = try convert(src, to: operandType)
+            (srcPtr, srcMD) = (ptr, m)
+            scratch.append((ptr, n))
+        }
+        if weights.type != operandType {
+            let denseMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: operandType.dnnl)
+            if let constant, let cached = constant.converted[precision] {
+                weiPtr = cached.pointer
+            } else if weights.type == .float16, operandType == .float32,
+                      weights.strides == StridedView.denseStrides(weights.dims) {
+                // oneDNN 2.6 has only a reference f16 reorder (~12 ms for 384x1536); F16C is ~100x faster.
+                let count = weights.dims.reduce(1, *), n = max(1, count) * 4
+                let ptr = BufferPool.shared.take(bytes: n)
+                Kernels.fromFloat16(weights.raw, ptr.assumingMemoryBound(to: Float.self), count: count)
                 scratch.append((ptr, n))
+                weiPtr = ptr
+            } else {
+                let (ptr, _, n) = try convert(weights, to: operandType)
+                // float32 weights are converted once and kept; half-precision storage is widened per
+                // call, so it really keeps half the weight memory.
+                if let constant, weights.type == .float32 { constant.converted[precision] = (ptr, n) } else { scratch.append((ptr, n)) }
+                weiPtr = ptr
             }
-            if weights.type == .float32 {
-                let bfMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: dnnl_bf16)
-                if let constant, let cached = constant.converted[.bfloat16] {
-                    weiPtr = cached
-                } else {
-                    let (ptr, _, n) = try convert(weights, to: .bfloat16)
-                    if let constant { constant.converted[.bfloat16] = ptr } else { scratch.append((ptr, n)) }
-                    weiPtr = ptr
-                }
-                weiMD = bfMD
-            }
+            weiMD = denseMD
         }
         let dstMD = try md(dst.dims, strides: dst.strides, type: dst.type.dnnl)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Swift kernels for the memory-bound ops (the GEMM-heavy work goes through `Engine`).
@@ -73,6 +74,24 @@ public enum Kernels {
     public static func fromBFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
         let s = src.assumingMemoryBound(to: UInt16.self)
         for i in 0..<count { dst[i] = Float(bitPattern: UInt32(s[i]) << 16) }
+    }
+
+    /// Float32 → IEEE float16 (round to nearest even; out-of-range values become ±infinity).
+    public static func toFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+        let d = dst.assumingMemoryBound(to: Float16.self)
+        for i in 0..<count { d[i] = Float16(src[i]) }
+    }
+
+    /// IEEE float16 → float32 (exact; F16C instructions when the CPU has them). Large inputs are
+    /// split across two threads.
+    public static func fromFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        let s = src.assumingMemoryBound(to: UInt16.self)
+        if count < 1 << 16 { ck_f16_to_f32(s, dst, count); return }
+        let parts = 2, chunk = (count + parts - 1) / parts
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let start = p * chunk, n = min(chunk, count - start)
+            if n > 0 { ck_f16_to_f32(s + start, dst + start, n) }
+        }
     }
 
     /// LayerNorm as `layerNorm`, writing bfloat16 (the input of a bf16 matmul).

@@ -7,21 +7,67 @@ public struct TensorError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
+/// Raw memory for tensors. Blocks of `mapThreshold` bytes or more are mapped from the kernel
+/// directly (page-aligned, zero-filled on first touch, returned on free), so large weights and
+/// activations never sit in a fragmented malloc heap; a freed float32 copy of a weight really
+/// gives its memory back. Smaller blocks use malloc.
+public enum RawMemory {
+    static let mapThreshold = 256 << 10
+    /// Large blocks that came from malloc because mmap failed (normally empty).
+    nonisolated(unsafe) private static var fallbacks: Set<UnsafeMutableRawPointer> = []
+    private static let lock = NSLock()
+
+    /// `zeroed` is true when the block is known to read as zeros (a fresh mapping).
+    static func allocate(bytes: Int) -> (pointer: UnsafeMutableRawPointer, zeroed: Bool) {
+        if bytes >= mapThreshold {
+            let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            if let p, p != MAP_FAILED { return (p, true) }
+            let q = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            lock.lock(); fallbacks.insert(q); lock.unlock()
+            return (q, false)
+        }
+        return (UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64), false)
+    }
+
+    static func free(_ p: UnsafeMutableRawPointer, bytes: Int) {
+        if bytes >= mapThreshold {
+            lock.lock()
+            let fromMalloc = fallbacks.remove(p) != nil
+            lock.unlock()
+            if !fromMalloc { munmap(p, bytes); return }
+        }
+        p.deallocate()
+    }
+}
+
 /// 64-byte aligned float32 storage; `Tensor` shares it copy-on-write.
 final class TensorStorage: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<Float>
     let count: Int
     private let bytes: Int
+    /// Activation buffers come from and go back to the pool; parameters and other long-lived
+    /// tensors are freed for real.
+    private let pooled: Bool
+    /// The memory is known to hold zeros already (a fresh mapping).
+    let zeroed: Bool
 
-    init(count: Int) {
+    init(count: Int, pooled: Bool = false) {
         self.count = count
+        self.pooled = pooled
         // One extra line so a zero-sized tensor still has a valid, unique pointer.
         bytes = max(count, 16) * MemoryLayout<Float>.stride
-        let raw = BufferPool.shared.take(bytes: bytes)
+        let raw: UnsafeMutableRawPointer
+        if pooled {
+            raw = BufferPool.shared.take(bytes: bytes); zeroed = false
+        } else {
+            (raw, zeroed) = RawMemory.allocate(bytes: bytes)
+        }
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 16))
     }
 
-    deinit { BufferPool.shared.give(UnsafeMutableRawPointer(pointer), bytes: bytes) }
+    deinit {
+        if pooled { BufferPool.shared.give(UnsafeMutableRawPointer(pointer), bytes: bytes) } else { RawMemory.free(UnsafeMutableRawPointer(pointer), bytes: bytes) }
+    }
 
     func copy() -> TensorStorage {
         let s = TensorStorage(count: count)
@@ -43,6 +89,7 @@ public final class BufferPool: @unchecked Sendable {
     private var pooledBytes = 0
     private let lock = NSLock()
 
+    /// A buffer of `bytes` (free it with `give`, or with `RawMemory.free`).
     func take(bytes: Int) -> UnsafeMutableRawPointer {
         if bytes >= minimumBytes {
             lock.lock()
@@ -53,7 +100,7 @@ public final class BufferPool: @unchecked Sendable {
             }
             lock.unlock()
         }
-        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        return RawMemory.allocate(bytes: bytes).pointer
     }
 
     func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
@@ -67,7 +114,7 @@ public final class BufferPool: @unchecked Sendable {
             }
             lock.unlock()
         }
-        p.deallocate()
+        RawMemory.free(p, bytes: bytes)
     }
 
     /// Bytes currently held for reuse.
@@ -76,7 +123,7 @@ public final class BufferPool: @unchecked Sendable {
     /// Releases every pooled buffer (e.g. after a large batch, to give the memory back).
     public func drain() {
         lock.lock(); defer { lock.unlock() }
-        for list in free.values { for p in list { p.deallocate() } }
+        for (bytes, list) in free { for p in list { RawMemory.free(p, bytes: bytes) } }
         free.removeAll()
         pooledBytes = 0
     }
@@ -89,9 +136,11 @@ public struct TypedBuffer: @unchecked Sendable {
     public let count: Int
     private let storage: TensorStorage
 
-    public init(type: ElementType, count: Int) {
+    /// `pooled`: recycle through `BufferPool` (activations); long-lived buffers such as compact
+    /// weights pass false so freeing them returns the memory.
+    public init(type: ElementType, count: Int, pooled: Bool = true) {
         self.type = type; self.count = count
-        storage = TensorStorage(count: (count * type.byteCount + 3) / 4)
+        storage = TensorStorage(count: (count * type.byteCount + 3) / 4, pooled: pooled)
     }
 
     /// A float32 buffer sharing `tensor`'s storage.
@@ -125,13 +174,15 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
         self.shape = shape
         storage = TensorStorage(count: Tensor.elementCount(shape))
-        storage.pointer.initialize(repeating: value, count: storage.count)
+        // A fresh mapping already reads as zeros; not touching it keeps untouched pages out of RSS.
+        if !(value == 0 && storage.zeroed) { storage.pointer.initialize(repeating: value, count: storage.count) }
     }
 
-    /// A tensor of `shape` whose contents the caller fills before reading (engine outputs).
+    /// A tensor of `shape` whose contents the caller fills before reading (engine outputs). Its
+    /// storage is recycled through `BufferPool` (activations have the same sizes on every pass).
     public init(uninitialized shape: [Int]) {
         self.shape = shape
-        storage = TensorStorage(count: Tensor.elementCount(shape))
+        storage = TensorStorage(count: Tensor.elementCount(shape), pooled: true)
     }
 
     public init(shape: [Int], scalars: [Float]) throws {
@@ -148,7 +199,8 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
     }
 
     public init(shape: [Int], generator: (Int) -> Float) {
-        self.init(uninitialized: shape)
+        self.shape = shape
+        storage = TensorStorage(count: Tensor.elementCount(shape))
         for i in 0..<storage.count { storage.pointer[i] = generator(i) }
     }
 

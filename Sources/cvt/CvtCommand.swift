@@ -99,30 +99,32 @@ struct Bench: ParsableCommand {
     @Option(help: "Checkpoint folder to time instead of a random-init preset.") var model: String?
     @Option(help: "Images per forward pass.") var batchSize = 1
     @Option(help: "Input height and width.") var imageSize = 224
-    @Option(help: "Matmul arithmetic: float32 or bfloat16 (float32 accumulation).") var dtype = "float32"
+    @Option(help: "float32, bfloat16 (bf16 matmuls with float32 accumulation, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
+    var dtype = "float32"
     @Option(help: "Timed iterations (after 2 warm-up passes).") var iterations = 10
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
-        guard let precision = ComputePrecision(rawValue: dtype) else {
-            throw ValidationError("--dtype must be float32 or bfloat16, got \(dtype)")
+        guard let mode = InferenceDType(rawValue: dtype) else {
+            throw ValidationError("--dtype must be one of \(InferenceDType.names), got \(dtype)")
         }
         guard batchSize > 0, imageSize > 0, iterations > 0 else {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
         let engine = try threadOptions.engine()
-        engine.precision = precision
         let classifier: CvtForImageClassification
         if let model {
-            classifier = try CvtForImageClassification(pretrained: model, engine: engine, progress: TerminalProgressBar()?.callback)
+            classifier = try CvtForImageClassification(pretrained: model, engine: engine, dtype: mode, progress: TerminalProgressBar()?.callback)
         } else {
             guard let config = CvtConfig.preset(named: preset) else {
                 throw ValidationError("unknown preset \(preset); use one of \(CvtConfig.presetNames.joined(separator: ", "))")
             }
-            classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine)
+            classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
+        mode.apply(to: classifier)
+        let weightsMB = Double(classifier.parameterBytes) / 1_048_576
         var rng = SplitMix64(seed: 1)
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
         let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
@@ -157,13 +159,14 @@ struct Bench: ParsableCommand {
                 "threads": engine.threads, "iterations": iterations, "median_ms": median,
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
+                "weights_mb": weightsMB,
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
-            print(String(format: "%@ batch %d, %dx%d, %@, %d threads: median %.2f ms/batch (%.2f ms/image, min %.2f, max %.2f), %.1f images/s, peak RSS %.0f MB",
+            print(String(format: "%@ batch %d, %dx%d, %@, %d threads: median %.2f ms/batch (%.2f ms/image, min %.2f, max %.2f), %.1f images/s, peak RSS %.0f MB, weights %.1f MB",
                          name, batchSize, imageSize, imageSize, dtype, engine.threads, median, median / Double(batchSize),
-                         times.first ?? 0, times.last ?? 0, ips, rss))
+                         times.first ?? 0, times.last ?? 0, ips, rss, weightsMB))
         }
     }
 }

@@ -19,16 +19,16 @@ func defaultModelPath() throws -> String {
 
 struct ModelOptions: ParsableArguments {
     @Option(help: "Checkpoint folder or Hub id (default: the bundled Fashion-MNIST model).") var model: String?
-    @Option(help: "Matmul arithmetic: float32 (default, transformers' numbers) or bfloat16.") var dtype = "float32"
+    @Option(help: "float32 (default, transformers' numbers), bfloat16 (bf16 matmuls, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
+    var dtype = "float32"
     @OptionGroup var threadOptions: ThreadOptions
 
     func pipeline() throws -> ImageClassificationPipeline {
-        guard let precision = ComputePrecision(rawValue: dtype) else {
-            throw ValidationError("--dtype must be float32 or bfloat16, got \(dtype)")
+        guard let mode = InferenceDType(rawValue: dtype) else {
+            throw ValidationError("--dtype must be one of \(InferenceDType.names), got \(dtype)")
         }
         let engine = try threadOptions.engine()
-        engine.precision = precision
-        let p = try ImageClassificationPipeline(model: model ?? defaultModelPath(), engine: engine,
+        let p = try ImageClassificationPipeline(model: model ?? defaultModelPath(), engine: engine, dtype: mode,
                                                 progress: TerminalProgressBar()?.callback)
         for w in p.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
         return p

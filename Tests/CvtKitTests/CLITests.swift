@@ -65,6 +65,24 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(obj["batch_size"] as? Int, 2)
     }
 
+    func testBenchDTypesReportWeightMemory() throws {
+        var weights: [String: Double] = [:]
+        for dtype in ["float32", "float16", "bfloat16"] {
+            let r = try run(["bench", "--model", fixturesRoot.appendingPathComponent("parity/tiny").path, "--image-size", "64",
+                             "--iterations", "1", "--threads", "1", "--dtype", dtype, "--json"])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            XCTAssertEqual(obj["dtype"] as? String, dtype)
+            weights[dtype] = try XCTUnwrap(obj["weights_mb"] as? Double, r.stdout)
+        }
+        let f32 = try XCTUnwrap(weights["float32"])
+        XCTAssertLessThan(try XCTUnwrap(weights["float16"]), f32 * 0.6)
+        XCTAssertEqual(weights["float16"], weights["bfloat16"])
+        let bad = try run(["bench", "--dtype", "int8"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("float16"), bad.stderr)
+    }
+
     /// A model that exists only in a Hugging Face cache (as Python leaves it) loads by Hub id, offline.
     func testHubIdFromTheCacheOffline() throws {
         let fm = FileManager.default

@@ -256,3 +256,41 @@ final class BFloat16KernelTests: XCTestCase {
         XCTAssertEqual(zeros.scalars.max(), 0, "reused storage is still initialized when asked")
     }
 }
+
+final class Float16Tests: XCTestCase {
+    func testFloat16ConversionIsExactBothWays() {
+        // Normals, subnormals, zero signs, infinities: float16 → float32 is exact.
+        let halves: [Float16] = [0, -0, 1, -2.5, 65504, 0x1p-14, 0x1p-24, 3 * 0x1p-24, .infinity, -.infinity, 0.1, 1000.5]
+        var bits = halves.map(\.bitPattern)
+        // Repeat to cover the 8-wide and the tail paths.
+        bits += bits
+        var out = [Float](repeating: 0, count: bits.count)
+        bits.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { Kernels.fromFloat16(b.baseAddress!, $0.baseAddress!, count: bits.count) } }
+        XCTAssertEqual(out, (halves + halves).map(Float.init))
+        var nan: [UInt16] = [Float16.nan.bitPattern]
+        var f: [Float] = [0]
+        nan.withUnsafeMutableBytes { b in f.withUnsafeMutableBufferPointer { Kernels.fromFloat16(b.baseAddress!, $0.baseAddress!, count: 1) } }
+        XCTAssertTrue(f[0].isNaN)
+        // Large inputs go through the two-thread path.
+        let n = 1 << 17 + 5
+        let big = (0..<n).map { Float16(Float($0 % 2000) / 8 - 100) }
+        var bigOut = [Float](repeating: 0, count: n)
+        big.map(\.bitPattern).withUnsafeBytes { b in bigOut.withUnsafeMutableBufferPointer { Kernels.fromFloat16(b.baseAddress!, $0.baseAddress!, count: n) } }
+        XCTAssertEqual(bigOut, big.map(Float.init))
+    }
+
+    func testFloat16WeightsInAFloat32Matmul() throws {
+        let engine = try Engine()
+        let m = 5, k = 12, n = 7
+        let x = Tensor(shape: [m, k]) { Float($0 % 9) / 4 - 1 }
+        let w = Tensor(shape: [k, n]) { Float($0 % 7) / 8 - 0.5 }  // exact in float16
+        let wh = TypedBuffer(type: .float16, count: k * n, pooled: false)
+        Kernels.toFloat16(w.unsafePointer, wh.raw, count: k * n)
+        let ref = Tensor(uninitialized: [m, n]), got = Tensor(uninitialized: [m, n])
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                          dst: StridedView(dense: ref.unsafePointer, dims: [m, n]))
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: ConstantWeights(wh.view([k, n]), owner: wh),
+                          dst: StridedView(dense: got.unsafePointer, dims: [m, n]))
+        XCTAssertEqual(got.maxAbsDifference(ref), 0)
+    }
+}

@@ -1,0 +1,32 @@
+import Cvt
+import CvtTensor
+
+/// How a model runs, as the CLI's `--dtype` names it.
+public enum InferenceDType: String, CaseIterable, Sendable {
+    /// float32 weights and arithmetic: transformers' numbers (the parity reference).
+    case float32
+    /// bfloat16 matmuls (oneDNN's AMX / avx512_bf16 kernels, float32 accumulation) with the Linear
+    /// weights kept only in bfloat16: faster, and half the weight memory.
+    case bfloat16
+    /// Linear weights stored as IEEE float16 (half the weight memory), widened to float32 per matmul:
+    /// float32 arithmetic on float16-rounded weights (exact for checkpoints saved in float16).
+    case float16
+
+    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+
+    /// Element type of the Linear weights in this mode.
+    public var weightStorage: ElementType {
+        switch self {
+        case .float32: return .float32
+        case .bfloat16: return .bfloat16
+        case .float16: return .float16
+        }
+    }
+
+    /// Sets the model's engine precision and weight storage. The engine is shared by every model
+    /// that uses it, so its precision applies to them all.
+    public func apply(to model: CvtForImageClassification) {
+        model.engine.precision = self == .bfloat16 ? .bfloat16 : .float32
+        model.storeWeights(as: weightStorage)
+    }
+}
