@@ -59,6 +59,8 @@ def main():
         rows.append(("swift-cvt fp32 (oneDNN)", ours["median_ms"], ours["min_ms"]))
         ours_bf16 = cvt_bench("bfloat16")
         rows.append(("swift-cvt bf16 (oneDNN)", ours_bf16["median_ms"], ours_bf16["min_ms"]))
+        ours_f16 = cvt_bench("float16")
+        rows.append(("swift-cvt fp16-stored weights", ours_f16["median_ms"], ours_f16["min_ms"]))
 
         with torch.no_grad():
             rows.append(("transformers eager fp32", *timeit(lambda: model(x), a.iterations)))
@@ -85,6 +87,8 @@ def main():
         "rows": [{"system": n, "median_ms": m, "min_ms": mn, "images_per_second": a.batch_size / (m / 1e3),
                   "ratio_to_ours": m / rows[0][1]} for n, m, mn in rows],
         "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_bf16_peak_rss_mb": ours_bf16["peak_rss_mb"],
+        "ours_f16_peak_rss_mb": ours_f16["peak_rss_mb"],
+        "ours_weights_mb": {"float32": ours["weights_mb"], "bfloat16": ours_bf16["weights_mb"], "float16": ours_f16["weights_mb"]},
     }
     if a.json:
         print(json.dumps(result, indent=2))
@@ -93,6 +97,9 @@ def main():
     print(f"{'system':34} {'median ms/batch':>16} {'min ms':>8} {'images/s':>9} {'time vs ours':>13}")
     for r in result["rows"]:
         print(f"{r['system']:34} {r['median_ms']:16.1f} {r['min_ms']:8.1f} {r['images_per_second']:9.1f} {r['ratio_to_ours']:12.2f}x")
+    for name, key, rss in [("fp32", "float32", ours["peak_rss_mb"]), ("bf16", "bfloat16", ours_bf16["peak_rss_mb"]),
+                           ("fp16-stored", "float16", ours_f16["peak_rss_mb"])]:
+        print(f"swift-cvt {name}: weights {result['ours_weights_mb'][key]:.1f} MB, peak RSS {rss:.0f} MB")
 
 
 if __name__ == "__main__":

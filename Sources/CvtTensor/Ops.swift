@@ -1,3 +1,4 @@
+import CDNNL
 import CKernels
 import Foundation
 
@@ -8,6 +9,28 @@ public enum Kernels {
     /// for `rows` rows of `cols` values. `src` and `dst` may alias.
     public static func layerNorm(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
                                  weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        parallelRows(rows, cols: cols) { r0, n in
+            layerNormRows(src + r0 * cols, dst + r0 * cols, rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
+        }
+    }
+
+    /// Splits `rows` across the engine's thread count (OpenMP's, as set by `Engine.threads`) when
+    /// there is enough work: these memory-bound kernels otherwise run on one core while the
+    /// matmuls around them use all of them.
+    static func parallelRows(_ rows: Int, cols: Int, _ body: (Int, Int) -> Void) {
+        let threads = max(1, Int(omp_get_max_threads()))
+        if threads == 1 || rows * cols < 1 << 16 || rows < 2 * threads {
+            body(0, rows); return
+        }
+        let chunk = (rows + threads - 1) / threads
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let start = t * chunk
+            if start < rows { body(start, min(chunk, rows - start)) }
+        }
+    }
+
+    static func layerNormRows(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
+                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
         if cols == 0 { return }
         let vec = cols / 16 * 16
         let inv = 1 / Float(cols)
@@ -97,6 +120,13 @@ public enum Kernels {
     /// LayerNorm as `layerNorm`, writing bfloat16 (the input of a bf16 matmul).
     public static func layerNormBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        parallelRows(rows, cols: cols) { r0, n in
+            layerNormBFloat16Rows(src + r0 * cols, dst + r0 * cols * 2, rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
+        }
+    }
+
+    static func layerNormBFloat16Rows(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
+                                      weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
         if cols == 0 { return }
         let vec = cols / 16 * 16
         let inv = 1 / Float(cols)

@@ -294,3 +294,24 @@ final class Float16Tests: XCTestCase {
         XCTAssertEqual(got.maxAbsDifference(ref), 0)
     }
 }
+
+final class ParallelKernelTests: XCTestCase {
+    /// Large inputs are split across threads; every row must come out as the one-thread result.
+    func testParallelLayerNormEqualsSerial() throws {
+        let engine = try Engine(threads: 2)
+        defer { engine.threads = ProcessInfo.processInfo.activeProcessorCount }
+        let rows = 1001, cols = 96  // above the split threshold, odd row count
+        let x = Tensor(shape: [rows, cols]) { Float(($0 * 7919) % 1013) / 97 - 5 }
+        let w = Tensor(shape: [cols]) { 0.5 + Float($0) / 50 }, b = Tensor(shape: [cols]) { Float($0) / 70 - 0.4 }
+        let par = Tensor(uninitialized: [rows, cols]), ser = Tensor(uninitialized: [rows, cols])
+        Kernels.layerNorm(x.unsafePointer, par.unsafePointer, rows: rows, cols: cols, weight: w.unsafePointer, bias: b.unsafePointer, eps: 1e-5)
+        for r in 0..<rows {
+            Kernels.layerNorm(x.unsafePointer + r * cols, ser.unsafePointer + r * cols, rows: 1, cols: cols, weight: w.unsafePointer, bias: b.unsafePointer, eps: 1e-5)
+        }
+        XCTAssertEqual(par.maxAbsDifference(ser), 0)
+        var pb = [UInt16](repeating: 0, count: rows * cols), sb = [UInt16](repeating: 0, count: rows * cols)
+        pb.withUnsafeMutableBytes { Kernels.layerNormBFloat16(x.unsafePointer, $0.baseAddress!, rows: rows, cols: cols, weight: w.unsafePointer, bias: b.unsafePointer, eps: 1e-5) }
+        sb.withUnsafeMutableBytes { Kernels.toBFloat16(ser.unsafePointer, $0.baseAddress!, count: rows * cols) }
+        XCTAssertEqual(pb, sb)
+    }
+}
