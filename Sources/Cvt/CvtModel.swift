@@ -139,10 +139,10 @@ public final class CvtSelfAttention: Module {
             // The CLS skips conv+BN; shape [B, 1 + H'·W', C] with the normalized CLS in row 0.
             let grid = Tensor(uninitialized: [b, ho * wo, c])
             try proj(engine, src: patches.unsafePointer, b: b, h: h, w: w, c: c, dst: grid.unsafePointer)
-            for i in 0..<b {
+            engine.timed("copy") { for i in 0..<b {
                 (tokens.unsafePointer + i * tp * c).update(from: n.unsafePointer + i * t * c, count: c)
                 (tokens.unsafePointer + (i * tp + 1) * c).update(from: grid.unsafePointer + i * ho * wo * c, count: ho * wo * c)
-            }
+            } }
         }
         let out = TypedBuffer(type: type, count: b * tp * c)
         try linear(engine, src: StridedView(dense: tokens.unsafePointer, dims: [b * tp, c]), dst: out.view([b * tp, c]))
@@ -160,7 +160,9 @@ public final class CvtSelfAttention: Module {
             } else {
                 // The conv sees only the H·W patch tokens; copy them out of [B, 1+H·W, C].
                 let p = Tensor(uninitialized: [b, h * w, c])
-                for i in 0..<b { (p.unsafePointer + i * h * w * c).update(from: n.unsafePointer + (i * t + 1) * c, count: h * w * c) }
+                engine.timed("copy") {
+                    for i in 0..<b { (p.unsafePointer + i * h * w * c).update(from: n.unsafePointer + (i * t + 1) * c, count: h * w * c) }
+                }
                 patches = p
             }
         }
@@ -233,7 +235,7 @@ public final class CvtLayer: Module {
         // In bf16 precision, activations that only matmuls read are produced as bf16 directly.
         let act: ElementType = engine.precision == .bfloat16 ? .bfloat16 : .float32
         let n = Tensor(uninitialized: t.shape)
-        layernormBefore(src: t.unsafePointer, dst: n.unsafePointer, rows: rows)
+        engine.timed("layernorm") { layernormBefore(src: t.unsafePointer, dst: n.unsafePointer, rows: rows) }
         let ctx = try attention(engine, n: n, b: b, h: h, w: w, type: act)
         guard ctx.count == t.count else {
             throw CvtInputError("attention output (\(ctx.count) values) does not match the residual stream \(t.shape)")
@@ -241,7 +243,7 @@ public final class CvtLayer: Module {
         // Residual adds are fused: the output projection accumulates into `t`.
         try attentionOutput(engine, src: ctx.view([rows, c]), dst: StridedView(dense: t.unsafePointer, dims: [rows, c]), postOps: [.accumulate])
         let n2 = act == .float32 ? TypedBuffer(n) : TypedBuffer(type: act, count: rows * c)
-        layernormAfter(src: t.unsafePointer, dst: n2, rows: rows)
+        engine.timed("layernorm") { layernormAfter(src: t.unsafePointer, dst: n2, rows: rows) }
         let hidden = TypedBuffer(type: act, count: rows * intermediate.outFeatures)
         try intermediate(engine, src: n2.view([rows, c]), dst: hidden.view([rows, intermediate.outFeatures]), postOps: [.gelu])
         try output(engine, src: hidden.view([rows, intermediate.outFeatures]), dst: StridedView(dense: t.unsafePointer, dims: [rows, c]), postOps: [.accumulate])
@@ -290,13 +292,15 @@ public final class CvtStage: Module {
             // oneDNN has no fast NCHW-in/NHWC-out convolution (it falls back to a reference loop),
             // so the pixels are transposed to NHWC first: [B, C, H, W] → [B, H, W, C].
             src = Tensor(uninitialized: [b, h, w, conv.inChannels])
-            Kernels.nchwToNHWC(x.unsafePointer, src.unsafePointer, n: b, c: conv.inChannels, h: h, w: w)
+            engine.timed("layout") { Kernels.nchwToNHWC(x.unsafePointer, src.unsafePointer, n: b, c: conv.inChannels, h: h, w: w) }
         }
         try conv(engine, src: src.unsafePointer, n: b, h: h, w: w, srcNCHW: false, dst: patches.unsafePointer)
         var tokens = Tensor(uninitialized: [b, t, dim])
-        for i in 0..<b {
-            embedding.normalization(src: patches.unsafePointer + i * hw * dim, dst: tokens.unsafePointer + (i * t + cls) * dim, rows: hw)
-            if let clsToken { (tokens.unsafePointer + i * t * dim).update(from: clsToken.unsafePointer, count: dim) }
+        engine.timed("layernorm") {
+            for i in 0..<b {
+                embedding.normalization(src: patches.unsafePointer + i * hw * dim, dst: tokens.unsafePointer + (i * t + cls) * dim, rows: hw)
+                if let clsToken { (tokens.unsafePointer + i * t * dim).update(from: clsToken.unsafePointer, count: dim) }
+            }
         }
         for layer in layers { try layer(engine, &tokens, b: b, h: ho, w: wo) }
         return (tokens, ho, wo)
@@ -370,7 +374,7 @@ public final class CvtModel: Module {
             }
             if outputHiddenStates || stage.index == stages.count - 1 {
                 let out = Tensor(uninitialized: [b, stage.dim, ho, wo])
-                Kernels.tokensToNCHW(t.unsafePointer, rowsPerItem: t.shape[1], rowOffset: cls, out.unsafePointer, n: b, c: stage.dim, hw: ho * wo)
+                engine.timed("layout") { Kernels.tokensToNCHW(t.unsafePointer, rowsPerItem: t.shape[1], rowOffset: cls, out.unsafePointer, n: b, c: stage.dim, hw: ho * wo) }
                 hidden.append(out)
             }
             h = ho; w = wo

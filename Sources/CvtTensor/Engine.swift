@@ -152,6 +152,20 @@ public final class Engine: @unchecked Sendable {
     /// Same, per operation and shape (e.g. `matmul [32, 3136, 64]x[64, 64]`).
     public var profileDetail: [String: Double] = [:]
 
+    /// Runs `body`, adding its wall time to `profileTimes[name]` when profiling (for work done outside
+    /// the backend: LayerNorm, copies, layout changes).
+    @inline(__always)
+    public func timed<R>(_ name: String, _ body: () throws -> R) rethrows -> R {
+        if !profile { return try body() }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        defer {
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            profileTimes[name, default: 0] += ms
+            profileDetail[name, default: 0] += ms
+        }
+        return try body()
+    }
+
     /// `threads`: backend worker threads; nil means all cores (not OMP_NUM_THREADS, which libgomp
     /// reads only at load time).
     public init(threads: Int? = nil) throws {
