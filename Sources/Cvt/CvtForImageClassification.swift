@@ -51,7 +51,7 @@ public final class CvtForImageClassification: Module {
     public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil,
                                            weightStorage: ElementType = .float32) throws -> CvtForImageClassification {
         let m = try CvtForImageClassification(config: config, engine: engine)
-        m.storeWeights(as: weightStorage)
+        try m.storeWeights(as: weightStorage)
         try m.visitParameters(RandomInitializer(seed: seed, initializerRange: Float(config.initializerRange)), prefix: "")
         m.parametersDidChange()
         return m
@@ -67,9 +67,17 @@ public final class CvtForImageClassification: Module {
     /// Keeps every Linear weight in `type` (`Linear.storeWeight(as:)`): float16 or bfloat16 halve
     /// the weight memory. Convolutions, norms and biases (~4% of cvt-13) stay float32. Loading,
     /// saving or re-initializing restores float32 storage.
-    public func storeWeights(as type: ElementType) {
-        for l in cvt.linearLayers { l.storeWeight(as: type) }
-        classifier?.storeWeight(as: type)
+    /// Throws, changing nothing, when a weight does not fit float16, naming its key.
+    public func storeWeights(as type: ElementType) throws {
+        let layers = cvt.namedLinearLayers.map { ("cvt." + $0.key, $0.layer) } + (classifier.map { [("classifier", $0)] } ?? [])
+        if type == .float16 {
+            for (key, layer) in layers {
+                if let bad = layer.float16Overflow() {
+                    throw TensorError("\(key).weight holds \(bad), outside float16's range (±65504); use float32 or bfloat16 storage")
+                }
+            }
+        }
+        for (_, layer) in layers { try layer.storeWeight(as: type) }
     }
 
     /// Bytes held by the parameters as stored (excluding the engine's packed convolution copies).

@@ -337,10 +337,20 @@ public final class CvtModel: Module {
     public func parametersDidChange() { stages.forEach { $0.parametersDidChange() } }
 
     /// Every Linear layer of the encoder (they hold ~95% of the parameters).
-    public var linearLayers: [Linear] {
-        stages.flatMap { $0.layers.flatMap { l in
-            [l.attention.projectionQuery, l.attention.projectionKey, l.attention.projectionValue, l.attentionOutput, l.intermediate, l.output]
-        } }
+    public var linearLayers: [Linear] { namedLinearLayers.map(\.layer) }
+
+    /// The same with their checkpoint keys (without this module's prefix).
+    public var namedLinearLayers: [(key: String, layer: Linear)] {
+        stages.enumerated().flatMap { s, stage in
+            stage.layers.enumerated().flatMap { i, l -> [(key: String, layer: Linear)] in
+                let p = "encoder.stages.\(s).layers.\(i)."
+                return [(p + "attention.attention.projection_query", l.attention.projectionQuery),
+                        (p + "attention.attention.projection_key", l.attention.projectionKey),
+                        (p + "attention.attention.projection_value", l.attention.projectionValue),
+                        (p + "attention.output.dense", l.attentionOutput),
+                        (p + "intermediate.dense", l.intermediate), (p + "output.dense", l.output)]
+            }
+        }
     }
 
     /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.

@@ -104,7 +104,7 @@ extension CvtForImageClassification {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
         try self.init(config: config, engine: engine)
-        dtype?.apply(to: self)
+        try dtype?.apply(to: self)
         let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
     }

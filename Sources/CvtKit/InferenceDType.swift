@@ -25,8 +25,9 @@ public enum InferenceDType: String, CaseIterable, Sendable {
 
     /// Sets the model's engine precision and weight storage. The engine is shared by every model
     /// that uses it, so its precision applies to them all.
-    public func apply(to model: CvtForImageClassification) {
+    /// Throws, leaving the storage unchanged, when a weight does not fit float16.
+    public func apply(to model: CvtForImageClassification) throws {
+        try model.storeWeights(as: weightStorage)
         model.engine.precision = self == .bfloat16 ? .bfloat16 : .float32
-        model.storeWeights(as: weightStorage)
     }
 }

@@ -29,12 +29,14 @@ public final class Linear: Module {
             if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
             return
         }
-        convertStorage(to: .float32)
+        try convertStorage(to: .float32)
         try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inFeatures))
         if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
         constant = nil
         // Loading layer by layer into compact storage keeps only one float32 weight alive at a time.
-        convertStorage(to: preferredStorage)
+        do { try convertStorage(to: preferredStorage) } catch {
+            throw TensorError("\(joinKey(prefix, "weight")): \(error)")
+        }
     }
 
     public func parametersDidChange() { constant = nil }
@@ -45,13 +47,23 @@ public final class Linear: Module {
     /// Keeps the weight in `type` only, now and after later loads: float16 / bfloat16 halve its
     /// memory (rounding it once); float32 widens it back (the rounding stays). Matmuls widen half
     /// storage per call to the engine's precision; bfloat16 storage is used directly by a bfloat16 engine.
-    public func storeWeight(as type: ElementType) {
+    /// Throws (changing nothing) when a value does not fit float16.
+    public func storeWeight(as type: ElementType) throws {
+        try convertStorage(to: type)
         preferredStorage = type
-        convertStorage(to: type)
     }
 
-    private func convertStorage(to type: ElementType) {
+    /// A weight value that float16 cannot hold (it would become infinity), if any.
+    public func float16Overflow() -> Float? {
+        let w = float32Weight()
+        return w.withUnsafeBufferPointer { b in b.first { $0.isFinite && Float16($0).isInfinite } }
+    }
+
+    private func convertStorage(to type: ElementType) throws {
         if type == weightStorage { return }
+        if type == .float16, let bad = float16Overflow() {
+            throw TensorError("weight value \(bad) is outside float16's range (±65504); keep this model in float32 or bfloat16")
+        }
         let n = inFeatures * outFeatures
         if compactWeight != nil {
             weight = float32Weight()

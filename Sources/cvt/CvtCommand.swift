@@ -123,7 +123,7 @@ struct Bench: ParsableCommand {
             }
             classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
-        mode.apply(to: classifier)
+        try mode.apply(to: classifier)
         let weightsMB = Double(classifier.parameterBytes) / 1_048_576
         var rng = SplitMix64(seed: 1)
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]

@@ -30,7 +30,7 @@ final class WeightStorageTests: XCTestCase {
         let input = try SafetensorsFile(url: dir.appendingPathComponent("input.safetensors")).tensor("pixel_values")
         let expected = try SafetensorsFile(url: dir.appendingPathComponent("expected.safetensors")).tensor("logits")
         let model = try CvtForImageClassification(pretrained: dir, engine: Engine())
-        model.storeWeights(as: .float16)
+        try model.storeWeights(as: .float16)
         let logits = try model(input).logits
         let err = logits.maxAbsDifference(expected)
         print("float16 storage, tiny: max |logits error| = \(err)")
@@ -45,7 +45,7 @@ final class WeightStorageTests: XCTestCase {
         let reloaded = try CvtForImageClassification(pretrained: out, engine: Engine())
         XCTAssertEqual(try reloaded(input).logits.maxAbsDifference(logits), 0)
         // Back to float32 storage: same (rounded) weights, same logits.
-        model.storeWeights(as: .float32)
+        try model.storeWeights(as: .float32)
         XCTAssertEqual(model.cvt.linearLayers.first?.weightStorage, .float32)
         XCTAssertEqual(try model(input).logits.maxAbsDifference(logits), 0)
     }
@@ -72,5 +72,20 @@ final class WeightStorageTests: XCTestCase {
         try model.load(from: weights, sourceName: path)
         for l in model.cvt.linearLayers { XCTAssertEqual(l.weightStorage, .float16) }
         XCTAssertEqual(model.cvt.linearLayers.first?.weight.count, 0, "no float32 copy is kept")
+    }
+
+    func testFloat16OverflowIsAnErrorNamingTheKeyAndChangesNothing() throws {
+        let model = try CvtForImageClassification(pretrained: fixture("tiny"), engine: Engine())
+        let layer = model.cvt.stages[1].layers[0].intermediate
+        layer.weight[flat: 5] = 70000  // beyond float16's ±65504
+        XCTAssertThrowsError(try model.storeWeights(as: .float16)) { error in
+            XCTAssertTrue("\(error)".contains("cvt.encoder.stages.1.layers.0.intermediate.dense.weight"), "\(error)")
+            XCTAssertTrue("\(error)".contains("70000"), "\(error)")
+        }
+        for l in model.cvt.linearLayers { XCTAssertEqual(l.weightStorage, .float32) }
+        XCTAssertEqual(layer.weight[flat: 5], 70000)
+        // bfloat16 has float32's range.
+        try model.storeWeights(as: .bfloat16)
+        XCTAssertEqual(layer.float32Weight()[flat: 5], 70144)  // 70000 rounded to bf16's 8 significant bits
     }
 }
