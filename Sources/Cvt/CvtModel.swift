@@ -55,7 +55,7 @@ public final class CvtSelfAttentionProjection: Module {
         let p = joinKey(prefix, "convolution_projection")
         try convolution?.visitParameters(v, prefix: joinKey(p, "convolution"))
         try normalization?.visitParameters(v, prefix: joinKey(p, "normalization"))
-        folded = nil
+        if !v.readsOnly { folded = nil }
     }
     public func parametersDidChange() { folded = nil }
 

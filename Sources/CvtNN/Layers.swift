@@ -21,9 +21,10 @@ public final class Linear: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
-        // Visitors see the float32 weight. Read-only ones (saving, counting) get a widened copy of
-        // compact storage; the others (loading, init) turn the layer back into float32 storage.
-        if v.readsOnly, compactWeight != nil {
+        // Visitors see the float32 weight. Read-only ones (saving, counting) get it (widened from
+        // compact storage) with storage and caches untouched; the others (loading, init) turn the
+        // layer back into float32 storage.
+        if v.readsOnly {
             var copy = float32Weight()
             try v.visit(joinKey(prefix, "weight"), &copy, kind: .weight(fanIn: inFeatures))
             if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
@@ -73,10 +74,8 @@ public final class Linear: Module {
         constant = nil
         if type == .float32 { return }
         // Wᵀ dense [in, out]: the layout the matmul reads without a per-call transpose.
-        let wt = Tensor(zeros: [inFeatures, outFeatures])
-        weight.withUnsafeBufferPointer { s in
-            for o in 0..<outFeatures { for i in 0..<inFeatures { wt.unsafePointer[i * outFeatures + o] = s[o * inFeatures + i] } }
-        }
+        let wt = Tensor(uninitialized: [inFeatures, outFeatures])
+        Kernels.transpose(weight.unsafePointer, wt.unsafePointer, rows: outFeatures, cols: inFeatures)
         let compact = TypedBuffer(type: type, count: n, pooled: false)
         if type == .bfloat16 { Kernels.toBFloat16(wt.unsafePointer, compact.raw, count: n) } else { Kernels.toFloat16(wt.unsafePointer, compact.raw, count: n) }
         compactWeight = compact
@@ -89,12 +88,10 @@ public final class Linear: Module {
         guard let compact = compactWeight else { return weight }
         let n = inFeatures * outFeatures
         // From Wᵀ [in, out] back to [out, in].
-        let wt = Tensor(zeros: [inFeatures, outFeatures])
+        let wt = Tensor(uninitialized: [inFeatures, outFeatures])
         if compact.type == .bfloat16 { Kernels.fromBFloat16(compact.raw, wt.unsafePointer, count: n) } else { Kernels.fromFloat16(compact.raw, wt.unsafePointer, count: n) }
-        var w = Tensor(zeros: [outFeatures, inFeatures])
-        w.withUnsafeMutableBufferPointer { d in
-            for i in 0..<inFeatures { for o in 0..<outFeatures { d[o * inFeatures + i] = wt.unsafePointer[i * outFeatures + o] } }
-        }
+        let w = Tensor(zeros: [outFeatures, inFeatures])
+        Kernels.transpose(wt.unsafePointer, w.unsafePointer, rows: inFeatures, cols: outFeatures)
         return w
     }
 
@@ -141,7 +138,7 @@ public final class Conv2d: Module {
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inChannels / groups * kernel * kernel))
         if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
-        packed = nil
+        if !v.readsOnly { packed = nil }
     }
 
     public func parametersDidChange() { packed = nil }

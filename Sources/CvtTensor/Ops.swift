@@ -163,13 +163,15 @@ public enum Kernels {
         }
     }
 
+    /// `dst[c][r] = src[r][c]` for a dense `rows × cols` matrix.
+    public static func transpose(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
+        for r in 0..<rows { for c in 0..<cols { dst[c * rows + r] = src[r * cols + c] } }
+    }
+
     /// `[N, C, H, W]` (NCHW) → `[N, H, W, C]` (NHWC).
     public static func nchwToNHWC(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, n: Int, c: Int, h: Int, w: Int) {
         let hw = h * w
-        for b in 0..<n {
-            let s = src + b * c * hw, d = dst + b * c * hw
-            for ch in 0..<c { for p in 0..<hw { d[p * c + ch] = s[ch * hw + p] } }
-        }
+        for b in 0..<n { transpose(src + b * c * hw, dst + b * c * hw, rows: c, cols: hw) }
     }
 
     /// `[N, H·W, C]` tokens (NHWC), rows `rowOffset..<rowOffset+H·W` of each batch item with
