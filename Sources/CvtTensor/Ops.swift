@@ -10,7 +10,7 @@ public enum Kernels {
     public static func layerNorm(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
                                  weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
         parallelRows(rows, cols: cols) { r0, n in
-            layerNormRows(src + r0 * cols, dst + r0 * cols, rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
+            layerNormRows(src + r0 * cols, Float32Sink(p: dst + r0 * cols), rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
         }
     }
 
@@ -29,14 +29,34 @@ public enum Kernels {
         }
     }
 
-    static func layerNormRows(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
-                              weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+    /// Where a LayerNorm row goes: float32 or bfloat16 elements (specialised, so no call overhead).
+    protocol RowSink {
+        func store(_ v: SIMD16<Float>, at i: Int)
+        func store(_ v: Float, at i: Int)
+    }
+
+    struct Float32Sink: RowSink {
+        let p: UnsafeMutablePointer<Float>
+        @inline(__always) func store(_ v: SIMD16<Float>, at i: Int) { UnsafeMutableRawPointer(p + i).storeBytes(of: v, as: SIMD16<Float>.self) }
+        @inline(__always) func store(_ v: Float, at i: Int) { p[i] = v }
+    }
+
+    struct BFloat16Sink: RowSink {
+        let p: UnsafeMutablePointer<UInt16>
+        @inline(__always) func store(_ v: SIMD16<Float>, at i: Int) { UnsafeMutableRawPointer(p + i).storeBytes(of: bf16Bits(v), as: SIMD16<UInt16>.self) }
+        @inline(__always) func store(_ v: Float, at i: Int) { p[i] = bf16Bits(v) }
+    }
+
+    /// LayerNorm of `rows` rows starting at row 0 of `src`, written through `sink` (element offsets
+    /// counted from the same row 0).
+    static func layerNormRows<S: RowSink>(_ src: UnsafePointer<Float>, _ sink: S, rows: Int, cols: Int,
+                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
         if cols == 0 { return }
         let vec = cols / 16 * 16
         let inv = 1 / Float(cols)
         for r in 0..<rows {
             let x = src + r * cols
-            let y = dst + r * cols
+            let o = r * cols
             var acc = SIMD16<Float>()
             var i = 0
             while i < vec { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self); i += 16 }
@@ -59,10 +79,10 @@ public enum Kernels {
                 let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
                 let wv = UnsafeRawPointer(weight + i).loadUnaligned(as: SIMD16<Float>.self)
                 let bv = UnsafeRawPointer(bias + i).loadUnaligned(as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(y + i).storeBytes(of: (xv - m16) * r16 * wv + bv, as: SIMD16<Float>.self)
+                sink.store((xv - m16) * r16 * wv + bv, at: o + i)
                 i += 16
             }
-            while i < cols { y[i] = (x[i] - mean) * rstd * weight[i] + bias[i]; i += 1 }
+            while i < cols { sink.store((x[i] - mean) * rstd * weight[i] + bias[i], at: o + i); i += 1 }
         }
     }
 
@@ -106,60 +126,18 @@ public enum Kernels {
     }
 
     /// IEEE float16 → float32 (exact; F16C instructions when the CPU has them). Large inputs are
-    /// split across two threads.
+    /// split across the engine's threads.
     public static func fromFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
         let s = src.assumingMemoryBound(to: UInt16.self)
-        if count < 1 << 16 { ck_f16_to_f32(s, dst, count); return }
-        let parts = 2, chunk = (count + parts - 1) / parts
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
-            let start = p * chunk, n = min(chunk, count - start)
-            if n > 0 { ck_f16_to_f32(s + start, dst + start, n) }
-        }
+        parallelRows(count, cols: 1) { start, n in ck_f16_to_f32(s + start, dst + start, n) }
     }
 
     /// LayerNorm as `layerNorm`, writing bfloat16 (the input of a bf16 matmul).
     public static func layerNormBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
         parallelRows(rows, cols: cols) { r0, n in
-            layerNormBFloat16Rows(src + r0 * cols, dst + r0 * cols * 2, rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
-        }
-    }
-
-    static func layerNormBFloat16Rows(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
-                                      weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
-        if cols == 0 { return }
-        let vec = cols / 16 * 16
-        let inv = 1 / Float(cols)
-        let out = dst.assumingMemoryBound(to: UInt16.self)
-        for r in 0..<rows {
-            let x = src + r * cols
-            let y = out + r * cols
-            var acc = SIMD16<Float>()
-            var i = 0
-            while i < vec { acc += UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self); i += 16 }
-            var sum = acc.sum()
-            while i < cols { sum += x[i]; i += 1 }
-            let mean = sum * inv
-            var accv = SIMD16<Float>()
-            let m16 = SIMD16<Float>(repeating: mean)
-            i = 0
-            while i < vec {
-                let d = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self) - m16
-                accv += d * d; i += 16
-            }
-            var v = accv.sum()
-            while i < cols { let d = x[i] - mean; v += d * d; i += 1 }
-            let rstd = 1 / (v * inv + eps).squareRoot()
-            let r16 = SIMD16<Float>(repeating: rstd)
-            i = 0
-            while i < vec {
-                let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD16<Float>.self)
-                let wv = UnsafeRawPointer(weight + i).loadUnaligned(as: SIMD16<Float>.self)
-                let bv = UnsafeRawPointer(bias + i).loadUnaligned(as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(y + i).storeBytes(of: bf16Bits((xv - m16) * r16 * wv + bv), as: SIMD16<UInt16>.self)
-                i += 16
-            }
-            while i < cols { y[i] = bf16Bits((x[i] - mean) * rstd * weight[i] + bias[i]); i += 1 }
+            layerNormRows(src + r0 * cols, BFloat16Sink(p: dst.assumingMemoryBound(to: UInt16.self) + r0 * cols), rows: n, cols: cols,
+                          weight: weight, bias: bias, eps: eps)
         }
     }
 
