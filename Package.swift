@@ -20,13 +20,15 @@ let package = Package(
         // Small C kernels that need instructions outside the x86-64 baseline (chosen at run time).
         .target(name: "CKernels"),
         .target(name: "CvtTensor", dependencies: ["CDNNL", "CKernels"]),
-        .target(name: "Safetensors"),
+        // File mapping, error shape and message quoting shared by the checkpoint readers.
+        .target(name: "CheckpointSupport"),
+        .target(name: "Safetensors", dependencies: ["CheckpointSupport"]),
         // PyTorch's zip checkpoints (pytorch_model.bin) through a restricted unpickler; zlib from Debian.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib"),
-        .target(name: "TorchCheckpoint", dependencies: ["CZlib"]),
+        .target(name: "TorchCheckpoint", dependencies: ["CZlib", "CheckpointSupport"]),
         // TensorFlow tf_model.h5 checkpoints through Debian's libhdf5 (pkg-config hdf5).
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
-        .target(name: "TFCheckpoint", dependencies: ["CHDF5"]),
+        .target(name: "TFCheckpoint", dependencies: ["CHDF5", "CheckpointSupport"]),
         // Hugging Face cache layout and Hub downloads.
         .target(name: "HubClient"),
         .target(name: "CvtNN", dependencies: ["CvtTensor"]),

@@ -1,3 +1,4 @@
+import CheckpointSupport
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -20,7 +21,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     public static let maxHeaderLength = 100_000_000
 
     private enum Storage {
-        case mapped(UnsafeMutableRawPointer, Int)
+        case mapped(MappedFile)
         case memory(Data)
     }
 
@@ -44,36 +45,19 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard url.isFileURL else {
             throw SafetensorsError(file: url.absoluteString, message: "not a file URL")
         }
-        func fail(_ what: String) -> SafetensorsError {
-            let code = errno
-            return SafetensorsError(file: path, message: "\(what): \(String(cString: strerror(code))) (errno \(code))")
+        let file: MappedFile
+        do { file = try MappedFile(path: path) } catch {
+            switch error {
+            case .system(let what): throw SafetensorsError(file: path, message: what)
+            case .notARegularFile: throw SafetensorsError(file: path, message: "not a regular file")
+            case .empty: throw Self.tooShort(0, file: path)
+            }
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw fail("cannot open file") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw fail("cannot stat file") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw SafetensorsError(file: path, message: "not a regular file")
-        }
-        guard st.st_size >= 0, let size = Int(exactly: st.st_size) else {
-            throw SafetensorsError(file: path, message: "invalid file size \(st.st_size)")
-        }
-        guard size >= 8 else { throw Self.tooShort(size, file: path) }
-        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0),
-              base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw fail("mmap of \(size) bytes failed")
-        }
-        let header: ParsedHeader
-        do {
-            header = try Self.parse(UnsafeRawBufferPointer(start: base, count: size), file: path)
-        } catch {
-            munmap(base, size)
-            throw error
-        }
+        guard file.size >= 8 else { throw Self.tooShort(file.size, file: path) }
+        let header = try Self.parse(file.bytes, file: path)
         self.url = url
         self.fileName = path
-        self.storage = .mapped(base, size)
+        self.storage = .mapped(file)
         self.metadata = header.metadata
         self.tensors = header.tensors
         self.index = header.index
@@ -90,10 +74,6 @@ public final class SafetensorsFile: @unchecked Sendable {
         self.tensors = header.tensors
         self.index = header.index
         self.dataSectionOffset = header.dataOffset
-    }
-
-    deinit {
-        if case .mapped(let base, let size) = storage { munmap(base, size) }
     }
 
     // MARK: - Access
@@ -140,9 +120,8 @@ public final class SafetensorsFile: @unchecked Sendable {
 
     private func withBytes<R>(of t: TensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         switch storage {
-        case .mapped(let base, let size):
-            let all = UnsafeRawBufferPointer(start: base, count: size)
-            return try body(UnsafeRawBufferPointer(rebasing: all[t.byteRange]))
+        case .mapped(let file):
+            return try body(UnsafeRawBufferPointer(rebasing: file.bytes[t.byteRange]))
         case .memory(let data):
             return try data.withUnsafeBytes { all in
                 try body(UnsafeRawBufferPointer(rebasing: all[t.byteRange]))

@@ -1,3 +1,4 @@
+import CheckpointSupport
 import CHDF5
 import Foundation
 

@@ -1,3 +1,4 @@
+import CheckpointSupport
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -31,7 +32,7 @@ import Darwin
 /// truncate the file on disk while it is open.
 public final class TorchCheckpoint: @unchecked Sendable {
     private enum Memory {
-        case mapped(UnsafeMutableRawPointer, Int)
+        case mapped(MappedFile)
         case owned(UnsafeMutableRawPointer)
     }
 
@@ -70,35 +71,18 @@ public final class TorchCheckpoint: @unchecked Sendable {
         guard url.isFileURL else {
             throw TorchCheckpointError(file: url.absoluteString, message: "not a file URL")
         }
-        func fail(_ what: String) -> TorchCheckpointError {
-            let code = errno
-            return TorchCheckpointError(file: path, message: "\(what): \(String(cString: strerror(code))) (errno \(code))")
+        let file: MappedFile
+        do { file = try MappedFile(path: path) } catch {
+            switch error {
+            case .system(let what): throw TorchCheckpointError(file: path, message: what)
+            case .notARegularFile: throw TorchCheckpointError(file: path, message: "not a regular file")
+            case .empty: throw TorchCheckpointError(file: path, message: "file is empty (0 bytes): not a PyTorch checkpoint")
+            }
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw fail("cannot open file") }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw fail("cannot stat file") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            throw TorchCheckpointError(file: path, message: "not a regular file")
-        }
-        guard st.st_size > 0, let size = Int(exactly: st.st_size) else {
-            throw TorchCheckpointError(file: path, message: "file is empty (\(st.st_size) bytes): not a PyTorch checkpoint")
-        }
-        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0),
-              base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw fail("mmap of \(size) bytes failed")
-        }
-        let parsed: Parsed
-        do {
-            parsed = try Self.parse(ByteRange(base: UnsafeRawPointer(base), count: size), file: path)
-        } catch {
-            munmap(base, size)
-            throw error
-        }
+        let parsed = try Self.parse(ByteRange(base: UnsafeRawPointer(file.base), count: file.size), file: path)
         self.url = url
         self.fileName = path
-        self.memory = .mapped(base, size)
+        self.memory = .mapped(file)
         (archive, archiveName, byteOrder, formatVersion, tensorNames, tensors) =
             (parsed.zip, parsed.archiveName, parsed.bigEndian ? "big" : "little", parsed.formatVersion, parsed.names, parsed.tensors)
         if parsed.zip.entries[parsed.pickleEntry].method == 0 { verifiedEntries.insert(parsed.pickleEntry) }
@@ -127,10 +111,8 @@ public final class TorchCheckpoint: @unchecked Sendable {
     }
 
     deinit {
-        switch memory {
-        case .mapped(let base, let size): munmap(base, size)
-        case .owned(let base): base.deallocate()
-        }
+        // A mapping is released by its MappedFile.
+        if case .owned(let base) = memory { base.deallocate() }
     }
 
     // MARK: Public accessors

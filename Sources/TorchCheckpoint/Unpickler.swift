@@ -1,3 +1,5 @@
+import CheckpointSupport
+
 /// Element types of torch storages, named as `torch.<Name>Storage` in the pickle.
 enum TorchDType: String, CaseIterable {
     case float32, float16, bfloat16, float64, int64, int32, int16, int8, uint8, bool

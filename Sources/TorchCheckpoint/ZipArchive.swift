@@ -1,3 +1,4 @@
+import CheckpointSupport
 import CZlib
 
 /// A read-only byte range with bounds-checked little-endian reads. It does not own its memory.

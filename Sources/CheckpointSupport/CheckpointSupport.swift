@@ -1,0 +1,86 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// What the checkpoint readers (safetensors, PyTorch zip, TensorFlow h5) share: read-only file
+// mapping, one error shape, and quoting of file-supplied text in messages.
+
+/// A failure reading a checkpoint file: the file it concerns and what is wrong, in words that name
+/// the offending entry, key, opcode or dataset.
+public struct CheckpointFileError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The path of the file (or the name given to an in-memory reader).
+    public let file: String
+    public let message: String
+
+    public init(file: String, message: String) {
+        self.file = file
+        self.message = message
+    }
+
+    public var description: String { "\(file): \(message)" }
+}
+
+/// A failure without the file name; readers add it at their public boundary.
+public struct FormatError: Error {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+}
+
+/// A regular file mapped read-only (`mmap`, `PROT_READ`, `MAP_PRIVATE`), unmapped on deinit. As
+/// with any mapping, truncating the file on disk while it is mapped makes later reads fault.
+public final class MappedFile: @unchecked Sendable {
+    public enum Failure: Error {
+        /// A system call failed: what was attempted, with `strerror` and errno.
+        case system(String)
+        case notARegularFile
+        /// The file has no bytes (nothing to map).
+        case empty
+    }
+
+    public let base: UnsafeMutableRawPointer
+    public let size: Int
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }
+
+    public init(path: String) throws(Failure) {
+        func fail(_ what: String) -> Failure {
+            let code = errno
+            return .system("\(what): \(String(cString: strerror(code))) (errno \(code))")
+        }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw fail("cannot open file") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw fail("cannot stat file") }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notARegularFile }
+        guard st.st_size > 0, let size = Int(exactly: st.st_size) else { throw .empty }
+        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0),
+              base != UnsafeMutableRawPointer(bitPattern: -1) else {
+            throw fail("mmap of \(size) bytes failed")
+        }
+        self.base = base
+        self.size = size
+    }
+
+    deinit { munmap(base, size) }
+}
+
+/// Quotes text taken from a file for an error message: printable, at most `limit` characters.
+public func quoted(_ text: String, limit: Int = 200) -> String {
+    var out = ""
+    var count = 0
+    for scalar in text.unicodeScalars {
+        if count >= limit { out += "…"; break }
+        switch scalar {
+        case "'": out += "\\'"
+        case "\\": out += "\\\\"
+        case _ where scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value):
+            out += "\\u{\(String(scalar.value, radix: 16))}"
+        default: out.unicodeScalars.append(scalar)
+        }
+        count += 1
+    }
+    return "'" + out + "'"
+}
