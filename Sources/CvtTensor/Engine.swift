@@ -127,8 +127,15 @@ final class Primitive {
     let pd: dnnl_primitive_desc_t
     let primitive: dnnl_primitive_t
     var weightsMD: dnnl_memory_desc_t?
+    /// Memory objects of the last execution, one per argument: a cached primitive always runs on the
+    /// same descriptors, so later calls only swap the data pointers.
+    var memories: [dnnl_memory_t] = []
+    var execArgs: [dnnl_exec_arg_t] = []
     init(pd: dnnl_primitive_desc_t, primitive: dnnl_primitive_t) { self.pd = pd; self.primitive = primitive }
-    deinit { dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(pd) }
+    deinit {
+        for m in memories { dnnl_memory_destroy(m) }
+        dnnl_primitive_destroy(primitive); dnnl_primitive_desc_destroy(pd)
+    }
 }
 
 /// The compute engine: a oneDNN CPU engine and stream, a cache of created primitives, and the
@@ -250,23 +257,26 @@ public final class Engine: @unchecked Sendable {
         return m
     }
 
-    private func run(_ p: Primitive, _ args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)], _ name: String) throws {
-        var mems: [dnnl_memory_t] = []
-        mems.reserveCapacity(args.count)
-        defer { for m in mems { dnnl_memory_destroy(m) } }
-        var execArgs: [dnnl_exec_arg_t] = []
-        for (arg, desc, ptr) in args {
-            let m = try memory(desc, ptr)
-            mems.append(m)
-            execArgs.append(dnnl_exec_arg_t(arg: arg, memory: m))
+    private func run(_ p: Primitive, _ args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)], _ name: @autoclosure () -> String) throws {
+        if p.memories.count == args.count, zip(p.execArgs, args).allSatisfy({ $0.arg == $1.0 }) {
+            for (m, a) in zip(p.memories, args) { try check(dnnl_memory_set_data_handle(m, a.2), "memory set data (\(name()))") }
+        } else {
+            for m in p.memories { dnnl_memory_destroy(m) }
+            p.memories = []; p.execArgs = []
+            for (arg, desc, ptr) in args {
+                let m = try memory(desc, ptr)
+                p.memories.append(m)
+                p.execArgs.append(dnnl_exec_arg_t(arg: arg, memory: m))
+            }
         }
         let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
-        try check(dnnl_primitive_execute(p.primitive, stream, Int32(execArgs.count), execArgs), name)
-        try check(dnnl_stream_wait(stream), name)
+        try check(dnnl_primitive_execute(p.primitive, stream, Int32(p.execArgs.count), p.execArgs), name())
+        try check(dnnl_stream_wait(stream), name())
         if profile {
             let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            profileTimes[name.split(separator: " ").first.map(String.init) ?? name, default: 0] += ms
-            profileDetail[name, default: 0] += ms
+            let n = name()
+            profileTimes[n.split(separator: " ").first.map(String.init) ?? n, default: 0] += ms
+            profileDetail[n, default: 0] += ms
         }
     }
 

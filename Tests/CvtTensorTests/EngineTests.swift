@@ -315,3 +315,28 @@ final class ParallelKernelTests: XCTestCase {
         XCTAssertEqual(pb, sb)
     }
 }
+
+final class PrimitiveReuseTests: XCTestCase {
+    /// A cached primitive keeps its memory objects and only swaps data pointers: a second call on
+    /// other buffers must read and write those, and leave the first call's output alone.
+    func testSameShapeOnOtherBuffersUsesThoseBuffers() throws {
+        let engine = try Engine()
+        let m = 6, k = 5, n = 4
+        let w = Tensor(shape: [k, n]) { Float($0 % 7) - 3 }
+        let x1 = Tensor(shape: [m, k]) { Float($0 % 5) }, x2 = Tensor(shape: [m, k]) { -Float($0 % 3) }
+        let y1 = Tensor(zeros: [m, n]), y2 = Tensor(zeros: [m, n])
+        func run(_ x: Tensor, _ y: Tensor) throws {
+            try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                              dst: StridedView(dense: y.unsafePointer, dims: [m, n]))
+        }
+        func reference(_ x: Tensor) -> [Float] {
+            (0..<m).flatMap { i in (0..<n).map { j in (0..<k).reduce(Float(0)) { $0 + x[i, $1] * w[$1, j] } } }
+        }
+        try run(x1, y1)
+        let first = y1.scalars
+        try run(x2, y2)
+        XCTAssertEqual(y1.scalars, first)
+        XCTAssertEqual(first, reference(x1))
+        XCTAssertEqual(y2.scalars, reference(x2))
+    }
+}
