@@ -228,6 +228,11 @@ public final class Engine: @unchecked Sendable {
         let count = max(1, v.dims.reduce(1, *))
         let bytes = count * type.byteCount
         let buffer = BufferPool.shared.take(bytes: bytes)
+        if v.type == .float16, type == .float32, v.strides == dense {
+            // oneDNN 2.6 has only a reference f16 reorder (~12 ms for 384x1536); F16C is ~100x faster.
+            Kernels.fromFloat16(v.raw, buffer.assumingMemoryBound(to: Float.self), count: v.dims.reduce(1, *))
+            return (buffer, dstMD, bytes)
+        }
         let key = ReorderKey(dims: v.dims, strides: v.strides, from: v.type, to: type)
         let p: Primitive
         if let cached = reorders[key] { p = cached } else {
@@ -344,14 +349,6 @@ public final class Engine: @unchecked Sendable {
             let denseMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: operandType.dnnl)
             if let constant, let cached = constant.converted[precision] {
                 weiPtr = cached.pointer
-            } else if weights.type == .float16, operandType == .float32,
-                      weights.strides == StridedView.denseStrides(weights.dims) {
-                // oneDNN 2.6 has only a reference f16 reorder (~12 ms for 384x1536); F16C is ~100x faster.
-                let count = weights.dims.reduce(1, *), n = max(1, count) * 4
-                let ptr = BufferPool.shared.take(bytes: n)
-                Kernels.fromFloat16(weights.raw, ptr.assumingMemoryBound(to: Float.self), count: count)
-                scratch.append((ptr, n))
-                weiPtr = ptr
             } else {
                 let (ptr, _, n) = try convert(weights, to: operandType)
                 // float32 weights are converted once and kept; half-precision storage is widened per
