@@ -72,7 +72,7 @@ public final class CvtForImageClassification: Module {
         let layers = cvt.namedLinearLayers.map { ("cvt." + $0.key, $0.layer) } + (classifier.map { [("classifier", $0)] } ?? [])
         if type == .float16 {
             for (key, layer) in layers {
-                if let bad = layer.float16Overflow() {
+                if let bad = try layer.float16Overflow() {
                     throw TensorError("\(key).weight holds \(bad), outside float16's range (±65504); use float32 or bfloat16 storage")
                 }
             }

@@ -4,7 +4,9 @@ import Foundation
 /// `torch.nn.Linear`: `y = x·Wᵀ + b`, weight `[out, in]`.
 public final class Linear: Module {
     public let inFeatures: Int, outFeatures: Int
-    /// float32 `[out, in]`; empty (`[0]`) while the weight is stored compactly (`storeWeight(as:)`).
+    /// float32 `[out, in]`; empty (`[0]`) while the weight is stored compactly (`storeWeight(as:)`)
+    /// or packed for the engine (after the first forward pass). `float32Weight()` and the parameter
+    /// visitors always see the float32 values.
     public var weight: Tensor
     public var bias: Tensor?
     /// Element type the weight is kept in: float32, or float16 / bfloat16 for half the memory.
@@ -13,6 +15,9 @@ public final class Linear: Module {
     private var compactWeight: TypedBuffer?
     /// `weight` as the engine consumes it (converted copies cached); dropped when parameters change.
     private var constant: ConstantWeights?
+    /// The weight in the engine's blocked matmul layout. It replaces `weight` (float32 storage) or
+    /// `compactWeight` (bfloat16 storage) instead of doubling the memory; `unpack()` restores them.
+    private var packed: PackedWeights?
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
         self.inFeatures = inFeatures; self.outFeatures = outFeatures
@@ -25,7 +30,7 @@ public final class Linear: Module {
         // compact storage) with storage and caches untouched; the others (loading, init) turn the
         // layer back into float32 storage.
         if v.readsOnly {
-            var copy = float32Weight()
+            var copy = try float32Weight()
             try v.visit(joinKey(prefix, "weight"), &copy, kind: .weight(fanIn: inFeatures))
             if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
             return
@@ -40,7 +45,10 @@ public final class Linear: Module {
         }
     }
 
-    public func parametersDidChange() { constant = nil }
+    public func parametersDidChange() {
+        // `weight` / `compactWeight` were edited in place: they are the truth again.
+        if packed == nil { constant = nil }
+    }
 
     /// Storage that loading and initialisation convert the weight to (set by `storeWeight(as:)`).
     public private(set) var preferredStorage: ElementType = .float32
@@ -55,19 +63,20 @@ public final class Linear: Module {
     }
 
     /// A weight value that float16 cannot hold (it would become infinity), if any.
-    public func float16Overflow() -> Float? {
-        let w = float32Weight()
+    public func float16Overflow() throws -> Float? {
+        let w = try float32Weight()
         return w.withUnsafeBufferPointer { b in b.first { $0.isFinite && Float16($0).isInfinite } }
     }
 
     private func convertStorage(to type: ElementType) throws {
+        try unpack()
         if type == weightStorage { return }
-        if type == .float16, let bad = float16Overflow() {
+        if type == .float16, let bad = try float16Overflow() {
             throw TensorError("weight value \(bad) is outside float16's range (±65504); keep this model in float32 or bfloat16")
         }
         let n = inFeatures * outFeatures
         if compactWeight != nil {
-            weight = float32Weight()
+            weight = try float32Weight()
             compactWeight = nil
             weightStorage = .float32
         }
@@ -83,8 +92,30 @@ public final class Linear: Module {
         weightStorage = type
     }
 
-    /// The weight as float32 `[out, in]` (widened from compact storage when needed).
-    public func float32Weight() -> Tensor {
+    /// Moves a packed weight back to its plain storage (`weight` or `compactWeight`).
+    private func unpack() throws {
+        guard let p = packed else { return }
+        if p.type == .float32 {
+            let w = Tensor(uninitialized: [outFeatures, inFeatures])
+            // Wᵀ [in, out] viewed on the [out, in] buffer: strides [1, in].
+            try p.unpack(into: StridedView(w.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
+            weight = w
+        } else {
+            let c = TypedBuffer(type: p.type, count: inFeatures * outFeatures, pooled: false)
+            try p.unpack(into: c.view([inFeatures, outFeatures]))
+            compactWeight = c
+        }
+        packed = nil
+        constant = nil
+    }
+
+    /// The weight as float32 `[out, in]` (widened from compact or packed storage when needed).
+    public func float32Weight() throws -> Tensor {
+        if let p = packed {
+            let w = Tensor(uninitialized: [outFeatures, inFeatures])
+            try p.unpack(into: StridedView(w.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
+            return w
+        }
         guard let compact = compactWeight else { return weight }
         let n = inFeatures * outFeatures
         // From Wᵀ [in, out] back to [out, in].
@@ -97,8 +128,18 @@ public final class Linear: Module {
 
     /// Bytes held by the weight and bias.
     public var parameterBytes: Int {
-        (compactWeight.map { $0.count * $0.type.byteCount } ?? weight.count * 4) + (bias?.count ?? 0) * 4
+        (packed?.bytes ?? compactWeight.map { $0.count * $0.type.byteCount } ?? weight.count * 4) + (bias?.count ?? 0) * 4
     }
+
+    /// Blocked layouts pad K and N to their block sizes: narrow layers (a few dozen features) would
+    /// grow by up to 4×, for matmuls too small to gain from packing, so they stay plain.
+    private func packingPadsLittle(_ engine: Engine, _ type: ElementType) throws -> Bool {
+        let plain = inFeatures * outFeatures * type.byteCount
+        return try engine.packedBytes(k: inFeatures, n: outFeatures, type: type) * 8 <= plain * 9
+    }
+
+    /// Whether the weight is currently held in the engine's blocked layout.
+    public var isPacked: Bool { packed != nil }
 
     /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
@@ -108,6 +149,24 @@ public final class Linear: Module {
 
     /// Same on typed views: `src` `[rows, in]`, `dst` `[rows, out]` (bfloat16 only in bf16 precision).
     public func callAsFunction(_ engine: Engine, src: StridedView, dst: StridedView, postOps: [PostOp] = []) throws {
+        let biasPointer = bias.map { UnsafePointer($0.unsafePointer) }
+        let operand = engine.matmulOperandType
+        if let p = packed, p.type != operand || p.engine !== engine || !engine.packsWeights { try unpack() }
+        if packed == nil, engine.packsWeights, weightStorage == operand, try packingPadsLittle(engine, operand) {
+            // The plain weight is dropped once packed: the layer holds one copy (Wᵀ re-blocked).
+            if let compact = compactWeight {
+                packed = try engine.packWeights(compact.view([inFeatures, outFeatures]))
+                compactWeight = nil
+            } else {
+                packed = try engine.packWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
+                weight = Tensor(zeros: [0])
+            }
+            constant = nil
+        }
+        if let p = packed {
+            try engine.matmul(src: src, packed: p, bias: biasPointer, dst: dst, postOps: postOps)
+            return
+        }
         let w: ConstantWeights
         if let c = constant { w = c } else if let compact = compactWeight {
             w = ConstantWeights(compact.view([inFeatures, outFeatures]), owner: compact)
@@ -117,7 +176,7 @@ public final class Linear: Module {
             w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
             constant = w
         }
-        try engine.matmul(src: src, weights: w, bias: bias.map { UnsafePointer($0.unsafePointer) }, dst: dst, postOps: postOps)
+        try engine.matmul(src: src, weights: w, bias: biasPointer, dst: dst, postOps: postOps)
     }
 }
 

@@ -110,10 +110,38 @@ public final class ConstantWeights: @unchecked Sendable {
     deinit { for c in converted.values { RawMemory.free(c.pointer, bytes: c.bytes) } }
 }
 
+/// Matmul weights `[K, N]` held in the blocked layout oneDNN's matmul kernels read directly
+/// (`Engine.packWeights`). Plain weights are re-blocked inside every matmul call; at cvt-13's
+/// shapes that copy costs 7–25% of the matmul time, so layers keep this form instead of their
+/// plain one.
+public final class PackedWeights: @unchecked Sendable {
+    /// `[K, N]`.
+    public let dims: [Int]
+    public let type: ElementType
+    let md: dnnl_memory_desc_t
+    let pointer: UnsafeMutableRawPointer
+    /// Bytes of the blocked buffer (the layout may pad K and N up to its block sizes).
+    public let bytes: Int
+    /// The engine whose layout this is (unpacking needs it).
+    public let engine: Engine
+    init(dims: [Int], type: ElementType, md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer, bytes: Int, engine: Engine) {
+        self.dims = dims; self.type = type; self.md = md; self.pointer = pointer; self.bytes = bytes; self.engine = engine
+    }
+    deinit { RawMemory.free(pointer, bytes: bytes) }
+
+    /// Writes the weights back into a plain view (`dims` `[K, N]`, any strides; the type may differ,
+    /// e.g. bfloat16 weights widened to float32).
+    public func unpack(into dst: StridedView) throws { try engine.unpack(self, into: dst) }
+}
+
 struct MatmulKey: Hashable {
     var src: [Int], srcStrides: [Int], wei: [Int], weiStrides: [Int], dst: [Int], dstStrides: [Int]
     var bias: Bool, postOps: [PostOp], precision: ComputePrecision, srcType: ElementType, weiType: ElementType, dstType: ElementType
+    /// Packed weights' layout is fixed per (K, N, type), so it needs no key of its own.
+    var packed = false
 }
+
+struct PackedLayoutKey: Hashable { var k: Int, n: Int, type: ElementType }
 
 struct SoftmaxKey: Hashable { var rows: Int, cols: Int, dstType: ElementType }
 
@@ -147,6 +175,7 @@ public final class Engine: @unchecked Sendable {
     private var convs: [ConvKey: Primitive] = [:]
     private var softmaxes: [SoftmaxKey: Primitive] = [:]
     private var reorders: [ReorderKey: Primitive] = [:]
+    private var packedLayouts: [PackedLayoutKey: dnnl_memory_desc_t] = [:]
     /// Attention runs images in groups whose score matrices total at most this many float32 values
     /// (16 MB by default; at least one image per group). Larger groups mean fewer, longer matmuls.
     public var attentionScoreBudget = 4 << 20
@@ -358,6 +387,15 @@ public final class Engine: @unchecked Sendable {
             }
             weiMD = denseMD
         }
+        try runMatmul(key, src: (srcMD, srcPtr), weights: (weiMD, weiPtr), bias: bias, dst: dst, postOps: postOps,
+                      name: "\(src.dims)x\(weights.dims)")
+    }
+
+    /// Creates (or reuses) the matmul primitive for `key` and runs it. Bias is a float32 row over
+    /// the last axis of `dst`.
+    private func runMatmul(_ key: MatmulKey, src: (dnnl_memory_desc_t, UnsafeMutableRawPointer), weights: (dnnl_memory_desc_t, UnsafeMutableRawPointer),
+                           bias: UnsafePointer<Float>?, dst: StridedView, postOps: [PostOp], name: @autoclosure () -> String) throws {
+        let r = dst.dims.count
         let dstMD = try md(dst.dims, strides: dst.strides, type: dst.type.dnnl)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
         let biasMD = try md(biasDims, strides: StridedView.denseStrides(biasDims))
@@ -367,24 +405,125 @@ public final class Engine: @unchecked Sendable {
         } else {
             p = try makePrimitive({ pd in
                 var desc = dnnl_matmul_desc_t()
-                var s = srcMD, w = weiMD, d = dstMD, b = biasMD
+                var s = src.0, w = weights.0, d = dstMD, b = biasMD
                 let st = bias != nil
                     ? dnnl_matmul_desc_init(&desc, &s, &w, &b, &d)
                     : dnnl_matmul_desc_init(&desc, &s, &w, nil, &d)
-                try check(st, "matmul desc \(src.dims)x\(weights.dims)")
+                try check(st, "matmul desc \(name())")
                 let attr = try makeAttr(postOps)
                 defer { dnnl_primitive_attr_destroy(attr) }
-                try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "matmul primitive \(src.dims)x\(weights.dims)")
+                try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "matmul primitive \(name())")
             }, "matmul")
             matmuls[key] = p
         }
         var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
-            (DNNL_ARG_SRC, srcMD, srcPtr),
-            (DNNL_ARG_WEIGHTS, weiMD, weiPtr),
+            (DNNL_ARG_SRC, src.0, src.1),
+            (DNNL_ARG_WEIGHTS, weights.0, weights.1),
             (DNNL_ARG_DST, dstMD, dst.raw),
         ]
         if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }
-        try run(p, args, "matmul \(src.dims)x\(weights.dims)")
+        try run(p, args, "matmul \(name())")
+    }
+
+    // MARK: - packed matmul weights
+
+    /// Whether layers keep their matmul weights packed (`PackedWeights`) instead of plain. On by
+    /// default; off runs the plain-weights path (for comparisons).
+    public var packsWeights = true
+
+    /// The operand type matmuls run in at this precision (what packed weights must hold).
+    public var matmulOperandType: ElementType { precision == .bfloat16 ? .bfloat16 : .float32 }
+
+    /// The blocked layout matmul kernels prefer for `[k, n]` weights of `type`. It depends on K, N
+    /// and the types, not on M (brgemm picks its N block from N), so any M gives the layout every
+    /// later call accepts.
+    private func packedLayout(k: Int, n: Int, type: ElementType) throws -> dnnl_memory_desc_t {
+        let key = PackedLayoutKey(k: k, n: n, type: type)
+        if let cached = packedLayouts[key] { return cached }
+        let srcMD = try md([64, k], strides: [k, 1], type: type.dnnl)
+        let dstMD = try md([64, n], strides: [n, 1])
+        var anyMD = dnnl_memory_desc_t()
+        try check(dnnl_memory_desc_init_by_tag(&anyMD, 2, [Int64(k), Int64(n)], type.dnnl, dnnl_format_tag_any), "memory desc any")
+        var desc = dnnl_matmul_desc_t()
+        var s = srcMD, w = anyMD, d = dstMD
+        try check(dnnl_matmul_desc_init(&desc, &s, &w, nil, &d), "matmul desc for packing [\(k), \(n)]")
+        var pd: dnnl_primitive_desc_t?
+        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine, nil), "matmul primitive for packing [\(k), \(n)]")
+        defer { dnnl_primitive_desc_destroy(pd) }
+        guard let q = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0) else {
+            throw EngineError(operation: "packWeights", status: "no weights layout")
+        }
+        packedLayouts[key] = q.pointee
+        return q.pointee
+    }
+
+    /// Bytes that `[k, n]` weights of `type` take packed (blocked layouts pad K and N to their block
+    /// sizes, which matters only for narrow layers).
+    public func packedBytes(k: Int, n: Int, type: ElementType) throws -> Int {
+        guard k > 0, n > 0 else { throw TensorError("packedBytes: need K, N > 0, got [\(k), \(n)]") }
+        lock.lock(); defer { lock.unlock() }
+        var layout = try packedLayout(k: k, n: n, type: type)
+        return dnnl_memory_desc_get_size(&layout)
+    }
+
+    /// Copies `weights` (`[K, N]`, any strides, float32 or bfloat16; bfloat16 only when the engine's
+    /// precision is bfloat16) into the blocked layout the matmul kernels prefer for this K and N.
+    public func packWeights(_ weights: StridedView) throws -> PackedWeights {
+        guard weights.dims.count == 2, weights.dims.allSatisfy({ $0 > 0 }) else {
+            throw TensorError("packWeights: need [K, N] with K, N > 0, got \(weights.dims)")
+        }
+        let type = weights.type
+        guard type == matmulOperandType else {
+            throw TensorError("packWeights: \(type) weights do not match the engine's \(precision) matmuls")
+        }
+        lock.lock(); defer { lock.unlock() }
+        var packedMD = try packedLayout(k: weights.dims[0], n: weights.dims[1], type: type)
+        let bytes = max(1, dnnl_memory_desc_get_size(&packedMD))
+        let (ptr, _) = RawMemory.allocate(bytes: bytes)
+        do {
+            try reorder(from: md(weights.dims, strides: weights.strides, type: type.dnnl), weights.raw, to: packedMD, ptr)
+        } catch { RawMemory.free(ptr, bytes: bytes); throw error }
+        return PackedWeights(dims: weights.dims, type: type, md: packedMD, pointer: ptr, bytes: bytes, engine: self)
+    }
+
+    func unpack(_ p: PackedWeights, into dst: StridedView) throws {
+        guard dst.dims == p.dims else { throw TensorError("unpack: packed \(p.dims) into \(dst.dims)") }
+        lock.lock(); defer { lock.unlock() }
+        try reorder(from: p.md, p.pointer, to: md(dst.dims, strides: dst.strides, type: dst.type.dnnl), dst.raw)
+    }
+
+    /// `dst = src·W (+ bias)` with packed weights, which must hold the engine's matmul operand type.
+    public func matmul(src: StridedView, packed: PackedWeights, bias: UnsafePointer<Float>? = nil,
+                       dst: StridedView, postOps: [PostOp] = []) throws {
+        guard src.dims.count == 2, dst.dims.count == 2, src.dims[1] == packed.dims[0], src.dims[0] == dst.dims[0],
+              dst.dims[1] == packed.dims[1] else {
+            throw TensorError("matmul shape mismatch: \(src.dims) x packed \(packed.dims) -> \(dst.dims)")
+        }
+        if dst.dims[0] == 0 { return }
+        lock.lock(); defer { lock.unlock() }
+        let precision = self.precision
+        guard packed.type == matmulOperandType, packed.engine === self else {
+            throw TensorError("matmul: weights packed as \(packed.type) do not fit this engine's \(precision) matmuls")
+        }
+        if precision == .float32, src.type != .float32 || dst.type != .float32 {
+            throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
+        }
+        if src.type == .float16 || dst.type == .float16 {
+            throw TensorError("matmul: float16 is a weight storage format only")
+        }
+        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: packed.dims, weiStrides: [], dst: dst.dims,
+                            dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
+                            srcType: src.type, weiType: packed.type, dstType: dst.type, packed: true)
+        var srcMD = try md(src.dims, strides: src.strides, type: src.type.dnnl), srcPtr = src.raw
+        var scratch: (UnsafeMutableRawPointer, Int)?
+        defer { if let (b, n) = scratch { BufferPool.shared.give(b, bytes: n) } }
+        if src.type != packed.type {
+            let (ptr, m, n) = try convert(src, to: packed.type)
+            (srcPtr, srcMD) = (ptr, m)
+            scratch = (ptr, n)
+        }
+        try runMatmul(key, src: (srcMD, srcPtr), weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
+                      name: "\(src.dims)x\(packed.dims)")
     }
 
     private func makeAttr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t? {

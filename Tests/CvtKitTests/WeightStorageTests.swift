@@ -86,6 +86,6 @@ final class WeightStorageTests: XCTestCase {
         XCTAssertEqual(layer.weight[flat: 5], 70000)
         // bfloat16 has float32's range.
         try model.storeWeights(as: .bfloat16)
-        XCTAssertEqual(layer.float32Weight()[flat: 5], 70144)  // 70000 rounded to bf16's 8 significant bits
+        XCTAssertEqual(try layer.float32Weight()[flat: 5], 70144)  // 70000 rounded to bf16's 8 significant bits
     }
 }

@@ -340,3 +340,90 @@ final class PrimitiveReuseTests: XCTestCase {
         XCTAssertEqual(y2.scalars, reference(x2))
     }
 }
+
+/// Matmul weights packed once into oneDNN's blocked layout (`Engine.packWeights`).
+final class PackedWeightsTests: XCTestCase {
+    /// Shapes on and off the kernels' block sizes (16/32/48/64 columns, K not a multiple of 16).
+    let shapes: [(m: Int, k: Int, n: Int)] = [(5, 7, 3), (197, 64, 64), (33, 100, 1000), (9, 384, 1536), (40, 1536, 48), (1, 3, 17)]
+
+    func data(_ count: Int, _ seed: Int) -> Tensor { Tensor(shape: [count]) { Float((($0 + seed) * 37) % 101) / 50 - 1 } }
+
+    func testPackedEqualsPlainAndUnpacksExactly() throws {
+        let engine = try Engine()
+        for (m, k, n) in shapes {
+            let x = data(m * k, 1), w = data(n * k, 2), b = data(n, 3), old = data(m * n, 4)
+            // PyTorch [out, in] viewed as Wᵀ [in, out], as Linear does.
+            let wt = StridedView(w.unsafePointer, dims: [k, n], strides: [1, k])
+            let packed = try engine.packWeights(wt)
+            XCTAssertEqual(packed.dims, [k, n])
+            XCTAssertGreaterThanOrEqual(packed.bytes, k * n * 4)
+            for ops in [[PostOp](), [.gelu], [.accumulate]] {
+                var plain = old, fast = old
+                plain.makeUnique(); fast.makeUnique()
+                try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: wt, bias: UnsafePointer(b.unsafePointer),
+                                  dst: StridedView(dense: plain.unsafePointer, dims: [m, n]), postOps: ops)
+                try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), packed: packed, bias: UnsafePointer(b.unsafePointer),
+                                  dst: StridedView(dense: fast.unsafePointer, dims: [m, n]), postOps: ops)
+                let err = fast.maxAbsDifference(plain)
+                XCTAssertLessThanOrEqual(err, 2e-5, "[\(m), \(k)]x[\(k), \(n)] \(ops): max abs error \(err); first \(Array(fast.scalars.prefix(4))) vs \(Array(plain.scalars.prefix(4)))")
+            }
+            // Unpacking gives back every weight bit for bit, in any layout.
+            let back = Tensor(zeros: [n, k])
+            try packed.unpack(into: StridedView(back.unsafePointer, dims: [k, n], strides: [1, k]))
+            XCTAssertEqual(back.scalars, w.scalars, "unpack [\(k), \(n)]")
+        }
+    }
+
+    func testBFloat16PackingNeedsABFloat16Engine() throws {
+        let engine = try Engine()
+        let (m, k, n) = (19, 40, 72)
+        let x = data(m * k, 5), w = data(k * n, 6)
+        let wb = TypedBuffer(type: .bfloat16, count: k * n, pooled: false)
+        Kernels.toBFloat16(w.unsafePointer, wb.raw, count: k * n)
+        XCTAssertThrowsError(try engine.packWeights(wb.view([k, n]))) { XCTAssertTrue("\($0)".contains("bfloat16"), "\($0)") }
+        let packed32 = try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [k, n]))
+        engine.precision = .bfloat16
+        // Weights packed for float32 kernels do not fit bf16 ones: refused, not misread.
+        let out = Tensor(zeros: [m, n])
+        XCTAssertThrowsError(try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), packed: packed32,
+                                               dst: StridedView(dense: out.unsafePointer, dims: [m, n])))
+        let packed = try engine.packWeights(wb.view([k, n]))
+        let plain = Tensor(zeros: [m, n]), fast = Tensor(zeros: [m, n])
+        // float32 src (converted per call) and bf16 src both work.
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: wb.view([k, n]), dst: StridedView(dense: plain.unsafePointer, dims: [m, n]))
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), packed: packed, dst: StridedView(dense: fast.unsafePointer, dims: [m, n]))
+        XCTAssertLessThanOrEqual(fast.maxAbsDifference(plain), 1e-5)
+        let xb = TypedBuffer(type: .bfloat16, count: m * k)
+        Kernels.toBFloat16(x.unsafePointer, xb.raw, count: m * k)
+        let outB = TypedBuffer(type: .bfloat16, count: m * n), outPlainB = TypedBuffer(type: .bfloat16, count: m * n)
+        try engine.matmul(src: xb.view([m, k]), packed: packed, dst: outB.view([m, n]))
+        try engine.matmul(src: xb.view([m, k]), weights: wb.view([k, n]), dst: outPlainB.view([m, n]))
+        let a = Tensor(uninitialized: [m, n]), c = Tensor(uninitialized: [m, n])
+        Kernels.fromBFloat16(outB.raw, a.unsafePointer, count: m * n); Kernels.fromBFloat16(outPlainB.raw, c.unsafePointer, count: m * n)
+        XCTAssertLessThanOrEqual(a.maxAbsDifference(c), 0.02, "bf16 outputs differ by at most one bf16 rounding")
+        // bf16 weights unpack exactly, to bf16 or widened to float32.
+        let back = Tensor(zeros: [k, n])
+        try packed.unpack(into: StridedView(dense: back.unsafePointer, dims: [k, n]))
+        let widened = Tensor(uninitialized: [k, n])
+        Kernels.fromBFloat16(wb.raw, widened.unsafePointer, count: k * n)
+        XCTAssertEqual(back.scalars, widened.scalars)
+    }
+
+    func testBadShapesAreErrors() throws {
+        let engine = try Engine()
+        let w = data(12, 0)
+        XCTAssertThrowsError(try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [12])))
+        XCTAssertThrowsError(try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [0, 12])))
+        let packed = try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [3, 4]))
+        let x = data(10, 1), out = Tensor(zeros: [10])
+        XCTAssertThrowsError(try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [2, 5]), packed: packed,
+                                               dst: StridedView(dense: out.unsafePointer, dims: [2, 4]))) {
+            XCTAssertTrue("\($0)".contains("[2, 5] x packed [3, 4]"), "\($0)")
+        }
+        XCTAssertThrowsError(try packed.unpack(into: StridedView(dense: out.unsafePointer, dims: [4, 3])))
+        // Another engine's layout is not assumed to fit.
+        let other = try Engine()
+        XCTAssertThrowsError(try other.matmul(src: StridedView(dense: x.unsafePointer, dims: [2, 3]), packed: packed,
+                                              dst: StridedView(dense: out.unsafePointer, dims: [2, 4])))
+    }
+}

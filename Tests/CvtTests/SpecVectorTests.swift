@@ -10,6 +10,8 @@ final class SpecVectorTests: XCTestCase {
         let model = try syntheticModel(.cvt13)
         XCTAssertEqual(try model.stateDict().order.count, 459 - 39, "459 keys minus the 39 num_batches_tracked")
         let out = try model(syntheticPixels([1, 3, 224, 224]), outputHiddenStates: true)
+        // cvt-13's widths fit the blocked layouts: this reference vector covers packed weights.
+        XCTAssertTrue((model.cvt.linearLayers + [try XCTUnwrap(model.classifier)]).allSatisfy(\.isPacked))
         XCTAssertEqual(out.logits.shape, [1, 1000])
         assertClose("logits[0,:8]", Array(out.logits.scalars.prefix(8)),
                     [0.178793, -0.134363, -0.226797, 0.044100, 0.236902, 0.042618, -0.218511, -0.120119], tol: 2e-5)

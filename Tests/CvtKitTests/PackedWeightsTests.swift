@@ -1,0 +1,116 @@
+import CvtKit
+import Foundation
+import XCTest
+
+/// Linear layers keep their matmul weights packed in oneDNN's blocked layout after the first
+/// forward pass: the same numbers, one copy of the weights, and the float32 values still there for
+/// saving, reloading and switching precision.
+final class PackedLinearWeightsTests: XCTestCase {
+    func fixture(_ name: String) -> URL { fixturesRoot.appendingPathComponent("parity/\(name)") }
+    func tensor(_ dir: URL, _ file: String, _ name: String) throws -> Tensor {
+        try SafetensorsFile(url: dir.appendingPathComponent(file)).tensor(name)
+    }
+    func layers(_ m: CvtForImageClassification) -> [Linear] { m.cvt.linearLayers + (m.classifier.map { [$0] } ?? []) }
+
+    /// cvt-13's widths (64, 192, 384, which fit the blocked layouts) with one block per stage.
+    var config: CvtConfig {
+        var c = CvtConfig()
+        c.depth = [1, 1, 1]; c.numLabels = 3
+        return c
+    }
+    var input: Tensor { Tensor(shape: [2, 3, 48, 48]) { Float(($0 * 7919) % 255) / 64 - 2 } }
+
+    func plainEngine(_ precision: ComputePrecision = .float32) throws -> Engine {
+        let e = try Engine()
+        e.packsWeights = false; e.precision = precision
+        return e
+    }
+
+    func testPackedAndPlainWeightsGiveTheSameNumbers() throws {
+        let plain = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: plainEngine())
+        let packed = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: Engine())
+        let before = try packed.stateDict().tensors
+        let a = try plain(input, outputHiddenStates: true), b = try packed(input, outputHiddenStates: true)
+        assertTensorClose("logits, packed vs plain weights", b.logits, a.logits, tol: 2e-5)
+        for s in 0..<3 {
+            assertTensorClose("hidden_states.\(s), packed vs plain", try XCTUnwrap(b.hiddenStates)[s], try XCTUnwrap(a.hiddenStates)[s], tol: 2e-5)
+        }
+        for l in layers(plain) { XCTAssertFalse(l.isPacked) }
+        for l in packed.cvt.linearLayers {
+            XCTAssertTrue(l.isPacked, "\(l.inFeatures)x\(l.outFeatures)")
+            XCTAssertEqual(l.weight.count, 0, "the plain float32 copy is dropped, not kept beside the packed one")
+        }
+        // A 3-class head would be padded to 16 columns: it stays plain.
+        XCTAssertEqual(packed.classifier?.isPacked, false)
+        // Reading the parameters (saving) unpacks a copy, bit for bit, and leaves the layers packed.
+        let after = try packed.stateDict().tensors
+        XCTAssertEqual(Set(after.keys), Set(before.keys))
+        for (key, t) in before { XCTAssertEqual(after[key]?.scalars, t.scalars, key) }
+        XCTAssertTrue(packed.cvt.linearLayers.allSatisfy(\.isPacked))
+        XCTAssertEqual(packed.parameterBytes, plain.parameterBytes, "these widths need no padding")
+    }
+
+    func testNarrowLayersStayPlain() throws {
+        // The `tiny` fixture's 16–48 features would pad by up to 4x: every matmul keeps plain weights,
+        // and the numbers are the reference's.
+        let dir = fixture("tiny")
+        let model = try CvtForImageClassification(pretrained: dir, engine: Engine())
+        let bytes = model.parameterBytes
+        assertTensorClose("tiny/logits", try model(try tensor(dir, "input.safetensors", "pixel_values")).logits,
+                          try tensor(dir, "expected.safetensors", "logits"), tol: 1e-4)
+        XCTAssertEqual(model.parameterBytes, bytes)
+        XCTAssertTrue(layers(model).contains { !$0.isPacked })
+        for l in layers(model) where l.isPacked { XCTAssertEqual(l.inFeatures % 16, 0) }
+    }
+
+    func testLoadingNewWeightsIntoAPackedModelUsesThem() throws {
+        let model = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: Engine())
+        let old = try model(input).logits
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy(\.isPacked))
+        let other = try CvtForImageClassification.randomlyInitialized(config: config, seed: 3, engine: plainEngine())
+        let otherLogits = try other(input).logits
+        try model.load(from: try other.stateDict().tensors, sourceName: "random seed 3")
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy { !$0.isPacked && $0.weight.count == $0.inFeatures * $0.outFeatures })
+        let new = try model(input).logits
+        XCTAssertGreaterThan(new.maxAbsDifference(old), 1e-4, "the packed copy of the old weights must not be used")
+        assertTensorClose("packed model after loading other weights", new, otherLogits, tol: 2e-5)
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy(\.isPacked))
+    }
+
+    func testPrecisionAndStorageSwitchesAfterPacking() throws {
+        let engine = try Engine()
+        let model = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: engine)
+        let fp32 = try model(input).logits
+        // float32 weights packed for float32 kernels cannot feed bf16 ones: a bf16 engine gets them
+        // back in float32 (nothing rounded in place) and converts them per precision as before.
+        engine.precision = .bfloat16
+        let bf16 = try model(input).logits
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy { !$0.isPacked && $0.weightStorage == .float32 })
+        let reference = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: plainEngine(.bfloat16))
+        XCTAssertEqual(bf16.scalars, try reference(input).logits.scalars)
+        engine.precision = .float32
+        XCTAssertEqual(try model(input).logits.scalars, fp32.scalars)
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy(\.isPacked))
+        // bf16 storage with a bf16 engine packs the bf16 weights: one copy, half the bytes.
+        try model.storeWeights(as: .bfloat16)
+        engine.precision = .bfloat16
+        let half = try model(input).logits
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy { $0.isPacked && $0.weightStorage == .bfloat16 })
+        XCTAssertLessThanOrEqual(half.maxAbsDifference(bf16), 1e-4, "same bf16 operands, other layout")
+        let compact = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: plainEngine(.bfloat16), weightStorage: .bfloat16)
+        XCTAssertEqual(model.parameterBytes, compact.parameterBytes)
+        // Back to float32 storage: the bf16-rounded values, exactly, packed again for float32.
+        try model.storeWeights(as: .float32)
+        engine.precision = .float32
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy { !$0.isPacked && $0.weightStorage == .float32 })
+        let widened = try model.stateDict().tensors
+        let packedLogits = try model(input).logits
+        XCTAssertTrue(model.cvt.linearLayers.allSatisfy(\.isPacked))
+        let (compactState, _) = try compact.stateDict()
+        for (key, t) in widened { XCTAssertEqual(compactState[key]?.scalars, t.scalars, key) }
+        // Turning packing off unpacks on the next call, with the same numbers.
+        engine.packsWeights = false
+        assertTensorClose("logits after unpacking", try model(input).logits, packedLogits, tol: 2e-5)
+        XCTAssertTrue(layers(model).allSatisfy { !$0.isPacked })
+    }
+}
