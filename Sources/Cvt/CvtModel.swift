@@ -40,6 +40,8 @@ public final class CvtSelfAttentionProjection: Module {
     public let convolution: Conv2d?
     public let normalization: BatchNorm2d?
     private var folded: ConvWeights?
+    /// Guards `folded` (batch workers run this projection on several threads at once).
+    private let lock = NSLock()
 
     init(method: Method, dim: Int, kernel: Int, stride: Int, padding: Int) {
         self.method = method; self.kernel = kernel; self.stride = stride; self.padding = padding
@@ -73,8 +75,11 @@ public final class CvtSelfAttentionProjection: Module {
         switch method {
         case .dwBN:
             guard let conv = convolution, let bn = normalization else { return }
+            lock.lock()
             if folded == nil { folded = bn.folded(into: conv) }
-            try conv(engine, src: src, n: b, h: h, w: w, srcNCHW: false, dst: dst, override: folded)
+            let weights = folded
+            lock.unlock()
+            try conv(engine, src: src, n: b, h: h, w: w, srcNCHW: false, dst: dst, override: weights)
         case .avg:
             Kernels.avgPool2dNHWC(src, n: b, h: h, w: w, c: c, kernel: kernel, stride: stride, padding: padding,
                                   dst, ho: outputSize(h), wo: outputSize(w))
@@ -353,19 +358,10 @@ public final class CvtModel: Module {
         }
     }
 
-    /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
-    func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
-        guard pixelValues.rank == 4 else {
-            throw CvtInputError("pixel_values must be [batch, channels, height, width], got shape \(pixelValues.shape)")
-        }
-        let b = pixelValues.shape[0], ch = pixelValues.shape[1]
-        guard ch == config.numChannels else {
-            throw CvtInputError("pixel_values has \(ch) channels but the model expects num_channels = \(config.numChannels)")
-        }
-        guard b > 0 else { throw CvtInputError("pixel_values has an empty batch") }
-        guard pixelValues.shape[2] > 0, pixelValues.shape[3] > 0 else {
-            throw CvtInputError("pixel_values has an empty image (shape \(pixelValues.shape))")
-        }
+    /// The stages on one engine: the hidden states (every stage's with `outputHiddenStates`, else
+    /// only the last) as `[B, C, H, W]`, and the last stage's tokens `[B, T, C]`.
+    private func runStages(_ engine: Engine, _ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (hidden: [Tensor], tokens: Tensor) {
+        let b = pixelValues.shape[0]
         var x = pixelValues, h = pixelValues.shape[2], w = pixelValues.shape[3]
         var hidden: [Tensor] = []
         var tokens = pixelValues
@@ -388,6 +384,44 @@ public final class CvtModel: Module {
                 hidden.append(out)
             }
             h = ho; w = wo
+        }
+        return (hidden, tokens)
+    }
+
+    /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
+    func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
+        guard pixelValues.rank == 4 else {
+            throw CvtInputError("pixel_values must be [batch, channels, height, width], got shape \(pixelValues.shape)")
+        }
+        let b = pixelValues.shape[0], ch = pixelValues.shape[1]
+        guard ch == config.numChannels else {
+            throw CvtInputError("pixel_values has \(ch) channels but the model expects num_channels = \(config.numChannels)")
+        }
+        guard b > 0 else { throw CvtInputError("pixel_values has an empty batch") }
+        guard pixelValues.shape[2] > 0, pixelValues.shape[3] > 0 else {
+            throw CvtInputError("pixel_values has an empty image (shape \(pixelValues.shape))")
+        }
+        let parts = engine.splitsBatches ? min(b, engine.threads) : 1
+        let hidden: [Tensor], tokens: Tensor
+        if parts > 1 {
+            // Images are independent: each part of the batch runs on its own thread (and engine).
+            let sizes = (0..<parts).map { b / parts + ($0 < b % parts ? 1 : 0) }
+            let starts = sizes.indices.map { i in sizes[..<i].reduce(0, +) }
+            let perImage = pixelValues.count / b
+            var results = [(hidden: [Tensor], tokens: Tensor)?](repeating: nil, count: parts)
+            try results.withUnsafeMutableBufferPointer { out in
+                try engine.concurrently(parts) { i, worker in
+                    let x = Tensor(uninitialized: [sizes[i]] + pixelValues.shape.dropFirst())
+                    x.unsafePointer.update(from: pixelValues.unsafePointer + starts[i] * perImage, count: sizes[i] * perImage)
+                    out[i] = try runStages(worker, x, outputHiddenStates: outputHiddenStates)
+                }
+            }
+            let done = results.compactMap { $0 }
+            guard done.count == parts else { throw CvtInputError("a batch part produced no output") }
+            hidden = try done[0].hidden.indices.map { k in try Tensor(concatenatingBatches: done.map { $0.hidden[k] }) }
+            tokens = try Tensor(concatenatingBatches: done.map(\.tokens))
+        } else {
+            (hidden, tokens) = try runStages(engine, pixelValues, outputHiddenStates: outputHiddenStates)
         }
         guard let last = hidden.last, let lastStage = stages.last else { throw CvtInputError("model has no stages") }
         var clsValue: Tensor?

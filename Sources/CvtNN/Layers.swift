@@ -18,6 +18,9 @@ public final class Linear: Module {
     /// The weight in the engine's blocked matmul layout. It replaces `weight` (float32 storage) or
     /// `compactWeight` (bfloat16 storage) instead of doubling the memory; `unpack()` restores them.
     private var packed: PackedWeights?
+    /// Guards the derived forms above during forward passes (batch workers run this layer on
+    /// several threads at once).
+    private let lock = NSLock()
 
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
         self.inFeatures = inFeatures; self.outFeatures = outFeatures
@@ -150,8 +153,21 @@ public final class Linear: Module {
     /// Same on typed views: `src` `[rows, in]`, `dst` `[rows, out]` (bfloat16 only in bf16 precision).
     public func callAsFunction(_ engine: Engine, src: StridedView, dst: StridedView, postOps: [PostOp] = []) throws {
         let biasPointer = bias.map { UnsafePointer($0.unsafePointer) }
+        let (p, w) = try weightsForEngine(engine)
+        if let p {
+            try engine.matmul(src: src, packed: p, bias: biasPointer, dst: dst, postOps: postOps)
+        } else if let w {
+            try engine.matmul(src: src, weights: w, bias: biasPointer, dst: dst, postOps: postOps)
+        }
+    }
+
+    /// The weight in the form `engine` runs: packed (made on first use, replacing the plain copy)
+    /// or a plain view. The returned objects keep their memory alive even if another thread
+    /// changes this layer's form meanwhile.
+    private func weightsForEngine(_ engine: Engine) throws -> (PackedWeights?, ConstantWeights?) {
+        lock.lock(); defer { lock.unlock() }
         let operand = engine.matmulOperandType
-        if let p = packed, p.type != operand || p.engine !== engine || !engine.packsWeights { try unpack() }
+        if let p = packed, p.type != operand || !engine.packsWeights { try unpack() }
         if packed == nil, engine.packsWeights, weightStorage == operand, try packingPadsLittle(engine, operand) {
             // The plain weight is dropped once packed: the layer holds one copy (Wᵀ re-blocked).
             if let compact = compactWeight {
@@ -163,20 +179,17 @@ public final class Linear: Module {
             }
             constant = nil
         }
-        if let p = packed {
-            try engine.matmul(src: src, packed: p, bias: biasPointer, dst: dst, postOps: postOps)
-            return
-        }
+        if let p = packed { return (p, nil) }
+        if let c = constant { return (nil, c) }
         let w: ConstantWeights
-        if let c = constant { w = c } else if let compact = compactWeight {
+        if let compact = compactWeight {
             w = ConstantWeights(compact.view([inFeatures, outFeatures]), owner: compact)
-            constant = w
         } else {
             // Wᵀ as a strided view of the PyTorch [out, in] weight: dims [in, out], strides [1, in].
-            w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
-            constant = w
+            w = ConstantWeights(StridedView(weight.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]), owner: weight)
         }
-        try engine.matmul(src: src, weights: w, bias: biasPointer, dst: dst, postOps: postOps)
+        constant = w
+        return (nil, w)
     }
 }
 
@@ -186,6 +199,7 @@ public final class Conv2d: Module {
     public var weight: Tensor
     public var bias: Tensor?
     private var packed: ConvWeights?
+    private let lock = NSLock()
 
     public init(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int = 1, bias: Bool = true) {
         self.inChannels = inChannels; self.outChannels = outChannels
@@ -211,8 +225,10 @@ public final class Conv2d: Module {
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, n: Int, h: Int, w: Int, srcNCHW: Bool,
                                dst: UnsafeMutablePointer<Float>, override: ConvWeights? = nil) throws {
         let weights: ConvWeights
-        if let override { weights = override } else if let p = packed { weights = p } else {
-            weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights
+        if let override { weights = override } else {
+            lock.lock()
+            if let p = packed { weights = p } else { weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights }
+            lock.unlock()
         }
         try engine.conv2d(src: src, srcDims: [n, inChannels, h, w], srcNCHW: srcNCHW, weights: weights,
                           stride: (stride, stride), padding: (padding, padding), dst: dst, dstHW: (outputSize(h), outputSize(w)))

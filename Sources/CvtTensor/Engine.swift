@@ -86,7 +86,12 @@ public final class ConvWeights: @unchecked Sendable {
     public let weight: Tensor
     public let bias: Tensor?
     public let groups: Int
-    var packed: [ConvKey: Tensor] = [:]
+    /// Guards `packed` (engines of several threads may pack at once).
+    let lock = NSLock()
+    /// The weights in each blocked layout a primitive asked for. Keyed by the layout itself: it
+    /// depends on the thread count as well as the shapes (a batch worker's single-threaded
+    /// primitive may want another layout than the all-threads one of the same shape).
+    var packed: [(layout: dnnl_memory_desc_t, weights: Tensor)] = []
 
     public init(weight: Tensor, bias: Tensor?, groups: Int) {
         self.weight = weight; self.bias = bias; self.groups = groups
@@ -103,6 +108,8 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
 /// Constant matmul weights (a layer's parameters): converted once to the engine's precision and kept.
 public final class ConstantWeights: @unchecked Sendable {
     public let view: StridedView
+    /// Guards `converted` (engines of several threads may convert at once).
+    let lock = NSLock()
     var converted: [ComputePrecision: (pointer: UnsafeMutableRawPointer, bytes: Int)] = [:]
     /// Keeps the viewed storage alive as long as these weights are in use.
     private let owner: Any?
@@ -155,6 +162,8 @@ final class Primitive {
     let pd: dnnl_primitive_desc_t
     let primitive: dnnl_primitive_t
     var weightsMD: dnnl_memory_desc_t?
+    /// Scratch memory the primitive needs per execution (user scratchpad mode), if any.
+    var scratchpad: (md: dnnl_memory_desc_t, bytes: Int)?
     /// Memory objects of the last execution, one per argument: a cached primitive always runs on the
     /// same descriptors, so later calls only swap the data pointers.
     var memories: [dnnl_memory_t] = []
@@ -204,7 +213,13 @@ public final class Engine: @unchecked Sendable {
 
     /// `threads`: backend worker threads; nil means all cores (not OMP_NUM_THREADS, which libgomp
     /// reads only at load time).
-    public init(threads: Int? = nil) throws {
+    public convenience init(threads: Int? = nil) throws {
+        try self.init(settingThreads: true)
+        self.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
+    }
+
+    /// An engine that leaves the process's thread count alone (batch workers).
+    private init(settingThreads: Bool) throws {
         var e: dnnl_engine_t?
         try check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine create")
         guard let e else { throw EngineError(operation: "engine create", status: "null engine") }
@@ -212,11 +227,11 @@ public final class Engine: @unchecked Sendable {
         try check(dnnl_stream_create(&s, e, UInt32(dnnl_stream_default_flags.rawValue)), "stream create")
         guard let s else { throw EngineError(operation: "stream create", status: "null stream") }
         engine = e; stream = s
-        self.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
     }
 
     deinit {
         matmuls.removeAll(); convs.removeAll(); softmaxes.removeAll(); reorders.removeAll()
+        if let s = scratch { RawMemory.free(s.pointer, bytes: s.bytes) }
         dnnl_stream_destroy(stream); dnnl_engine_destroy(engine)
     }
 
@@ -236,6 +251,51 @@ public final class Engine: @unchecked Sendable {
     public var threads: Int {
         get { Int(omp_get_max_threads()) }
         set { omp_set_num_threads(Int32(max(1, newValue))) }
+    }
+
+    // MARK: - batch workers
+
+    /// Whether a model splits a batch of several images across the threads, each part running on
+    /// its own single-threaded engine, instead of running every operation on all threads. On by
+    /// default: per-image work is independent, and one thread per part keeps each core on its own
+    /// data and skips the thread hand-offs of every backend call.
+    public var splitsBatches = true
+    private var workers: [Engine] = []
+
+    /// Runs `body(i, worker)` for `i` in `0..<count` at the same time, each on its own thread with
+    /// a single-threaded engine that has this engine's settings; rethrows the first error. Profile
+    /// times of the workers are added to this engine's (CPU time, so they may exceed wall time).
+    public func concurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
+        if count <= 0 { return }
+        lock.lock()
+        while workers.count < count {
+            do { workers.append(try Engine(settingThreads: false)) } catch { lock.unlock(); throw error }
+        }
+        let team = Array(workers.prefix(count))
+        lock.unlock()
+        for w in team {
+            w.precision = precision; w.packsWeights = packsWeights
+            w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
+        }
+        var errors = [Error?](repeating: nil, count: count)
+        errors.withUnsafeMutableBufferPointer { errs in
+            DispatchQueue.concurrentPerform(iterations: count) { i in
+                // OpenMP's thread count is per calling thread: 1 here makes every backend call
+                // (and the row-parallel kernels) run on this thread only.
+                let before = omp_get_max_threads()
+                omp_set_num_threads(1)
+                defer { omp_set_num_threads(before) }
+                do { try body(i, team[i]) } catch { errs[i] = error }
+            }
+        }
+        if profile {
+            for w in team {
+                for (k, v) in w.profileTimes { profileTimes[k, default: 0] += v }
+                for (k, v) in w.profileDetail { profileDetail[k, default: 0] += v }
+                w.profileTimes = [:]; w.profileDetail = [:]
+            }
+        }
+        if let e = errors.lazy.compactMap({ $0 }).first { throw e }
     }
 
     // MARK: - memory descriptors
@@ -267,7 +327,9 @@ public final class Engine: @unchecked Sendable {
         if let cached = reorders[key] { p = cached } else {
             p = try makePrimitive({ pd in
                 var a = srcMD, b = dstMD
-                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder \(v.type) to \(type)")
+                let attr = try makeAttr([])
+                defer { dnnl_primitive_attr_destroy(attr) }
+                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, attr), "reorder \(v.type) to \(type)")
             }, "reorder")
             reorders[key] = p
         }
@@ -291,7 +353,9 @@ public final class Engine: @unchecked Sendable {
         return m
     }
 
-    private func run(_ p: Primitive, _ args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)], _ name: @autoclosure () -> String) throws {
+    private func run(_ p: Primitive, _ arguments: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)], _ name: @autoclosure () -> String) throws {
+        var args = arguments
+        if let sp = p.scratchpad { args.append((DNNL_ARG_SCRATCHPAD, sp.md, scratchpad(sp.bytes))) }
         if p.memories.count == args.count, zip(p.execArgs, args).allSatisfy({ $0.arg == $1.0 }) {
             for (m, a) in zip(p.memories, args) { try check(dnnl_memory_set_data_handle(m, a.2), "memory set data (\(name()))") }
         } else {
@@ -324,7 +388,25 @@ public final class Engine: @unchecked Sendable {
             dnnl_primitive_desc_destroy(pd)
             throw EngineError(operation: name, status: String(cString: dnnl_status2str(st)))
         }
-        return Primitive(pd: pd, primitive: prim)
+        let p = Primitive(pd: pd, primitive: prim)
+        if let q = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) {
+            var m = q.pointee
+            let bytes = dnnl_memory_desc_get_size(&m)
+            if bytes > 0 { p.scratchpad = (m, bytes) }
+        }
+        return p
+    }
+
+    /// Scratch memory for one primitive execution, shared by all of this engine's primitives (they
+    /// run one at a time, under `lock`), grown on demand.
+    private var scratch: (pointer: UnsafeMutableRawPointer, bytes: Int)?
+
+    private func scratchpad(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if let s = scratch, s.bytes >= bytes { return s.pointer }
+        if let s = scratch { RawMemory.free(s.pointer, bytes: s.bytes) }
+        let (ptr, _) = RawMemory.allocate(bytes: bytes)
+        scratch = (ptr, bytes)
+        return ptr
     }
 
     // MARK: - matmul
@@ -376,6 +458,8 @@ public final class Engine: @unchecked Sendable {
         }
         if weights.type != operandType {
             let denseMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: operandType.dnnl)
+            constant?.lock.lock()
+            defer { constant?.lock.unlock() }
             if let constant, let cached = constant.converted[precision] {
                 weiPtr = cached.pointer
             } else {
@@ -448,7 +532,9 @@ public final class Engine: @unchecked Sendable {
         var s = srcMD, w = anyMD, d = dstMD
         try check(dnnl_matmul_desc_init(&desc, &s, &w, nil, &d), "matmul desc for packing [\(k), \(n)]")
         var pd: dnnl_primitive_desc_t?
-        try check(dnnl_primitive_desc_create(&pd, &desc, nil, engine, nil), "matmul primitive for packing [\(k), \(n)]")
+        let attr = try makeAttr([])
+        defer { dnnl_primitive_attr_destroy(attr) }
+        try check(dnnl_primitive_desc_create(&pd, &desc, attr, engine, nil), "matmul primitive for packing [\(k), \(n)]")
         defer { dnnl_primitive_desc_destroy(pd) }
         guard let q = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0) else {
             throw EngineError(operation: "packWeights", status: "no weights layout")
@@ -502,7 +588,8 @@ public final class Engine: @unchecked Sendable {
         if dst.dims[0] == 0 { return }
         lock.lock(); defer { lock.unlock() }
         let precision = self.precision
-        guard packed.type == matmulOperandType, packed.engine === self else {
+        // Any of this process's CPU engines has the same layouts (batch workers share packed weights).
+        guard packed.type == matmulOperandType else {
             throw TensorError("matmul: weights packed as \(packed.type) do not fit this engine's \(precision) matmuls")
         }
         if precision == .float32, src.type != .float32 || dst.type != .float32 {
@@ -529,6 +616,10 @@ public final class Engine: @unchecked Sendable {
     private func makeAttr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t? {
         var attr: dnnl_primitive_attr_t?
         try check(dnnl_primitive_attr_create(&attr), "attr create")
+        // Scratch memory comes from the engine (`run`), not from oneDNN's global scratchpad, which
+        // belongs to the thread that created the primitive: batch workers run primitives (oneDNN's
+        // cache shares them between engines) on other threads, concurrently.
+        try check(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user), "scratchpad mode")
         if postOps.isEmpty { return attr }
         var po: dnnl_post_ops_t?
         try check(dnnl_post_ops_create(&po), "post-ops create")
@@ -589,17 +680,17 @@ public final class Engine: @unchecked Sendable {
         }
         guard let packedMD = p.weightsMD else { throw EngineError(operation: "conv", status: "no weights layout") }
         // Weights are converted to the primitive's preferred (blocked) layout once and kept.
-        let packed: Tensor
-        if let cached = weights.packed[key] {
-            packed = cached
-        } else {
+        let packed: Tensor = try {
+            weights.lock.lock()
+            defer { weights.lock.unlock() }
+            if let cached = weights.packed.first(where: { sameLayout($0.layout, packedMD) }) { return cached.weights }
             var pm = packedMD
             let bytes = dnnl_memory_desc_get_size(&pm)
             let t = Tensor(zeros: [bytes / 4 + 16])
             try reorder(from: userWeiMD, UnsafeMutableRawPointer(weights.weight.unsafePointer), to: packedMD, UnsafeMutableRawPointer(t.unsafePointer))
-            weights.packed[key] = t
-            packed = t
-        }
+            weights.packed.append((packedMD, t))
+            return t
+        }()
         var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
             (DNNL_ARG_SRC, srcMD, UnsafeMutableRawPointer(src)),
             (DNNL_ARG_WEIGHTS, packedMD, UnsafeMutableRawPointer(packed.unsafePointer)),
@@ -609,10 +700,17 @@ public final class Engine: @unchecked Sendable {
         try run(p, args, "conv \(srcDims) w\(weiDims)")
     }
 
+    private func sameLayout(_ a: dnnl_memory_desc_t, _ b: dnnl_memory_desc_t) -> Bool {
+        var x = a, y = b
+        return dnnl_memory_desc_equal(&x, &y) != 0
+    }
+
     private func reorder(from: dnnl_memory_desc_t, _ src: UnsafeMutableRawPointer, to: dnnl_memory_desc_t, _ dst: UnsafeMutableRawPointer) throws {
         let p = try makePrimitive({ pd in
             var a = from, b = to
-            try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, nil), "reorder")
+            let attr = try makeAttr([])
+            defer { dnnl_primitive_attr_destroy(attr) }
+            try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, attr), "reorder")
         }, "reorder")
         try run(p, [(DNNL_ARG_FROM, from, src), (DNNL_ARG_TO, to, dst)], "reorder")
     }

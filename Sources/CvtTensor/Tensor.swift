@@ -204,6 +204,20 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         for i in 0..<storage.count { storage.pointer[i] = generator(i) }
     }
 
+    /// `parts` stacked along the first axis (they must agree on every other axis).
+    public init(concatenatingBatches parts: [Tensor]) throws {
+        let rest = parts.first.map { Array($0.shape.dropFirst()) } ?? []
+        for p in parts where p.rank == 0 || Array(p.shape.dropFirst()) != rest {
+            throw TensorError("cannot stack \(p.shape) with parts of shape [_] + \(rest)")
+        }
+        self.init(uninitialized: [parts.reduce(0) { $0 + $1.shape[0] }] + rest)
+        var offset = 0
+        for p in parts {
+            storage.pointer.advanced(by: offset).update(from: p.storage.pointer, count: p.count)
+            offset += p.count
+        }
+    }
+
     static func elementCount(_ shape: [Int]) -> Int { shape.reduce(1, *) }
 
     public var count: Int { storage.count }

@@ -106,6 +106,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
     @Flag(help: "Keep matmul weights in their plain layout instead of oneDNN's blocked one (for comparison).")
     var plainWeights = false
+    @Flag(help: "Run every operation on all threads instead of splitting the batch across them (for comparison).")
+    var noBatchSplit = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
@@ -117,6 +119,7 @@ struct Bench: ParsableCommand {
         }
         let engine = try threadOptions.engine()
         engine.packsWeights = !plainWeights
+        engine.splitsBatches = !noBatchSplit
         let classifier: CvtForImageClassification
         if let model {
             classifier = try CvtForImageClassification(pretrained: model, engine: engine, dtype: mode, progress: TerminalProgressBar()?.callback)
@@ -163,7 +166,7 @@ struct Bench: ParsableCommand {
                 "threads": engine.threads, "iterations": iterations, "median_ms": median,
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
-                "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed",
+                "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit,
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

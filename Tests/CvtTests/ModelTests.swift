@@ -106,3 +106,90 @@ final class ModelTests: XCTestCase {
         XCTAssertThrowsError(try Losses.mse([1], [1, 2]))
     }
 }
+
+/// A batch split across threads (one single-threaded engine per part) gives the numbers of one
+/// pass on all threads, for every output, and errors come back as errors.
+final class BatchSplitTests: XCTestCase {
+    func config(cls: Bool = true) -> CvtConfig {
+        var c = CvtConfig()
+        c.embedDim = [16, 32, 64]; c.numHeads = [1, 2, 4]; c.depth = [1, 1, 2]; c.numLabels = 5
+        if !cls { c.clsToken = [false, false, false] }
+        return c
+    }
+
+    func model(_ c: CvtConfig, splits: Bool, precision: ComputePrecision = .float32) throws -> CvtForImageClassification {
+        let e = try Engine()
+        e.splitsBatches = splits; e.precision = precision
+        let m = try CvtForImageClassification(config: c, engine: e)
+        try m.visitParameters(SyntheticWeights(), prefix: "")
+        m.parametersDidChange()
+        return m
+    }
+
+    func testSplitBatchEqualsOnePass() throws {
+        for cls in [true, false] {
+            let whole = try model(config(cls: cls), splits: false), split = try model(config(cls: cls), splits: true)
+            XCTAssertEqual(split.engine.threads, 2, "the test machine kind has 2 cores")
+            // 3 images on 2 threads: parts of 2 and 1.
+            let x = syntheticPixels([3, 3, 40, 48])
+            let a = try whole(x, outputHiddenStates: true), b = try split(x, outputHiddenStates: true)
+            assertClose("logits (cls \(cls))", b.logits.scalars, a.logits.scalars, tol: 2e-5)
+            XCTAssertEqual(b.logits.shape, [3, 5])
+            assertClose("last_hidden_state", b.lastHiddenState.scalars, a.lastHiddenState.scalars, tol: 2e-5)
+            XCTAssertEqual(b.lastHiddenState.shape, a.lastHiddenState.shape)
+            let ha = try XCTUnwrap(a.hiddenStates), hb = try XCTUnwrap(b.hiddenStates)
+            XCTAssertEqual(hb.map(\.shape), ha.map(\.shape))
+            for s in ha.indices { assertClose("hidden_states.\(s)", hb[s].scalars, ha[s].scalars, tol: 2e-5) }
+            XCTAssertEqual(b.clsTokenValue?.shape, a.clsTokenValue?.shape)
+            if let ca = a.clsTokenValue, let cb = b.clsTokenValue { assertClose("cls_token_value", cb.scalars, ca.scalars, tol: 2e-5) }
+            // Each image equals its own single-image pass (which does not split).
+            let per = 3 * 40 * 48
+            for i in 0..<3 {
+                let xi = try Tensor(shape: [1, 3, 40, 48], scalars: Array(x.scalars[(i * per)..<((i + 1) * per)]))
+                assertClose("logits[\(i)] alone", try split(xi).logits.scalars, Array(b.logits.scalars[(i * 5)..<(i * 5 + 5)]), tol: 2e-5)
+            }
+            // The engine's own thread count is back after the workers ran.
+            XCTAssertEqual(split.engine.threads, 2)
+        }
+    }
+
+    func testSplitBatchInBFloat16AndAcrossBatchSizes() throws {
+        let whole = try model(config(), splits: false, precision: .bfloat16), split = try model(config(), splits: true, precision: .bfloat16)
+        for n in [2, 5] {
+            let x = syntheticPixels([n, 3, 32, 32])
+            let a = try whole(x).logits, b = try split(x).logits
+            XCTAssertEqual(b.shape, [n, 5])
+            // Same bf16 operands; only the summation order of one thread vs two differs.
+            assertClose("bf16 logits, batch \(n)", b.scalars, a.scalars, tol: 2e-3)
+        }
+    }
+
+    func testErrorsInsideTheWorkersAreThrown() throws {
+        let split = try model(config(), splits: true)
+        // Too small for the stage-3 patch embedding: found inside the stages, i.e. in the workers.
+        XCTAssertThrowsError(try split(Tensor(zeros: [4, 3, 2, 2]))) { XCTAssertTrue("\($0)".contains("too small"), "\($0)") }
+        XCTAssertEqual(split.engine.threads, 2)
+        // And the model still works afterwards.
+        XCTAssertEqual(try split(syntheticPixels([2, 3, 32, 32])).logits.shape, [2, 5])
+    }
+
+    func testProfileCountsTheWorkers() throws {
+        let split = try model(config(), splits: true)
+        split.engine.profile = true
+        _ = try split(syntheticPixels([2, 3, 32, 32]))
+        XCTAssertGreaterThan(split.engine.profileTimes["matmul", default: 0], 0)
+        XCTAssertGreaterThan(split.engine.profileTimes["conv", default: 0], 0)
+    }
+}
+
+/// Stacking batch parts.
+final class ConcatenationTests: XCTestCase {
+    func testConcatenatingBatches() throws {
+        let a = try Tensor(shape: [1, 2], scalars: [1, 2]), b = try Tensor(shape: [2, 2], scalars: [3, 4, 5, 6])
+        let c = try Tensor(concatenatingBatches: [a, b])
+        XCTAssertEqual(c.shape, [3, 2])
+        XCTAssertEqual(c.scalars, [1, 2, 3, 4, 5, 6])
+        XCTAssertThrowsError(try Tensor(concatenatingBatches: [a, try Tensor(shape: [1, 3], scalars: [0, 0, 0])]))
+        XCTAssertThrowsError(try Tensor(concatenatingBatches: [a, try Tensor(shape: [], scalars: [0])]))
+    }
+}
