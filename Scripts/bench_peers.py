@@ -4,9 +4,10 @@ same random-init weights, same shapes, same thread count, one run.
 
 Usage (after Scripts/setup-reference-env.sh and `swift build -c release`):
   .venv-reference/bin/python Scripts/bench_peers.py --preset cvt-13 --batch-size 1 --threads 2
-Prints one table (ms per batch, images/s, ratio to ours) and, with --json, one JSON object.
+Every system is timed --rounds times, in turn; prints one table (median of the round medians in ms
+per batch, images/s, ratio to ours, each round's median) and, with --json, one JSON object.
 """
-import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
+import argparse, copy, json, os, platform, statistics, subprocess, sys, tempfile, time
 
 import torch
 from transformers import CvtConfig, CvtForImageClassification
@@ -36,6 +37,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3, help="times every system is timed, in turn")
     ap.add_argument("--cvt", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "cvt"))
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -45,29 +47,33 @@ def main():
     torch.set_num_threads(a.threads)
     model = CvtForImageClassification(CvtConfig(num_labels=1000, **PRESETS[a.preset])).eval()
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size)
-    rows = []
 
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
-        # Ours first, on the very same weights.
+        # Ours on the very same weights.
         def cvt_bench(dtype):
             out = subprocess.run([a.cvt, "bench", "--model", d, "--batch-size", str(a.batch_size), "--image-size", str(a.image_size),
                                   "--threads", str(a.threads), "--iterations", str(a.iterations), "--dtype", dtype, "--json"],
                                  check=True, capture_output=True, text=True)
             return json.loads(out.stdout)
-        ours = cvt_bench("float32")
-        rows.append(("swift-cvt fp32 (oneDNN)", ours["median_ms"], ours["min_ms"]))
-        ours_bf16 = cvt_bench("bfloat16")
-        rows.append(("swift-cvt bf16 (oneDNN)", ours_bf16["median_ms"], ours_bf16["min_ms"]))
-        ours_f16 = cvt_bench("float16")
-        rows.append(("swift-cvt fp16-stored weights", ours_f16["median_ms"], ours_f16["min_ms"]))
-
-        with torch.no_grad():
-            rows.append(("transformers eager fp32", *timeit(lambda: model(x), a.iterations)))
-            mb, xb = model.to(torch.bfloat16), x.to(torch.bfloat16)
-            rows.append(("transformers eager bf16", *timeit(lambda: mb(xb), a.iterations)))
-            model.float()
-
+        ours = {}
+        def ours_system(dtype):
+            def run():
+                r = cvt_bench(dtype)
+                ours[dtype] = r
+                return r["median_ms"], r["min_ms"]
+            return run
+        systems = [("swift-cvt fp32 (oneDNN)", ours_system("float32")),
+                   ("swift-cvt bf16 (oneDNN)", ours_system("bfloat16")),
+                   ("swift-cvt fp16-stored weights", ours_system("float16"))]
+        model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+        def eager(m, inp):
+            def run():
+                with torch.no_grad():
+                    return timeit(lambda: m(inp), a.iterations)
+            return run
+        systems += [("transformers eager fp32", eager(model, x)), ("transformers eager bf16", eager(model_bf16, xb))]
         if not a.skip_onnx:
             import onnxruntime as ort
             path = os.path.join(d, "model.onnx")
@@ -78,14 +84,25 @@ def main():
             so.inter_op_num_threads = 1
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             feed = {"pixel_values": x.numpy()}
-            rows.append((f"ONNX Runtime {ort.__version__} fp32", *timeit(lambda: sess.run(None, feed), a.iterations)))
+            systems.append((f"ONNX Runtime {ort.__version__} fp32", lambda: timeit(lambda: sess.run(None, feed), a.iterations)))
+        # Rounds: every system once per round, in turn, so that the machine's drift (a shared VM)
+        # spreads over all of them instead of landing on one; each system's figure is the median of
+        # its round medians.
+        per_round = {name: [] for name, _ in systems}
+        for _ in range(a.rounds):
+            for name, run in systems:
+                per_round[name].append(run())
+        rows = [(name, statistics.median(m for m, _ in per_round[name]), min(mn for _, mn in per_round[name]),
+                 [m for m, _ in per_round[name]]) for name, _ in systems]
+        ours, ours_bf16, ours_f16 = ours["float32"], ours["bfloat16"], ours["float16"]
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {
         "preset": a.preset, "batch_size": a.batch_size, "image_size": a.image_size, "threads": a.threads,
         "iterations": a.iterations, "cpu": cpu, "torch": torch.__version__,
-        "rows": [{"system": n, "median_ms": m, "min_ms": mn, "images_per_second": a.batch_size / (m / 1e3),
-                  "ratio_to_ours": m / rows[0][1]} for n, m, mn in rows],
+        "rounds": a.rounds,
+        "rows": [{"system": n, "median_ms": m, "min_ms": mn, "round_medians_ms": rm, "images_per_second": a.batch_size / (m / 1e3),
+                  "ratio_to_ours": m / rows[0][1]} for n, m, mn, rm in rows],
         "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_bf16_peak_rss_mb": ours_bf16["peak_rss_mb"],
         "ours_f16_peak_rss_mb": ours_f16["peak_rss_mb"],
         "ours_weights_mb": {"float32": ours["weights_mb"], "bfloat16": ours_bf16["weights_mb"], "float16": ours_f16["weights_mb"]},
@@ -93,10 +110,12 @@ def main():
     if a.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{a.preset}, batch {a.batch_size}, {a.image_size}x{a.image_size}, {a.threads} threads, {a.iterations} iterations, {cpu}")
-    print(f"{'system':34} {'median ms/batch':>16} {'min ms':>8} {'images/s':>9} {'time vs ours':>13}")
+    print(f"{a.preset}, batch {a.batch_size}, {a.image_size}x{a.image_size}, {a.threads} threads, "
+          f"{a.rounds} rounds of {a.iterations} iterations, {cpu}")
+    print(f"{'system':34} {'median ms/batch':>16} {'min ms':>8} {'images/s':>9} {'time vs ours':>13}  round medians")
     for r in result["rows"]:
-        print(f"{r['system']:34} {r['median_ms']:16.1f} {r['min_ms']:8.1f} {r['images_per_second']:9.1f} {r['ratio_to_ours']:12.2f}x")
+        rounds = " ".join(f"{m:.1f}" for m in r["round_medians_ms"])
+        print(f"{r['system']:34} {r['median_ms']:16.1f} {r['min_ms']:8.1f} {r['images_per_second']:9.1f} {r['ratio_to_ours']:12.2f}x  {rounds}")
     for name, key, rss in [("fp32", "float32", ours["peak_rss_mb"]), ("bf16", "bfloat16", ours_bf16["peak_rss_mb"]),
                            ("fp16-stored", "float16", ours_f16["peak_rss_mb"])]:
         print(f"swift-cvt {name}: weights {result['ours_weights_mb'][key]:.1f} MB, peak RSS {rss:.0f} MB")
