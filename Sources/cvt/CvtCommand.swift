@@ -148,7 +148,11 @@ struct Bench: ParsableCommand {
         let ips = Double(batchSize) / (median / 1000)
         let rss = peakRSSMegabytes()
         if profile {
-            let total = times.reduce(0, +)
+            // Split batches run on `parts` single-threaded workers whose times add up: compare them
+            // with `parts` × the wall time.
+            let parts = engine.splitsBatches ? min(batchSize, engine.threads) : 1
+            if parts > 1 { print("  (batch split across \(parts) workers: times are summed over them, percentages of \(parts) × wall time)") }
+            let total = times.reduce(0, +) * Double(parts)
             for (op, ms) in engine.profileTimes.sorted(by: { $0.value > $1.value }) {
                 print(String(format: "  %-12@ %8.2f ms/iteration (%4.1f%%)", op, ms / Double(iterations), 100 * ms / total))
             }

@@ -65,6 +65,27 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(obj["batch_size"] as? Int, 2)
     }
 
+    /// `--profile` shares out the time of a split batch over its workers, and the layout and
+    /// splitting switches are reported.
+    func testBenchProfileAndSwitches() throws {
+        let tiny = fixturesRoot.appendingPathComponent("parity/tiny").path
+        let r = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "2", "--iterations", "1", "--profile"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("batch split across 2 workers"), r.stdout)
+        let shares = r.stdout.split(separator: "\n").compactMap { line -> Double? in
+            guard let open = line.firstIndex(of: "("), let pct = line.range(of: "%)") else { return nil }
+            return Double(line[line.index(after: open)..<pct.lowerBound].trimmingCharacters(in: .whitespaces))
+        }
+        XCTAssertFalse(shares.isEmpty, r.stdout)
+        for s in shares { XCTAssertTrue((0...100).contains(s), "share \(s)% in\n\(r.stdout)") }
+        let plain = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "2", "--iterations", "1",
+                             "--plain-weights", "--no-batch-split", "--json"])
+        XCTAssertEqual(plain.status, 0, plain.stderr)
+        let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(plain.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(obj["weights_layout"] as? String, "plain")
+        XCTAssertEqual(obj["batch_split"] as? Bool, false)
+    }
+
     func testBenchDTypesReportWeightMemory() throws {
         var weights: [String: Double] = [:]
         for dtype in ["float32", "float16", "bfloat16"] {
