@@ -99,7 +99,8 @@ public final class Linear: Module {
     private func unpack() throws {
         guard let p = packed else { return }
         if p.type == .float32 {
-            let w = Tensor(uninitialized: [outFeatures, inFeatures])
+            // Long-lived (or handed to the caller): not from the activation pool.
+            let w = Tensor(zeros: [outFeatures, inFeatures])
             // Wᵀ [in, out] viewed on the [out, in] buffer: strides [1, in].
             try p.unpack(into: StridedView(w.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
             weight = w
@@ -115,7 +116,7 @@ public final class Linear: Module {
     /// The weight as float32 `[out, in]` (widened from compact or packed storage when needed).
     public func float32Weight() throws -> Tensor {
         if let p = packed {
-            let w = Tensor(uninitialized: [outFeatures, inFeatures])
+            let w = Tensor(zeros: [outFeatures, inFeatures])
             try p.unpack(into: StridedView(w.unsafePointer, dims: [inFeatures, outFeatures], strides: [1, inFeatures]))
             return w
         }

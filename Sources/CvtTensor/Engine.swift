@@ -119,7 +119,7 @@ public final class ConstantWeights: @unchecked Sendable {
 
 /// Matmul weights `[K, N]` held in the blocked layout oneDNN's matmul kernels read directly
 /// (`Engine.packWeights`). Plain weights are re-blocked inside every matmul call; at cvt-13's
-/// shapes that copy costs 7–25% of the matmul time, so layers keep this form instead of their
+/// shapes that copy costs 7–28% of the matmul time, so layers keep this form instead of their
 /// plain one.
 public final class PackedWeights: @unchecked Sendable {
     /// `[K, N]`.
@@ -255,18 +255,22 @@ public final class Engine: @unchecked Sendable {
 
     // MARK: - batch workers
 
-    /// Whether a model splits a batch of several images across the threads, each part running on
-    /// its own single-threaded engine, instead of running every operation on all threads. On by
-    /// default: per-image work is independent, and one thread per part keeps each core on its own
-    /// data and skips the thread hand-offs of every backend call.
+    /// Whether a model splits a batch of several images across the threads (one part per thread,
+    /// up to the batch size), each part running on its own engine with its share of the threads,
+    /// instead of running every operation on all threads. On by default: per-image work is
+    /// independent, and one thread per part keeps each core on its own data and skips the thread
+    /// hand-offs of every backend call.
     public var splitsBatches = true
     private var workers: [Engine] = []
 
     /// Runs `body(i, worker)` for `i` in `0..<count` at the same time, each on its own thread with
-    /// a single-threaded engine that has this engine's settings; rethrows the first error. Profile
-    /// times of the workers are added to this engine's (CPU time, so they may exceed wall time).
+    /// an engine that has this engine's settings and `threads / count` threads (single-threaded
+    /// when `count` is the thread count); rethrows the first error. Profile times of the workers
+    /// are added to this engine's (CPU time, so they may exceed wall time).
     public func concurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
         if count <= 0 { return }
+        let total = max(threads, count)
+        let shares = (0..<count).map { total / count + ($0 < total % count ? 1 : 0) }
         lock.lock()
         while workers.count < count {
             do { workers.append(try Engine(settingThreads: false)) } catch { lock.unlock(); throw error }
@@ -280,10 +284,10 @@ public final class Engine: @unchecked Sendable {
         var errors = [Error?](repeating: nil, count: count)
         errors.withUnsafeMutableBufferPointer { errs in
             DispatchQueue.concurrentPerform(iterations: count) { i in
-                // OpenMP's thread count is per calling thread: 1 here makes every backend call
-                // (and the row-parallel kernels) run on this thread only.
+                // OpenMP's thread count is per calling thread: with a share of 1, every backend
+                // call (and the row-parallel kernels) runs on this thread only.
                 let before = omp_get_max_threads()
-                omp_set_num_threads(1)
+                omp_set_num_threads(Int32(shares[i]))
                 defer { omp_set_num_threads(before) }
                 do { try body(i, team[i]) } catch { errs[i] = error }
             }

@@ -164,6 +164,17 @@ final class BatchSplitTests: XCTestCase {
         }
     }
 
+    func testMoreThreadsThanParts() throws {
+        // 4 threads, 3 images: parts of 1 image with 2, 1 and 1 threads (oversubscribed on the
+        // 2-core test machine, which only makes it slower).
+        let whole = try model(config(), splits: false), split = try model(config(), splits: true)
+        split.engine.threads = 4
+        defer { split.engine.threads = 2 }
+        let x = syntheticPixels([3, 3, 32, 32])
+        assertClose("logits, 4 threads over 3 parts", try split(x).logits.scalars, try whole(x).logits.scalars, tol: 2e-5)
+        XCTAssertEqual(split.engine.threads, 4)
+    }
+
     func testErrorsInsideTheWorkersAreThrown() throws {
         let split = try model(config(), splits: true)
         // Too small for the stage-3 patch embedding: found inside the stages, i.e. in the workers.
