@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="times every system is timed, in turn")
+    ap.add_argument("--spin", action="store_true", help="run ours with OMP_WAIT_POLICY=active (spinning threads)")
     ap.add_argument("--cvt", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "cvt"))
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--json", action="store_true")
@@ -50,11 +51,16 @@ def main():
 
     with tempfile.TemporaryDirectory() as d:
         model.save_pretrained(d)
-        # Ours on the very same weights.
+        # Ours on the very same weights. `--spin` lets only our process's OpenMP threads spin
+        # between calls, as ORT's and PyTorch's pools do (setting it for this whole script would
+        # make PyTorch's threads here spin through every other system's turn).
+        ours_env = dict(os.environ)
+        if a.spin:
+            ours_env["OMP_WAIT_POLICY"] = "active"
         def cvt_bench(dtype):
             out = subprocess.run([a.cvt, "bench", "--model", d, "--batch-size", str(a.batch_size), "--image-size", str(a.image_size),
                                   "--threads", str(a.threads), "--iterations", str(a.iterations), "--dtype", dtype, "--json"],
-                                 check=True, capture_output=True, text=True)
+                                 check=True, capture_output=True, text=True, env=ours_env)
             return json.loads(out.stdout)
         ours = {}
         def ours_system(dtype):
@@ -100,7 +106,7 @@ def main():
     result = {
         "preset": a.preset, "batch_size": a.batch_size, "image_size": a.image_size, "threads": a.threads,
         "iterations": a.iterations, "cpu": cpu, "torch": torch.__version__,
-        "rounds": a.rounds,
+        "rounds": a.rounds, "ours_omp_wait_policy": "active" if a.spin else os.environ.get("OMP_WAIT_POLICY", "passive (cvt's default)"),
         "rows": [{"system": n, "median_ms": m, "min_ms": mn, "round_medians_ms": rm, "images_per_second": a.batch_size / (m / 1e3),
                   "ratio_to_ours": m / rows[0][1]} for n, m, mn, rm in rows],
         "ours_peak_rss_mb": ours["peak_rss_mb"], "ours_bf16_peak_rss_mb": ours_bf16["peak_rss_mb"],
@@ -111,7 +117,7 @@ def main():
         print(json.dumps(result, indent=2))
         return
     print(f"{a.preset}, batch {a.batch_size}, {a.image_size}x{a.image_size}, {a.threads} threads, "
-          f"{a.rounds} rounds of {a.iterations} iterations, {cpu}")
+          f"{a.rounds} rounds of {a.iterations} iterations, {cpu}; ours with OMP_WAIT_POLICY={result['ours_omp_wait_policy']}")
     print(f"{'system':34} {'median ms/batch':>16} {'min ms':>8} {'images/s':>9} {'time vs ours':>13}  round medians")
     for r in result["rows"]:
         rounds = " ".join(f"{m:.1f}" for m in r["round_medians_ms"])

@@ -175,6 +175,25 @@ final class Primitive {
     }
 }
 
+/// One `Engine.concurrently` call: the body and each part's error, shared with the OpenMP team.
+final class TeamJob {
+    var body: ((Int) throws -> Void)?
+    var errors: [Error?]
+    private let lock = NSLock()
+    init(count: Int, body: @escaping (Int) throws -> Void) {
+        self.body = body
+        errors = Array(repeating: nil, count: count)
+    }
+    /// Runs the calling team member's parts: member t of n takes parts t, t + n, … (one each when
+    /// OpenMP grants the whole team; all of them on one thread inside another parallel region).
+    func runMember() {
+        let n = max(1, Int(omp_get_num_threads())), t = Int(omp_get_thread_num())
+        for i in stride(from: t, to: errors.count, by: n) {
+            do { try body?(i) } catch { lock.lock(); errors[i] = error; lock.unlock() }
+        }
+    }
+}
+
 /// The compute engine: a oneDNN CPU engine and stream, a cache of created primitives, and the
 /// thread count. One engine is shared by a process (`Engine.shared()`); calls are serialized.
 public final class Engine: @unchecked Sendable {
@@ -281,16 +300,21 @@ public final class Engine: @unchecked Sendable {
             w.precision = precision; w.packsWeights = packsWeights
             w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
         }
-        var errors = [Error?](repeating: nil, count: count)
-        errors.withUnsafeMutableBufferPointer { errs in
-            DispatchQueue.concurrentPerform(iterations: count) { i in
-                // OpenMP's thread count is per calling thread: with a share of 1, every backend
-                // call (and the row-parallel kernels) runs on this thread only.
-                let before = omp_get_max_threads()
+        // The team is an OpenMP team (the threads oneDNN uses anyway): with OMP_WAIT_POLICY=active
+        // no idle pool thread spins beside the workers, as it would next to threads of our own.
+        let errors = withoutActuallyEscaping(body) { body -> [Error?] in
+            let job = TeamJob(count: count) { i in
+                // OpenMP's thread count is per thread (and reverts when the team ends): with a
+                // share of 1, every backend call (and the row-parallel kernels) runs on this thread only.
                 omp_set_num_threads(Int32(shares[i]))
-                defer { omp_set_num_threads(before) }
-                do { try body(i, team[i]) } catch { errs[i] = error }
+                try body(i, team[i])
             }
+            GOMP_parallel({ raw in
+                guard let raw else { return }
+                Unmanaged<TeamJob>.fromOpaque(raw).takeUnretainedValue().runMember()
+            }, Unmanaged.passUnretained(job).toOpaque(), UInt32(count), 0)
+            job.body = nil  // `body` must not outlive this call
+            return job.errors
         }
         if profile {
             for w in team {

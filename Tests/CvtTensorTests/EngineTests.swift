@@ -439,3 +439,22 @@ final class PackedWeightsTests: XCTestCase {
         XCTAssertEqual(Array(out.scalars.prefix(8)), mine.scalars)
     }
 }
+
+/// `Engine.concurrently`: every part runs once, on its own worker engine, errors come back.
+final class ConcurrentlyTests: XCTestCase {
+    struct PartFailed: Error {}
+
+    func testEveryPartRunsOnceOnItsOwnWorker() throws {
+        let engine = try Engine()
+        let lock = NSLock()
+        var seen: [Int: ObjectIdentifier] = [:]
+        try engine.concurrently(3) { i, worker in
+            XCTAssertFalse(worker === engine)
+            lock.lock(); XCTAssertNil(seen[i], "part \(i) ran twice"); seen[i] = ObjectIdentifier(worker); lock.unlock()
+        }
+        XCTAssertEqual(seen.keys.sorted(), [0, 1, 2])
+        XCTAssertEqual(Set(seen.values).count, 3)
+        XCTAssertEqual(engine.threads, 2, "the caller's thread count is untouched")
+        XCTAssertThrowsError(try engine.concurrently(2) { i, _ in if i == 1 { throw PartFailed() } }) { XCTAssertTrue($0 is PartFailed) }
+    }
+}
