@@ -401,7 +401,7 @@ public final class CvtModel: Module {
         guard pixelValues.shape[2] > 0, pixelValues.shape[3] > 0 else {
             throw CvtInputError("pixel_values has an empty image (shape \(pixelValues.shape))")
         }
-        let parts = engine.splitsBatches ? min(b, engine.threads) : 1
+        let parts = engine.batchParts(b)
         let hidden: [Tensor], tokens: Tensor
         if parts > 1 {
             // Images are independent: each part of the batch runs on its own thread (and engine).

@@ -282,6 +282,9 @@ public final class Engine: @unchecked Sendable {
     public var splitsBatches = true
     private var workers: [Engine] = []
 
+    /// How many parts a batch of `batchSize` images is split into (1: not split).
+    public func batchParts(_ batchSize: Int) -> Int { splitsBatches ? max(1, min(batchSize, threads)) : 1 }
+
     /// Runs `body(i, worker)` for `i` in `0..<count` at the same time, each on its own thread with
     /// an engine that has this engine's settings and `threads / count` threads (single-threaded
     /// when `count` is the thread count); rethrows the first error. Profile times of the workers
@@ -462,28 +465,14 @@ public final class Engine: @unchecked Sendable {
         }
         if dst.dims.contains(0) { return }
         lock.lock(); defer { lock.unlock() }
-        let precision = self.precision
-        if precision == .float32, src.type != .float32 || dst.type != .float32 {
-            throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
-        }
-        if src.type == .float16 || dst.type == .float16 {
-            throw TensorError("matmul: float16 is a weight storage format only")
-        }
+        let precision = self.precision, operandType = matmulOperandType
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
                             dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
                             srcType: src.type, weiType: weights.type, dstType: dst.type)
-        var srcMD = try md(src.dims, strides: src.strides, type: src.type.dnnl), srcPtr = src.raw
+        let source = try activationOperand(src, dst: dst)
         var weiMD = try md(weights.dims, strides: weights.strides, type: weights.type.dnnl), weiPtr = weights.raw
-        var scratch: [(UnsafeMutableRawPointer, Int)] = []
+        var scratch: [(UnsafeMutableRawPointer, Int)] = source.scratch.map { [$0] } ?? []
         defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
-        let operandType: ElementType = precision == .bfloat16 ? .bfloat16 : .float32
-        // bf16 kernels need bf16 operands: float32 activations are rounded per call (producers
-        // that can write bf16 directly avoid this).
-        if src.type != operandType {
-            let (ptr, m, n) = try convert(src, to: operandType)
-            (srcPtr, srcMD) = (ptr, m)
-            scratch.append((ptr, n))
-        }
         if weights.type != operandType {
             let denseMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: operandType.dnnl)
             constant?.lock.lock()
@@ -499,8 +488,25 @@ public final class Engine: @unchecked Sendable {
             }
             weiMD = denseMD
         }
-        try runMatmul(key, src: (srcMD, srcPtr), weights: (weiMD, weiPtr), bias: bias, dst: dst, postOps: postOps,
+        try runMatmul(key, src: (source.md, source.pointer), weights: (weiMD, weiPtr), bias: bias, dst: dst, postOps: postOps,
                       name: "\(src.dims)x\(weights.dims)")
+    }
+
+    /// The matmul's `src` as its kernels read it, after checking the activation types against the
+    /// precision: bf16 kernels need bf16 operands, so float32 activations are rounded per call
+    /// into `scratch` (a pool buffer the caller gives back; producers that can write bf16 directly
+    /// avoid this).
+    private func activationOperand(_ src: StridedView, dst: StridedView) throws
+        -> (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer, scratch: (UnsafeMutableRawPointer, Int)?) {
+        if precision == .float32, src.type != .float32 || dst.type != .float32 {
+            throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
+        }
+        if src.type == .float16 || dst.type == .float16 {
+            throw TensorError("matmul: float16 is a weight storage format only")
+        }
+        if src.type == matmulOperandType { return (try md(src.dims, strides: src.strides, type: src.type.dnnl), src.raw, nil) }
+        let (ptr, m, n) = try convert(src, to: matmulOperandType)
+        return (m, ptr, (ptr, n))
     }
 
     /// Creates (or reuses) the matmul primitive for `key` and runs it. Bias is a float32 row over
@@ -620,24 +626,12 @@ public final class Engine: @unchecked Sendable {
         guard packed.type == matmulOperandType else {
             throw TensorError("matmul: weights packed as \(packed.type) do not fit this engine's \(precision) matmuls")
         }
-        if precision == .float32, src.type != .float32 || dst.type != .float32 {
-            throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
-        }
-        if src.type == .float16 || dst.type == .float16 {
-            throw TensorError("matmul: float16 is a weight storage format only")
-        }
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: packed.dims, weiStrides: [], dst: dst.dims,
                             dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
                             srcType: src.type, weiType: packed.type, dstType: dst.type, packed: true)
-        var srcMD = try md(src.dims, strides: src.strides, type: src.type.dnnl), srcPtr = src.raw
-        var scratch: (UnsafeMutableRawPointer, Int)?
-        defer { if let (b, n) = scratch { BufferPool.shared.give(b, bytes: n) } }
-        if src.type != packed.type {
-            let (ptr, m, n) = try convert(src, to: packed.type)
-            (srcPtr, srcMD) = (ptr, m)
-            scratch = (ptr, n)
-        }
-        try runMatmul(key, src: (srcMD, srcPtr), weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
+        let source = try activationOperand(src, dst: dst)
+        defer { if let (b, n) = source.scratch { BufferPool.shared.give(b, bytes: n) } }
+        try runMatmul(key, src: (source.md, source.pointer), weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
                       name: "\(src.dims)x\(packed.dims)")
     }
 

@@ -150,7 +150,7 @@ struct Bench: ParsableCommand {
         if profile {
             // Split batches run on `parts` single-threaded workers whose times add up: compare them
             // with `parts` × the wall time.
-            let parts = engine.splitsBatches ? min(batchSize, engine.threads) : 1
+            let parts = engine.batchParts(batchSize)
             if parts > 1 { print("  (batch split across \(parts) workers: times are summed over them, percentages of \(parts) × wall time)") }
             let total = times.reduce(0, +) * Double(parts)
             for (op, ms) in engine.profileTimes.sorted(by: { $0.value > $1.value }) {
