@@ -6,11 +6,16 @@ public enum InferenceDType: String, CaseIterable, Sendable {
     /// float32 weights and arithmetic: transformers' numbers (the parity reference).
     case float32
     /// bfloat16 matmuls (oneDNN's AMX / avx512_bf16 kernels, float32 accumulation) with the Linear
-    /// weights kept only in bfloat16: faster, and half the weight memory.
+    /// weights kept only in bfloat16: faster, and half the weight memory. On a CPU without those
+    /// kernels the same arithmetic is emulated in float32 kernels: the bf16 numbers, no speed-up
+    /// (`Engine.emulatesBFloat16`).
     case bfloat16
     /// Linear weights stored as IEEE float16 (half the weight memory), widened to float32 per matmul:
     /// float32 arithmetic on float16-rounded weights (exact for checkpoints saved in float16).
     case float16
+
+    /// What a user is told when bfloat16 runs emulated.
+    public static let bfloat16EmulationNote = "this CPU has no bfloat16 matmul kernels (avx512_bf16 or AMX): bfloat16 runs emulated in float32 kernels, with bf16 numbers but no speed-up"
 
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 

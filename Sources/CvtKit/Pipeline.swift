@@ -66,6 +66,7 @@ public final class ImageClassificationPipeline {
         }
         self.init(model: model, processor: ConvNextImageProcessor(config: config))
         if let warning { warnings.append(warning) }
+        if model.engine.emulatesBFloat16 { warnings.append(InferenceDType.bfloat16EmulationNote) }
     }
 
     /// Ranks labels for decoded images, `batchSize` images per forward pass.

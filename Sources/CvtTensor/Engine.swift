@@ -152,7 +152,7 @@ struct PackedLayoutKey: Hashable { var k: Int, n: Int, type: ElementType }
 
 struct SoftmaxKey: Hashable { var rows: Int, cols: Int, dstType: ElementType }
 
-struct ReorderKey: Hashable { var dims: [Int], strides: [Int], from: ElementType, to: ElementType }
+struct ReorderKey: Hashable { var dims: [Int], strides: [Int], from: ElementType, to: ElementType, dstStrides: [Int] = [] }
 
 struct ConvKey: Hashable {
     var src: [Int], srcNCHW: Bool, wei: [Int], groups: Int, stride: [Int], padding: [Int], dst: [Int], bias: Bool
@@ -344,7 +344,6 @@ public final class Engine: @unchecked Sendable {
     private func convert(_ v: StridedView, to type: ElementType) throws -> (UnsafeMutableRawPointer, dnnl_memory_desc_t, Int) {
         let dense = StridedView.denseStrides(v.dims)
         let dstMD = try md(v.dims, strides: dense, type: type.dnnl)
-        let srcMD = try md(v.dims, strides: v.strides, type: v.type.dnnl)
         let count = max(1, v.dims.reduce(1, *))
         let bytes = count * type.byteCount
         let buffer = BufferPool.shared.take(bytes: bytes)
@@ -353,21 +352,29 @@ public final class Engine: @unchecked Sendable {
             Kernels.fromFloat16(v.raw, buffer.assumingMemoryBound(to: Float.self), count: v.dims.reduce(1, *))
             return (buffer, dstMD, bytes)
         }
-        let key = ReorderKey(dims: v.dims, strides: v.strides, from: v.type, to: type)
+        do {
+            try copy(v, into: StridedView(raw: buffer, type: type, dims: v.dims, strides: dense))
+        } catch { BufferPool.shared.give(buffer, bytes: bytes); throw error }
+        return (buffer, dstMD, bytes)
+    }
+
+    /// Copies `src` into `dst` (same dims, any strides), converting the element type (to bfloat16:
+    /// rounded to nearest even). Reorder primitives are cached per shape.
+    private func copy(_ src: StridedView, into dst: StridedView) throws {
+        let srcMD = try md(src.dims, strides: src.strides, type: src.type.dnnl)
+        let dstMD = try md(dst.dims, strides: dst.strides, type: dst.type.dnnl)
+        let key = ReorderKey(dims: src.dims, strides: src.strides, from: src.type, to: dst.type, dstStrides: dst.strides)
         let p: Primitive
         if let cached = reorders[key] { p = cached } else {
             p = try makePrimitive({ pd in
                 var a = srcMD, b = dstMD
                 let attr = try makeAttr([])
                 defer { dnnl_primitive_attr_destroy(attr) }
-                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, attr), "reorder \(v.type) to \(type)")
+                try check(dnnl_reorder_primitive_desc_create(&pd, &a, engine, &b, engine, attr), "reorder \(src.type) to \(dst.type)")
             }, "reorder")
             reorders[key] = p
         }
-        do {
-            try run(p, [(DNNL_ARG_FROM, srcMD, v.raw), (DNNL_ARG_TO, dstMD, buffer)], "reorder")
-        } catch { BufferPool.shared.give(buffer, bytes: bytes); throw error }
-        return (buffer, dstMD, bytes)
+        try run(p, [(DNNL_ARG_FROM, srcMD, src.raw), (DNNL_ARG_TO, dstMD, dst.raw)], "reorder")
     }
 
     private func md(_ dims: [Int], tag: dnnl_format_tag_t) throws -> dnnl_memory_desc_t {
@@ -465,54 +472,92 @@ public final class Engine: @unchecked Sendable {
         }
         if dst.dims.contains(0) { return }
         lock.lock(); defer { lock.unlock() }
-        let precision = self.precision, operandType = matmulOperandType
+        let precision = self.precision
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: weights.dims, weiStrides: weights.strides,
                             dst: dst.dims, dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
                             srcType: src.type, weiType: weights.type, dstType: dst.type)
-        let source = try activationOperand(src, dst: dst)
-        var weiMD = try md(weights.dims, strides: weights.strides, type: weights.type.dnnl), weiPtr = weights.raw
-        var scratch: [(UnsafeMutableRawPointer, Int)] = source.scratch.map { [$0] } ?? []
+        try checkActivationTypes(src, dst: dst)
+        var scratch: [(UnsafeMutableRawPointer, Int)] = []
         defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
-        if weights.type != operandType {
-            let denseMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: operandType.dnnl)
+        let source = try kernelOperand(src, scratch: &scratch)
+        var weiMD = try md(weights.dims, strides: weights.strides, type: weights.type.dnnl), weiPtr = weights.raw
+        if needsConversion(weights) {
             constant?.lock.lock()
             defer { constant?.lock.unlock() }
             if let constant, let cached = constant.converted[precision] {
                 weiPtr = cached.pointer
+                weiMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: kernelOperandType.dnnl)
             } else {
-                let (ptr, _, n) = try convert(weights, to: operandType)
+                var converted: [(UnsafeMutableRawPointer, Int)] = []
+                let operand = try kernelOperand(weights, scratch: &converted)
                 // float32 weights are converted once and kept; half-precision storage is widened per
                 // call, so it really keeps half the weight memory.
-                if let constant, weights.type == .float32 { constant.converted[precision] = (ptr, n) } else { scratch.append((ptr, n)) }
-                weiPtr = ptr
+                if let constant, weights.type == .float32, let last = converted.popLast() {
+                    constant.converted[precision] = last
+                }
+                scratch += converted
+                (weiMD, weiPtr) = (operand.md, operand.pointer)
             }
-            weiMD = denseMD
         }
-        try runMatmul(key, src: (source.md, source.pointer), weights: (weiMD, weiPtr), bias: bias, dst: dst, postOps: postOps,
-                      name: "\(src.dims)x\(weights.dims)")
+        try runMatmul(key, src: source, weights: (weiMD, weiPtr), bias: bias, dst: dst, postOps: postOps,
+                      scratch: &scratch, name: "\(src.dims)x\(weights.dims)")
     }
 
-    /// The matmul's `src` as its kernels read it, after checking the activation types against the
-    /// precision: bf16 kernels need bf16 operands, so float32 activations are rounded per call
-    /// into `scratch` (a pool buffer the caller gives back; producers that can write bf16 directly
-    /// avoid this).
-    private func activationOperand(_ src: StridedView, dst: StridedView) throws
-        -> (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer, scratch: (UnsafeMutableRawPointer, Int)?) {
+    private func checkActivationTypes(_ src: StridedView, dst: StridedView) throws {
         if precision == .float32, src.type != .float32 || dst.type != .float32 {
             throw TensorError("matmul: bfloat16 activations need the engine's bfloat16 precision")
         }
         if src.type == .float16 || dst.type == .float16 {
             throw TensorError("matmul: float16 is a weight storage format only")
         }
-        if src.type == matmulOperandType { return (try md(src.dims, strides: src.strides, type: src.type.dnnl), src.raw, nil) }
-        let (ptr, m, n) = try convert(src, to: matmulOperandType)
-        return (m, ptr, (ptr, n))
+    }
+
+    /// Whether a matmul operand must be converted before the kernels read it: its type is not the
+    /// kernels' type, or (emulated bfloat16) it is float32 and must first be rounded to bfloat16.
+    private func needsConversion(_ v: StridedView) -> Bool {
+        emulatesBFloat16 || v.type != kernelOperandType
+    }
+
+    /// A matmul operand as the kernels read it: the view itself, or a dense copy in the kernels'
+    /// type whose pool buffers are appended to `scratch` (the last one holds the operand). In
+    /// bfloat16 precision every operand is bfloat16 first (float32 activations are rounded per
+    /// call; producers that can write bf16 directly avoid this); without native bf16 kernels it is
+    /// then widened, exactly, to float32.
+    private func kernelOperand(_ v: StridedView, scratch: inout [(UnsafeMutableRawPointer, Int)]) throws
+        -> (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer) {
+        if !needsConversion(v) { return (try md(v.dims, strides: v.strides, type: v.type.dnnl), v.raw) }
+        var view = v
+        if emulatesBFloat16, v.type != .bfloat16 {
+            let (ptr, _, n) = try convert(v, to: .bfloat16)
+            scratch.append((ptr, n))
+            view = StridedView(dense: ptr, type: .bfloat16, dims: v.dims)
+        }
+        let (ptr, m, n) = try convert(view, to: kernelOperandType)
+        scratch.append((ptr, n))
+        return (m, ptr)
     }
 
     /// Creates (or reuses) the matmul primitive for `key` and runs it. Bias is a float32 row over
-    /// the last axis of `dst`.
-    private func runMatmul(_ key: MatmulKey, src: (dnnl_memory_desc_t, UnsafeMutableRawPointer), weights: (dnnl_memory_desc_t, UnsafeMutableRawPointer),
-                           bias: UnsafePointer<Float>?, dst: StridedView, postOps: [PostOp], name: @autoclosure () -> String) throws {
+    /// the last axis of `dst`. With emulated bfloat16, a bfloat16 `dst` is computed in a float32
+    /// buffer and rounded into place (what the native kernels do when they store it).
+    private func runMatmul(_ key: MatmulKey, src: (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer),
+                           weights: (dnnl_memory_desc_t, UnsafeMutableRawPointer), bias: UnsafePointer<Float>?,
+                           dst finalDst: StridedView, postOps: [PostOp], scratch: inout [(UnsafeMutableRawPointer, Int)],
+                           name: @autoclosure () -> String) throws {
+        var dst = finalDst
+        let roundsOutput = emulatesBFloat16 && finalDst.type == .bfloat16
+        if roundsOutput {
+            if postOps.contains(.accumulate) {
+                let (ptr, _, n) = try convert(finalDst, to: .float32)
+                scratch.append((ptr, n))
+                dst = StridedView(dense: ptr, type: .float32, dims: finalDst.dims)
+            } else {
+                let n = max(1, finalDst.dims.reduce(1, *)) * 4
+                let ptr = BufferPool.shared.take(bytes: n)
+                scratch.append((ptr, n))
+                dst = StridedView(dense: ptr, type: .float32, dims: finalDst.dims)
+            }
+        }
         let r = dst.dims.count
         let dstMD = try md(dst.dims, strides: dst.strides, type: dst.type.dnnl)
         var biasDims = [Int](repeating: 1, count: r); biasDims[r - 1] = dst.dims[r - 1]
@@ -523,7 +568,7 @@ public final class Engine: @unchecked Sendable {
         } else {
             p = try makePrimitive({ pd in
                 var desc = dnnl_matmul_desc_t()
-                var s = src.0, w = weights.0, d = dstMD, b = biasMD
+                var s = src.md, w = weights.0, d = dstMD, b = biasMD
                 let st = bias != nil
                     ? dnnl_matmul_desc_init(&desc, &s, &w, &b, &d)
                     : dnnl_matmul_desc_init(&desc, &s, &w, nil, &d)
@@ -535,12 +580,50 @@ public final class Engine: @unchecked Sendable {
             matmuls[key] = p
         }
         var args: [(Int32, dnnl_memory_desc_t, UnsafeMutableRawPointer?)] = [
-            (DNNL_ARG_SRC, src.0, src.1),
+            (DNNL_ARG_SRC, src.md, src.pointer),
             (DNNL_ARG_WEIGHTS, weights.0, weights.1),
             (DNNL_ARG_DST, dstMD, dst.raw),
         ]
         if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }
         try run(p, args, "matmul \(name())")
+        if roundsOutput { try copy(dst, into: finalDst) }
+    }
+
+    // MARK: - bfloat16 kernels
+
+    /// Whether oneDNN has bfloat16 matmul kernels on this CPU (avx512_bf16 or AMX; oneDNN 2.6 has
+    /// none for AVX2): a small bf16 matmul primitive either exists or is "unimplemented". Without
+    /// them, bfloat16 precision is emulated (`emulatesBFloat16`).
+    public static let hasNativeBFloat16: Bool = {
+        var e: dnnl_engine_t?
+        guard dnnl_engine_create(&e, dnnl_cpu, 0) == dnnl_success, let e else { return false }
+        defer { dnnl_engine_destroy(e) }
+        var s = dnnl_memory_desc_t(), d = dnnl_memory_desc_t()
+        guard dnnl_memory_desc_init_by_strides(&s, 2, [16, 16], dnnl_bf16, [16, 1]) == dnnl_success,
+              dnnl_memory_desc_init_by_strides(&d, 2, [16, 16], dnnl_f32, [16, 1]) == dnnl_success else { return false }
+        var desc = dnnl_matmul_desc_t()
+        var w = s
+        guard dnnl_matmul_desc_init(&desc, &s, &w, nil, &d) == dnnl_success else { return false }
+        var pd: dnnl_primitive_desc_t?
+        let status = dnnl_primitive_desc_create(&pd, &desc, nil, e, nil)
+        if let pd { dnnl_primitive_desc_destroy(pd) }
+        return status == dnnl_success
+    }()
+    public var hasNativeBFloat16: Bool { Engine.hasNativeBFloat16 }
+
+    /// bfloat16 precision on a CPU without bf16 kernels: operands and bf16 outputs are rounded to
+    /// bfloat16 exactly as in the native path, the products run in float32 kernels (a bf16×bf16
+    /// product is exact in float32, and both accumulate in float32), so the numbers match the
+    /// native path's up to summation order, without its speed.
+    public var emulatesBFloat16: Bool { precision == .bfloat16 && !hasNativeBFloat16 }
+
+    /// The element type the matmul kernels read: bfloat16 in bfloat16 precision with native
+    /// kernels, else float32.
+    public var kernelOperandType: ElementType { precision == .bfloat16 && hasNativeBFloat16 ? .bfloat16 : .float32 }
+
+    /// The kernel type holding operands of `type` (bfloat16 is held in float32 when emulated).
+    private func kernelType(of type: ElementType) -> ElementType {
+        type == .bfloat16 && !hasNativeBFloat16 ? .float32 : type
     }
 
     // MARK: - packed matmul weights
@@ -549,12 +632,13 @@ public final class Engine: @unchecked Sendable {
     /// default; off runs the plain-weights path (for comparisons).
     public var packsWeights = true
 
-    /// The operand type matmuls run in at this precision (what packed weights must hold).
+    /// The operand type matmuls run in at this precision (what packed weights must hold, and what
+    /// bf16-precision layers produce for them).
     public var matmulOperandType: ElementType { precision == .bfloat16 ? .bfloat16 : .float32 }
 
-    /// The blocked layout matmul kernels prefer for `[k, n]` weights of `type`. It depends on K, N
-    /// and the types, not on M (brgemm picks its N block from N), so any M gives the layout every
-    /// later call accepts.
+    /// The blocked layout matmul kernels prefer for `[k, n]` weights held as `type` (a kernel
+    /// type). It depends on K, N and the types, not on M (brgemm picks its N block from N), so any
+    /// M gives the layout every later call accepts.
     private func packedLayout(k: Int, n: Int, type: ElementType) throws -> dnnl_memory_desc_t {
         let key = PackedLayoutKey(k: k, n: n, type: type)
         if let cached = packedLayouts[key] { return cached }
@@ -578,11 +662,12 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Bytes that `[k, n]` weights of `type` take packed (blocked layouts pad K and N to their block
-    /// sizes, which matters only for narrow layers).
+    /// sizes, which matters only for narrow layers; emulated bfloat16 weights are held in float32).
     public func packedBytes(k: Int, n: Int, type: ElementType) throws -> Int {
         guard k > 0, n > 0 else { throw TensorError("packedBytes: need K, N > 0, got [\(k), \(n)]") }
+        let held = kernelType(of: type)
         lock.lock(); defer { lock.unlock() }
-        var layout = try packedLayout(k: k, n: n, type: type)
+        var layout = try packedLayout(k: k, n: n, type: held)
         return dnnl_memory_desc_get_size(&layout)
     }
 
@@ -596,11 +681,13 @@ public final class Engine: @unchecked Sendable {
         guard type == matmulOperandType else {
             throw TensorError("packWeights: \(type) weights do not match the engine's \(precision) matmuls")
         }
+        let held = kernelType(of: type)
         lock.lock(); defer { lock.unlock() }
-        var packedMD = try packedLayout(k: weights.dims[0], n: weights.dims[1], type: type)
+        var packedMD = try packedLayout(k: weights.dims[0], n: weights.dims[1], type: held)
         let bytes = max(1, dnnl_memory_desc_get_size(&packedMD))
         let (ptr, _) = RawMemory.allocate(bytes: bytes)
         do {
+            // bfloat16 → float32 (emulated) widens exactly.
             try reorder(from: md(weights.dims, strides: weights.strides, type: type.dnnl), weights.raw, to: packedMD, ptr)
         } catch { RawMemory.free(ptr, bytes: bytes); throw error }
         return PackedWeights(dims: weights.dims, type: type, md: packedMD, pointer: ptr, bytes: bytes, engine: self)
@@ -629,10 +716,12 @@ public final class Engine: @unchecked Sendable {
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: packed.dims, weiStrides: [], dst: dst.dims,
                             dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
                             srcType: src.type, weiType: packed.type, dstType: dst.type, packed: true)
-        let source = try activationOperand(src, dst: dst)
-        defer { if let (b, n) = source.scratch { BufferPool.shared.give(b, bytes: n) } }
-        try runMatmul(key, src: (source.md, source.pointer), weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
-                      name: "\(src.dims)x\(packed.dims)")
+        try checkActivationTypes(src, dst: dst)
+        var scratch: [(UnsafeMutableRawPointer, Int)] = []
+        defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
+        let source = try kernelOperand(src, scratch: &scratch)
+        try runMatmul(key, src: source, weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
+                      scratch: &scratch, name: "\(src.dims)x\(packed.dims)")
     }
 
     private func makeAttr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t? {
@@ -748,6 +837,16 @@ public final class Engine: @unchecked Sendable {
     /// `dstType` (bfloat16 feeds the next bf16 matmul without a conversion pass).
     public func softmax(_ src: UnsafeMutablePointer<Float>, rows: Int, cols: Int, dst: UnsafeMutableRawPointer, dstType: ElementType) throws {
         if rows == 0 || cols == 0 { return }
+        if dstType == .bfloat16, !hasNativeBFloat16 {
+            // oneDNN 2.6 has no bf16-output softmax without avx512_bf16: float32, then rounded.
+            let bytes = rows * cols * 4
+            let tmp = BufferPool.shared.take(bytes: bytes)
+            defer { BufferPool.shared.give(tmp, bytes: bytes) }
+            try softmax(src, rows: rows, cols: cols, dst: tmp, dstType: .float32)
+            lock.lock(); defer { lock.unlock() }
+            try copy(StridedView(dense: tmp, type: .float32, dims: [rows, cols]), into: StridedView(dense: dst, type: .bfloat16, dims: [rows, cols]))
+            return
+        }
         lock.lock(); defer { lock.unlock() }
         let srcMD = try md([rows, cols], strides: [cols, 1])
         let dstMD = try md([rows, cols], strides: [cols, 1], type: dstType.dnnl)

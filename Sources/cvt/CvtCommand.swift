@@ -130,6 +130,7 @@ struct Bench: ParsableCommand {
             classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
         try mode.apply(to: classifier)
+        if engine.emulatesBFloat16 { FileHandle.standardError.write(Data("warning: \(InferenceDType.bfloat16EmulationNote)\n".utf8)) }
         var rng = SplitMix64(seed: 1)
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
         let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
@@ -171,6 +172,8 @@ struct Bench: ParsableCommand {
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit,
+                // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
+                "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

@@ -95,6 +95,10 @@ final class CLITests: XCTestCase {
             let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
             XCTAssertEqual(obj["dtype"] as? String, dtype)
             weights[dtype] = try XCTUnwrap(obj["weights_mb"] as? Double, r.stdout)
+            // bfloat16 says when it runs emulated (no avx512_bf16 / AMX kernels on this CPU).
+            let emulated = dtype == "bfloat16" && !Engine.hasNativeBFloat16
+            XCTAssertEqual(obj["matmul_kernels"] as? String, dtype == "bfloat16" ? (emulated ? "bfloat16-emulated" : "bfloat16") : "float32")
+            XCTAssertEqual(r.stderr.contains("bfloat16 runs emulated"), emulated, r.stderr)
         }
         let f32 = try XCTUnwrap(weights["float32"])
         XCTAssertLessThan(try XCTUnwrap(weights["float16"]), f32 * 0.6)

@@ -17,6 +17,13 @@ final class PipelineTests: XCTestCase {
 
     let root = fixturesRoot.appendingPathComponent("pipeline")
 
+    func testBFloat16PipelineSaysWhenItIsEmulated() throws {
+        let pipeline = try ImageClassificationPipeline(model: root.appendingPathComponent("single_label"), engine: Engine(), dtype: .bfloat16)
+        XCTAssertEqual(pipeline.warnings, Engine.hasNativeBFloat16 ? [] : [InferenceDType.bfloat16EmulationNote])
+        let f32 = try ImageClassificationPipeline(model: root.appendingPathComponent("single_label"), engine: Engine())
+        XCTAssertEqual(f32.warnings, [])
+    }
+
     func testLabelsAndScoresMatchTransformers() throws {
         let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: root.appendingPathComponent("expected.json")))
         let paths = expected.images.map { fixturesRoot.appendingPathComponent("images/\($0)").path }

@@ -247,6 +247,74 @@ final class BFloat16KernelTests: XCTestCase {
         XCTAssertLessThan(back.maxAbsDifference(f32), 0.004)
     }
 
+    /// bfloat16 precision means the same arithmetic with native kernels (avx512_bf16) and without
+    /// (emulated in float32 kernels): operands rounded to bf16 (nearest even), products summed in
+    /// float32, a bf16 output rounded once after the epilogue.
+    func testBFloat16MatmulIsRoundedOperandsWithFloat32Accumulation() throws {
+        let engine = try Engine()
+        engine.precision = .bfloat16
+        let m = 7, k = 300, n = 20
+        let x = Tensor(shape: [m, k]) { Float(sin(Double($0) * 0.37)) * 1.3 }
+        let w = Tensor(shape: [k, n]) { Float(cos(Double($0) * 0.11)) * 0.7 }
+        func rounded(_ t: Tensor) -> [Float] {
+            var bits = [UInt16](repeating: 0, count: t.count), out = [Float](repeating: 0, count: t.count)
+            bits.withUnsafeMutableBytes { Kernels.toBFloat16(t.unsafePointer, $0.baseAddress!, count: t.count) }
+            bits.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { Kernels.fromBFloat16(b.baseAddress!, $0.baseAddress!, count: t.count) } }
+            return out
+        }
+        let xr = rounded(x), wr = rounded(w), xs = x.scalars, ws = w.scalars
+        var exact = [Double](repeating: 0, count: m * n), unrounded = exact, scale = exact
+        for i in 0..<m { for j in 0..<n { for p in 0..<k {
+            exact[i * n + j] += Double(xr[i * k + p]) * Double(wr[p * n + j])
+            unrounded[i * n + j] += Double(xs[i * k + p]) * Double(ws[p * n + j])
+            scale[i * n + j] += abs(Double(xr[i * k + p]) * Double(wr[p * n + j]))
+        } } }
+        // float32 output, src given as a transposed (strided) view of x stored [k, m].
+        let xt = Tensor(uninitialized: [k, m])
+        for i in 0..<m { for p in 0..<k { xt.unsafePointer[p * m + i] = xs[i * k + p] } }
+        let out = Tensor(uninitialized: [m, n])
+        try engine.matmul(src: StridedView(xt.unsafePointer, dims: [m, k], strides: [1, m]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                          dst: StridedView(dense: out.unsafePointer, dims: [m, n]))
+        var worstSum = 0.0, worstRounding = 0.0
+        for (i, v) in out.scalars.enumerated() {
+            worstSum = max(worstSum, abs(Double(v) - exact[i]) / scale[i])
+            worstRounding = max(worstRounding, abs(exact[i] - unrounded[i]))
+        }
+        XCTAssertLessThan(worstSum, 1e-6, "float32 summation of the bf16-rounded products (native: \(Engine.hasNativeBFloat16))")
+        XCTAssertGreaterThan(zip(out.scalars, unrounded).map { abs(Double($0) - $1) }.max() ?? 0, worstRounding / 4,
+                             "the operands must really be rounded to bf16")
+        // bf16 output accumulated onto its previous contents: round(old + x·w), once.
+        let old = Tensor(shape: [m, n]) { Float($0 % 5) - 2 }
+        let dst = TypedBuffer(type: .bfloat16, count: m * n)
+        Kernels.toBFloat16(old.unsafePointer, dst.raw, count: m * n)
+        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                          dst: dst.view([m, n]), postOps: [.accumulate])
+        let got = Tensor(uninitialized: [m, n])
+        Kernels.fromBFloat16(dst.raw, got.unsafePointer, count: m * n)
+        let oldValues = old.scalars
+        for (i, v) in got.scalars.enumerated() {
+            let expected = exact[i] + Double(oldValues[i])
+            // One bf16 rounding: within half a bf16 ulp (at most 2^-8 relative), plus the summation error.
+            XCTAssertLessThanOrEqual(abs(Double(v) - expected), abs(expected) * 0x1p-8 + scale[i] * 1e-6 + 1e-30, "element \(i)")
+        }
+    }
+
+    func testNativeBFloat16ProbeMatchesTheCPU() throws {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        let line = try XCTUnwrap(cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") })
+        let flags = Set(line.split(separator: " ").map(String.init))
+        if flags.contains("avx512_bf16") || flags.contains("amx_bf16") {
+            XCTAssertTrue(Engine.hasNativeBFloat16, "this CPU has bf16 instructions")
+        } else if !flags.contains("avx512f") {
+            XCTAssertFalse(Engine.hasNativeBFloat16, "oneDNN 2.6 has no bf16 matmul without AVX-512")
+        }
+        let engine = try Engine()
+        XCTAssertFalse(engine.emulatesBFloat16, "float32 precision emulates nothing")
+        engine.precision = .bfloat16
+        XCTAssertEqual(engine.emulatesBFloat16, !Engine.hasNativeBFloat16)
+        XCTAssertEqual(engine.kernelOperandType, Engine.hasNativeBFloat16 ? .bfloat16 : .float32)
+    }
+
     func testBufferPoolReusesFreedBuffers() {
         let count = 1 << 18 + 3  // just over 1 MB: pooled, and a size nothing else uses
         let pool = BufferPool.shared
