@@ -40,7 +40,7 @@ let package = Package(
         .executableTarget(name: "cvt", dependencies: [
             "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor"]),
+        .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor", "CKernels"]),
         .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
         .testTarget(name: "TorchCheckpointTests", dependencies: ["TorchCheckpoint"]),
         .testTarget(name: "TFCheckpointTests", dependencies: ["TFCheckpoint"]),

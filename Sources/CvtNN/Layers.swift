@@ -144,6 +144,8 @@ public final class Linear: Module {
 
     /// Whether the weight is currently held in the engine's blocked layout.
     public var isPacked: Bool { packed != nil }
+    /// The kernel the packed weight is laid out for (nil while plain).
+    public var packedKernel: LinearKernel? { packed?.kernel }
 
     /// `dst[rows, out] = src[rows, in]·Wᵀ + b`, then `postOps` (`.accumulate` adds to `dst`).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, rows: Int,
@@ -168,7 +170,7 @@ public final class Linear: Module {
     private func weightsForEngine(_ engine: Engine) throws -> (PackedWeights?, ConstantWeights?) {
         lock.lock(); defer { lock.unlock() }
         let operand = engine.matmulOperandType
-        if let p = packed, p.type != operand || !engine.packsWeights { try unpack() }
+        if let p = packed, p.type != operand || !engine.packsWeights || p.kernel != engine.packingKernel(operand) { try unpack() }
         if packed == nil, engine.packsWeights, weightStorage == operand, try packingPadsLittle(engine, operand) {
             // The plain weight is dropped once packed: the layer holds one copy (Wᵀ re-blocked).
             if let compact = compactWeight {

@@ -1,4 +1,5 @@
 import CDNNL
+import CKernels
 import Foundation
 
 /// A failure inside the compute backend, naming the operation and oneDNN's status.
@@ -110,7 +111,7 @@ public final class ConstantWeights: @unchecked Sendable {
     public let view: StridedView
     /// Guards `converted` (engines of several threads may convert at once).
     let lock = NSLock()
-    var converted: [ComputePrecision: (pointer: UnsafeMutableRawPointer, bytes: Int)] = [:]
+    var converted: [ComputePrecision: (pointer: UnsafeMutableRawPointer, bytes: Int, md: dnnl_memory_desc_t)] = [:]
     /// Keeps the viewed storage alive as long as these weights are in use.
     private let owner: Any?
     public init(_ view: StridedView, owner: Any? = nil) { self.view = view; self.owner = owner }
@@ -131,14 +132,35 @@ public final class PackedWeights: @unchecked Sendable {
     public let bytes: Int
     /// The engine whose layout this is (unpacking needs it).
     public let engine: Engine
-    init(dims: [Int], type: ElementType, md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer, bytes: Int, engine: Engine) {
+    /// Which kernels read these weights: oneDNN's (`md` is their blocked layout) or our AVX2 GEMM's
+    /// 16-column panels (`LinearKernel.avx2`).
+    public let kernel: LinearKernel
+    init(dims: [Int], type: ElementType, md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer, bytes: Int, engine: Engine,
+         kernel: LinearKernel = .onednn) {
         self.dims = dims; self.type = type; self.md = md; self.pointer = pointer; self.bytes = bytes; self.engine = engine
+        self.kernel = kernel
     }
     deinit { RawMemory.free(pointer, bytes: bytes) }
 
     /// Writes the weights back into a plain view (`dims` `[K, N]`, any strides; the type may differ,
     /// e.g. bfloat16 weights widened to float32).
     public func unpack(into dst: StridedView) throws { try engine.unpack(self, into: dst) }
+}
+
+/// The kernels that run matmuls with packed (Linear) weights.
+public enum LinearKernel: String, Sendable {
+    /// oneDNN's matmul (brgemm on AVX-512 CPUs, its AVX2 `gemm:jit` elsewhere).
+    case onednn
+    /// Our float32 GEMM for AVX2+FMA CPUs (CKernels/gemm.c): weights packed once in 16-column
+    /// panels. On AVX2-only CPUs oneDNN 2.6 repacks the weights on every call and reaches 50–75% of
+    /// the FMA peak at CvT's shapes; this kernel reaches 80–90%.
+    case avx2
+
+    /// Whether this CPU can run it.
+    public var isSupported: Bool { self == .onednn || ck_gemm_supported() != 0 }
+
+    /// The faster one on this CPU: oneDNN where it has AVX-512 kernels, else ours when AVX2+FMA exist.
+    public static let preferred: LinearKernel = ck_cpu_has_avx512f() == 0 && ck_gemm_supported() != 0 ? .avx2 : .onednn
 }
 
 struct MatmulKey: Hashable {
@@ -300,7 +322,7 @@ public final class Engine: @unchecked Sendable {
         let team = Array(workers.prefix(count))
         lock.unlock()
         for w in team {
-            w.precision = precision; w.packsWeights = packsWeights
+            w.precision = precision; w.packsWeights = packsWeights; w.linearKernel = linearKernel
             w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
         }
         // The team is an OpenMP team (the threads oneDNN uses anyway): with OMP_WAIT_POLICY=active
@@ -485,15 +507,14 @@ public final class Engine: @unchecked Sendable {
             constant?.lock.lock()
             defer { constant?.lock.unlock() }
             if let constant, let cached = constant.converted[precision] {
-                weiPtr = cached.pointer
-                weiMD = try md(weights.dims, strides: StridedView.denseStrides(weights.dims), type: kernelOperandType.dnnl)
+                (weiMD, weiPtr) = (cached.md, cached.pointer)
             } else {
                 var converted: [(UnsafeMutableRawPointer, Int)] = []
                 let operand = try kernelOperand(weights, scratch: &converted)
                 // float32 weights are converted once and kept; half-precision storage is widened per
                 // call, so it really keeps half the weight memory.
                 if let constant, weights.type == .float32, let last = converted.popLast() {
-                    constant.converted[precision] = last
+                    constant.converted[precision] = (last.0, last.1, operand.md)
                 }
                 scratch += converted
                 (weiMD, weiPtr) = (operand.md, operand.pointer)
@@ -526,6 +547,17 @@ public final class Engine: @unchecked Sendable {
     private func kernelOperand(_ v: StridedView, scratch: inout [(UnsafeMutableRawPointer, Int)]) throws
         -> (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer) {
         if !needsConversion(v) { return (try md(v.dims, strides: v.strides, type: v.type.dnnl), v.raw) }
+        if emulatesBFloat16, v.type != .float16, let count = permutedDenseCount(v) {
+            // One linear pass, keeping the layout (attention's head views are such permutations).
+            let bytes = count * 4
+            let ptr = BufferPool.shared.take(bytes: bytes)
+            scratch.append((ptr, bytes))
+            let f = ptr.assumingMemoryBound(to: Float.self)
+            if v.type == .bfloat16 { Kernels.fromBFloat16(v.raw, f, count: count) } else {
+                Kernels.roundToBFloat16(v.raw.assumingMemoryBound(to: Float.self), f, count: count)
+            }
+            return (try md(v.dims, strides: v.strides, type: dnnl_f32), ptr)
+        }
         var view = v
         if emulatesBFloat16, v.type != .bfloat16 {
             let (ptr, _, n) = try convert(v, to: .bfloat16)
@@ -537,6 +569,18 @@ public final class Engine: @unchecked Sendable {
         return (m, ptr)
     }
 
+    /// The element count of a view that covers a dense block in some order of its axes (no gaps, no
+    /// overlaps), so that converting the block linearly converts the view; nil for other views.
+    private func permutedDenseCount(_ v: StridedView) -> Int? {
+        let axes = zip(v.dims, v.strides).filter { $0.0 != 1 }.sorted { $0.1 < $1.1 }
+        var expected = 1
+        for (d, st) in axes {
+            guard d > 0, st == expected else { return nil }
+            expected *= d
+        }
+        return expected
+    }
+
     /// Creates (or reuses) the matmul primitive for `key` and runs it. Bias is a float32 row over
     /// the last axis of `dst`. With emulated bfloat16, a bfloat16 `dst` is computed in a float32
     /// buffer and rounded into place (what the native kernels do when they store it).
@@ -546,7 +590,15 @@ public final class Engine: @unchecked Sendable {
                            name: @autoclosure () -> String) throws {
         var dst = finalDst
         let roundsOutput = emulatesBFloat16 && finalDst.type == .bfloat16
-        if roundsOutput {
+        let linearOutput = roundsOutput ? permutedDenseCount(finalDst) : nil
+        if let count = linearOutput {
+            // float32 in the same layout, rounded in one linear pass afterwards.
+            let bytes = count * 4
+            let ptr = BufferPool.shared.take(bytes: bytes)
+            scratch.append((ptr, bytes))
+            if postOps.contains(.accumulate) { Kernels.fromBFloat16(finalDst.raw, ptr.assumingMemoryBound(to: Float.self), count: count) }
+            dst = StridedView(raw: ptr, type: .float32, dims: finalDst.dims, strides: finalDst.strides)
+        } else if roundsOutput {
             if postOps.contains(.accumulate) {
                 let (ptr, _, n) = try convert(finalDst, to: .float32)
                 scratch.append((ptr, n))
@@ -586,7 +638,11 @@ public final class Engine: @unchecked Sendable {
         ]
         if let bias { args.append((DNNL_ARG_BIAS, biasMD, UnsafeMutableRawPointer(mutating: bias))) }
         try run(p, args, "matmul \(name())")
-        if roundsOutput { try copy(dst, into: finalDst) }
+        if let count = linearOutput {
+            Kernels.toBFloat16(dst.raw.assumingMemoryBound(to: Float.self), finalDst.raw, count: count)
+        } else if roundsOutput {
+            try copy(dst, into: finalDst)
+        }
     }
 
     // MARK: - bfloat16 kernels
@@ -632,6 +688,18 @@ public final class Engine: @unchecked Sendable {
     /// default; off runs the plain-weights path (for comparisons).
     public var packsWeights = true
 
+    /// Kernels for float32 packed weights (weights packed by another kernel are unpacked and packed
+    /// again by the layers). Defaults to the faster one on this CPU; setting an unsupported kernel
+    /// keeps oneDNN.
+    public var linearKernel: LinearKernel = .preferred {
+        didSet { if !linearKernel.isSupported { linearKernel = .onednn } }
+    }
+
+    /// The kernel that packs weights of `type` (our GEMM is float32 only).
+    public func packingKernel(_ type: ElementType) -> LinearKernel {
+        kernelType(of: type) == .float32 && type == .float32 ? linearKernel : .onednn
+    }
+
     /// The operand type matmuls run in at this precision (what packed weights must hold, and what
     /// bf16-precision layers produce for them).
     public var matmulOperandType: ElementType { precision == .bfloat16 ? .bfloat16 : .float32 }
@@ -665,6 +733,7 @@ public final class Engine: @unchecked Sendable {
     /// sizes, which matters only for narrow layers; emulated bfloat16 weights are held in float32).
     public func packedBytes(k: Int, n: Int, type: ElementType) throws -> Int {
         guard k > 0, n > 0 else { throw TensorError("packedBytes: need K, N > 0, got [\(k), \(n)]") }
+        if packingKernel(type) == .avx2 { return ck_gemm_packed_count(Int32(k), Int32(n)) * 4 }
         let held = kernelType(of: type)
         lock.lock(); defer { lock.unlock() }
         var layout = try packedLayout(k: k, n: n, type: held)
@@ -681,6 +750,14 @@ public final class Engine: @unchecked Sendable {
         guard type == matmulOperandType else {
             throw TensorError("packWeights: \(type) weights do not match the engine's \(precision) matmuls")
         }
+        if packingKernel(type) == .avx2 {
+            let (k, n) = (weights.dims[0], weights.dims[1])
+            let bytes = ck_gemm_packed_count(Int32(k), Int32(n)) * 4
+            let (ptr, _) = RawMemory.allocate(bytes: bytes)
+            ck_gemm_pack(weights.raw.assumingMemoryBound(to: Float.self), weights.strides[0], weights.strides[1], Int32(k), Int32(n),
+                         ptr.assumingMemoryBound(to: Float.self))
+            return PackedWeights(dims: weights.dims, type: type, md: dnnl_memory_desc_t(), pointer: ptr, bytes: bytes, engine: self, kernel: .avx2)
+        }
         let held = kernelType(of: type)
         lock.lock(); defer { lock.unlock() }
         var packedMD = try packedLayout(k: weights.dims[0], n: weights.dims[1], type: held)
@@ -695,6 +772,12 @@ public final class Engine: @unchecked Sendable {
 
     func unpack(_ p: PackedWeights, into dst: StridedView) throws {
         guard dst.dims == p.dims else { throw TensorError("unpack: packed \(p.dims) into \(dst.dims)") }
+        if p.kernel == .avx2 {
+            guard dst.type == .float32 else { throw TensorError("unpack: panel-packed float32 weights into \(dst.type)") }
+            ck_gemm_unpack(p.pointer.assumingMemoryBound(to: Float.self), Int32(p.dims[0]), Int32(p.dims[1]),
+                           dst.raw.assumingMemoryBound(to: Float.self), dst.strides[0], dst.strides[1])
+            return
+        }
         lock.lock(); defer { lock.unlock() }
         try reorder(from: p.md, p.pointer, to: md(dst.dims, strides: dst.strides, type: dst.type.dnnl), dst.raw)
     }
@@ -713,6 +796,11 @@ public final class Engine: @unchecked Sendable {
         guard packed.type == matmulOperandType else {
             throw TensorError("matmul: weights packed as \(packed.type) do not fit this engine's \(precision) matmuls")
         }
+        if packed.kernel == .avx2 {
+            try checkActivationTypes(src, dst: dst)
+            try panelMatmul(src: src, packed: packed, bias: bias, dst: dst, postOps: postOps)
+            return
+        }
         let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: packed.dims, weiStrides: [], dst: dst.dims,
                             dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
                             srcType: src.type, weiType: packed.type, dstType: dst.type, packed: true)
@@ -722,6 +810,44 @@ public final class Engine: @unchecked Sendable {
         let source = try kernelOperand(src, scratch: &scratch)
         try runMatmul(key, src: source, weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
                       scratch: &scratch, name: "\(src.dims)x\(packed.dims)")
+    }
+
+    /// `dst = src·W (+ bias)` on our AVX2 GEMM (float32; rows of `src` and `dst` contiguous, copied
+    /// to dense when they are not).
+    private func panelMatmul(src: StridedView, packed: PackedWeights, bias: UnsafePointer<Float>?, dst: StridedView,
+                             postOps: [PostOp]) throws {
+        guard src.type == .float32, dst.type == .float32 else {
+            throw TensorError("matmul: panel-packed weights take float32 activations, got \(src.type) → \(dst.type)")
+        }
+        let (m, k, n) = (src.dims[0], src.dims[1], dst.dims[1])
+        var scratch: [(UnsafeMutableRawPointer, Int)] = []
+        defer { for (b, c) in scratch { BufferPool.shared.give(b, bytes: c) } }
+        var a = src.raw, lda = src.strides[0]
+        if src.strides[1] != 1 || m > 1 && lda < k {
+            let (ptr, _, bytes) = try convert(src, to: .float32)
+            scratch.append((ptr, bytes)); a = ptr; lda = k
+        }
+        guard dst.strides[1] == 1, m == 1 || dst.strides[0] >= n else {
+            throw TensorError("matmul: panel-packed weights need dst rows contiguous, got strides \(dst.strides)")
+        }
+        var ops: [Int32] = [], args: [Float] = []
+        for op in postOps {
+            switch op {
+            case .gelu: ops.append(1); args.append(0)
+            case .scale(let s): ops.append(2); args.append(s)
+            case .accumulate: ops.append(3); args.append(0)
+            }
+        }
+        let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
+        let status = ck_gemm(Int32(m), Int32(n), Int32(k), a.assumingMemoryBound(to: Float.self), lda,
+                             packed.pointer.assumingMemoryBound(to: Float.self), bias, dst.raw.assumingMemoryBound(to: Float.self),
+                             dst.strides[0], ops, args, Int32(ops.count))
+        guard status == 0 else { throw TensorError("matmul: the AVX2 GEMM does not support post-ops \(postOps) (accumulate must come first)") }
+        if profile {
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            profileTimes["matmul", default: 0] += ms
+            profileDetail["matmul \([m, k])x\([k, n])", default: 0] += ms
+        }
     }
 
     private func makeAttr(_ postOps: [PostOp]) throws -> dnnl_primitive_attr_t? {
@@ -843,8 +969,7 @@ public final class Engine: @unchecked Sendable {
             let tmp = BufferPool.shared.take(bytes: bytes)
             defer { BufferPool.shared.give(tmp, bytes: bytes) }
             try softmax(src, rows: rows, cols: cols, dst: tmp, dstType: .float32)
-            lock.lock(); defer { lock.unlock() }
-            try copy(StridedView(dense: tmp, type: .float32, dims: [rows, cols]), into: StridedView(dense: dst, type: .bfloat16, dims: [rows, cols]))
+            Kernels.toBFloat16(tmp.assumingMemoryBound(to: Float.self), dst, count: rows * cols)
             return
         }
         lock.lock(); defer { lock.unlock() }

@@ -113,6 +113,18 @@ public enum Kernels {
         while i < count { d[i] = bf16Bits(src[i]); i += 1 }
     }
 
+    /// Rounds `count` float32 values to bfloat16 precision, kept as float32 (what a bf16 round
+    /// trip gives, in one pass).
+    public static func roundToBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        var i = 0
+        while i + 16 <= count {
+            let bits = SIMD16<UInt32>(truncatingIfNeeded: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self))) &<< 16
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: bits, as: SIMD16<UInt32>.self)
+            i += 16
+        }
+        while i < count { dst[i] = Float(bitPattern: UInt32(bf16Bits(src[i])) << 16); i += 1 }
+    }
+
     /// bfloat16 → float32 (exact).
     public static func fromBFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
         let s = src.assumingMemoryBound(to: UInt16.self)

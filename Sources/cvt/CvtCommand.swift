@@ -108,6 +108,8 @@ struct Bench: ParsableCommand {
     var plainWeights = false
     @Flag(help: "Run every operation on all threads instead of splitting the batch across them (for comparison).")
     var noBatchSplit = false
+    @Option(help: "Kernels for the Linear layers' float32 matmuls: onednn or avx2 (our GEMM; default on CPUs without AVX-512).")
+    var linearKernel: String?
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
@@ -120,6 +122,12 @@ struct Bench: ParsableCommand {
         let engine = try threadOptions.engine()
         engine.packsWeights = !plainWeights
         engine.splitsBatches = !noBatchSplit
+        if let linearKernel {
+            guard let k = LinearKernel(rawValue: linearKernel), k.isSupported else {
+                throw ValidationError("--linear-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(linearKernel)")
+            }
+            engine.linearKernel = k
+        }
         let classifier: CvtForImageClassification
         if let model {
             classifier = try CvtForImageClassification(pretrained: model, engine: engine, dtype: mode, progress: TerminalProgressBar()?.callback)
@@ -172,6 +180,7 @@ struct Bench: ParsableCommand {
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit,
+                "linear_kernel": engine.linearKernel.rawValue,
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]

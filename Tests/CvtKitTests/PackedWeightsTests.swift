@@ -77,6 +77,32 @@ final class PackedLinearWeightsTests: XCTestCase {
         }
     }
 
+    func testEveryLinearKernelGivesTheReferenceNumbers() throws {
+        // oneDNN's kernels and our AVX2 GEMM (where the CPU has AVX2+FMA), whichever is the default here.
+        for kernel in [LinearKernel.onednn, .avx2] where kernel.isSupported {
+            for name in ["tiny", "nonsquare_batch"] {
+                let dir = fixture(name)
+                let engine = try Engine()
+                engine.linearKernel = kernel
+                let model = try CvtForImageClassification(pretrained: dir, engine: engine)
+                let out = try model(try tensor(dir, "input.safetensors", "pixel_values"), outputHiddenStates: true)
+                assertTensorClose("\(name)/logits (\(kernel))", out.logits, try tensor(dir, "expected.safetensors", "logits"), tol: 1e-4)
+                assertTensorClose("\(name)/hidden_states.2 (\(kernel))", try XCTUnwrap(out.hiddenStates?.last),
+                                  try tensor(dir, "expected.safetensors", "hidden_states.2"), tol: 1e-4)
+                let packed = layers(model).filter(\.isPacked)
+                XCTAssertFalse(packed.isEmpty, "\(name): some layers are packed")
+                for l in packed { XCTAssertEqual(l.packedKernel, kernel) }
+                // Switching kernels repacks: the other kernel's layout is never read by this one.
+                engine.linearKernel = kernel == .onednn ? .avx2 : .onednn
+                if engine.linearKernel != kernel {
+                    defer { for l in layers(model).filter(\.isPacked) { XCTAssertEqual(l.packedKernel, engine.linearKernel) } }
+                    assertTensorClose("\(name)/logits after switching from \(kernel)", try model(try tensor(dir, "input.safetensors", "pixel_values")).logits,
+                                      try tensor(dir, "expected.safetensors", "logits"), tol: 1e-4)
+                }
+            }
+        }
+    }
+
     func testLoadingNewWeightsIntoAPackedModelUsesThem() throws {
         let model = try CvtForImageClassification.randomlyInitialized(config: config, seed: 1, engine: Engine())
         let old = try model(input).logits

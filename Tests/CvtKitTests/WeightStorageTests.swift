@@ -43,11 +43,16 @@ final class WeightStorageTests: XCTestCase {
         try model.savePretrained(to: out)
         XCTAssertEqual(model.cvt.linearLayers.first?.weightStorage, .float16)
         let reloaded = try CvtForImageClassification(pretrained: out, engine: Engine())
-        XCTAssertEqual(try reloaded(input).logits.maxAbsDifference(logits), 0)
+        let (saved, _) = try model.stateDict(), (back, _) = try reloaded.stateDict()
+        for (key, t) in saved { XCTAssertEqual(back[key]?.scalars, t.scalars, key) }
+        // Same weights, same logits up to float32 summation order: float16 storage runs oneDNN on
+        // weights widened per call, float32 storage packed weights (on AVX2 CPUs our own GEMM).
+        XCTAssertLessThanOrEqual(try reloaded(input).logits.maxAbsDifference(logits), 1e-5)
         // Back to float32 storage: same (rounded) weights, same logits.
         try model.storeWeights(as: .float32)
         XCTAssertEqual(model.cvt.linearLayers.first?.weightStorage, .float32)
-        XCTAssertEqual(try model(input).logits.maxAbsDifference(logits), 0)
+        for (key, t) in try model.stateDict().tensors { XCTAssertEqual(saved[key]?.scalars, t.scalars, key) }
+        XCTAssertLessThanOrEqual(try model(input).logits.maxAbsDifference(logits), 1e-5)
     }
 
     func testBFloat16ModeStoresBFloat16WeightsWithUnchangedNumbers() throws {

@@ -7,4 +7,23 @@
 /// has them (checked once at run time), a bit-exact scalar path otherwise.
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t count);
 
+/// Single-precision GEMM with pre-packed weights for AVX2+FMA CPUs (gemm.c).
+/// Whether this CPU has AVX2 and FMA (the kernel's instructions).
+int ck_gemm_supported(void);
+/// Whether this CPU has AVX-512F (where oneDNN's own brgemm kernels are the faster choice).
+int ck_cpu_has_avx512f(void);
+/// Floats that packed `[k, n]` weights take (N padded to 16).
+size_t ck_gemm_packed_count(int k, int n);
+/// Packs `b` (`[k, n]`, element strides rs, cs) into 16-column panels.
+void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed);
+/// The inverse of `ck_gemm_pack`.
+void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs);
+/// `c[m, n]` (row stride ldc) = epilogue(a[m, k] (row stride lda) · B + bias), on up to
+/// `omp_get_max_threads()` threads. `ops`: 1 GELU (erf), 2 scale by `args[i]`, 3 accumulate onto
+/// the previous `c` (first only). Returns 0, or -1 for an unsupported epilogue or CPU.
+int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
+            float *c, long ldc, const int *ops, const float *args, int nops);
+/// Exact-erf GELU in place (AVX2+FMA).
+void ck_gelu(float *x, size_t count);
+
 #endif
