@@ -5,8 +5,10 @@
 // K/N = 384/1536); this kernel, with the weights packed once, reaches 80–90%. On AVX-512 CPUs
 // oneDNN's brgemm kernels are used instead (the caller decides).
 //
-// Layout of packed weights ([K, N]): panels of 16 columns, panel p holding B[k][16p ..< 16p+16]
-// for every k, k-major (`packed[p·K·16 + k·16 + j]`), the last panel zero-padded.
+// Layout of packed weights ([K, N]): K split in blocks of ≤ 256 rows (`k_block`); within a block,
+// panels of 16 columns one after the other, each k-major (`[block][panel][k][16]`), the last panel
+// zero-padded. A GEMM sweeps a K block's panels in order, so the weights stream from memory
+// sequentially (the hardware prefetcher follows; with panels spanning all of K it did not).
 // Computation: C[M, N] (row stride ldc) = epilogue(A[M, K] (row stride lda) · B + bias), with a
 // 6×16 register tile (12 accumulators), K blocked by ≤ 256 so a B micro-panel (≤ 16 KB) stays in
 // L1 while 72-row blocks of A stay in L2.
@@ -28,28 +30,36 @@ int ck_gemm_supported(void) {
 
 size_t ck_gemm_packed_count(int k, int n) { return (size_t)k * (size_t)((n + 15) / 16) * 16; }
 
+#define KC 256
+// Rows per K block: even blocks of ≤ KC (384 → 2 × 192, not 256 + 128).
+static int k_block(int k) {
+    int blocks = (k + KC - 1) / KC;
+    return blocks > 0 ? (k + blocks - 1) / blocks : 1;
+}
+
+static size_t packed_index(int k, int n, int kk, int col) {
+    int kcBase = k_block(k), k0 = kk / kcBase * kcBase;
+    int kc = k - k0 < kcBase ? k - k0 : kcBase;
+    size_t npad = (size_t)((n + 15) / 16) * 16;
+    return (size_t)k0 * npad + (size_t)(col / 16) * kc * 16 + (size_t)(kk - k0) * 16 + col % 16;
+}
+
 int ck_cpu_has_avx512f(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f");
 }
 
 void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
-    int panels = (n + 15) / 16;
-    for (int p = 0; p < panels; p++) {
-        float *dst = packed + (size_t)p * k * 16;
-        for (int kk = 0; kk < k; kk++) {
-            for (int j = 0; j < 16; j++) {
-                int col = p * 16 + j;
-                dst[(size_t)kk * 16 + j] = col < n ? b[kk * rs + col * cs] : 0.0f;
-            }
-        }
-    }
+    int npad = (n + 15) / 16 * 16;
+    for (int kk = 0; kk < k; kk++)
+        for (int col = 0; col < npad; col++)
+            packed[packed_index(k, n, kk, col)] = col < n ? b[kk * rs + col * cs] : 0.0f;
 }
 
 void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) {
     for (int kk = 0; kk < k; kk++)
         for (int col = 0; col < n; col++)
-            b[kk * rs + col * cs] = packed[(size_t)(col / 16) * k * 16 + (size_t)kk * 16 + col % 16];
+            b[kk * rs + col * cs] = packed[packed_index(k, n, kk, col)];
 }
 
 // ---- exact-erf GELU, vectorised ----
@@ -115,7 +125,6 @@ typedef struct {
 
 #define MR 6
 #define MC 72
-#define KC 256
 
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
 micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long ldc, int nc,
@@ -165,16 +174,20 @@ micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long l
 // Rows [m0, m1) × panels [p0, p1) of the output.
 __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job, int m0, int m1, int p0, int p1) {
     int k = job->k;
-    int kblocks = (k + KC - 1) / KC;
-    int kcBase = (k + kblocks - 1) / kblocks;  // even K blocks (384 → 2 × 192, not 256 + 128)
+    int kcBase = k_block(k);
+    size_t npad = (size_t)((job->n + 15) / 16) * 16;
     float biasPad[16] __attribute__((aligned(32)));
     for (int k0 = 0; k0 < k; k0 += kcBase) {
         int kc = k - k0 < kcBase ? k - k0 : kcBase;
         int first = k0 == 0, last = k0 + kc == k;
-        for (int mb = m0; mb < m1; mb += MC) {
-            int mend = mb + MC < m1 ? mb + MC : m1;
+        // Row blocks whose A slice (rows × kc) takes ≤ 256 KB of L2: at CvT's batch-1 sizes that is
+        // every row, so each B micro-panel is fetched from memory once per K block, not per block.
+        int mc = (int)((256 * 1024 / sizeof(float)) / (size_t)kc) / MR * MR;
+        if (mc < MC) mc = MC;
+        for (int mb = m0; mb < m1; mb += mc) {
+            int mend = mb + mc < m1 ? mb + mc : m1;
             for (int p = p0; p < p1; p++) {
-                const float *bp = job->packed + (size_t)p * k * 16 + (size_t)k0 * 16;
+                const float *bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
                 int nc = job->n - p * 16 < 16 ? job->n - p * 16 : 16;
                 const float *bias = NULL;
                 if (first && job->bias) {
