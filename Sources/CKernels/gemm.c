@@ -13,6 +13,8 @@
 // 6×16 register tile (12 accumulators), K blocked by ≤ 256 so a B micro-panel (≤ 16 KB) stays in
 // L1 while 72-row blocks of A stay in L2.
 #include "ckernels.h"
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -50,10 +52,22 @@ int ck_cpu_has_avx512f(void) {
 }
 
 void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
-    int npad = (n + 15) / 16 * 16;
-    for (int kk = 0; kk < k; kk++)
-        for (int col = 0; col < npad; col++)
-            packed[packed_index(k, n, kk, col)] = col < n ? b[kk * rs + col * cs] : 0.0f;
+    int kcBase = k_block(k), panels = (n + 15) / 16;
+    size_t npad = (size_t)panels * 16;
+    for (int k0 = 0; k0 < k; k0 += kcBase) {
+        int kc = k - k0 < kcBase ? k - k0 : kcBase;
+        for (int p = 0; p < panels; p++) {
+            float *dst = packed + (size_t)k0 * npad + (size_t)p * kc * 16;
+            int cols = n - p * 16 < 16 ? n - p * 16 : 16;
+            for (int kk = 0; kk < kc; kk++) {
+                const float *src = b + (long)(k0 + kk) * rs + (long)p * 16 * cs;
+                float *row = dst + (size_t)kk * 16;
+                if (cs == 1 && cols == 16) { memcpy(row, src, 16 * sizeof(float)); continue; }
+                for (int j = 0; j < cols; j++) row[j] = src[j * cs];
+                for (int j = cols; j < 16; j++) row[j] = 0.0f;
+            }
+        }
+    }
 }
 
 void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) {
@@ -265,6 +279,133 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     return 0;
 }
 
+// ---- fused attention: softmax(scale · Q·Kᵀ)·V per image and head ----
+//
+// Scores are computed for a block of query rows at a time into a buffer that stays in L2, the
+// softmax runs on it there, and P·V writes the block's context straight into the merged-head
+// output: the full [Tq, Tk] score matrix (9.8 MB per image in CvT-13's first stage) never goes
+// through memory. K_hᵀ and V_h are packed into GEMM panels once per image and head.
+
+typedef struct {
+    int batch, heads, tq, tk, d;
+    const float *q; long q_image, q_row;
+    const float *k; long k_image, k_row;
+    const float *v; long v_image, v_row;
+    float *ctx; long c_image, c_row;
+    float scale;
+    int threads;
+    int failed;
+} attention_job;
+
+__attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld) {
+    for (int r = 0; r < rows; r++) {
+        float *x = s + r * ld;
+        __m256 mv = _mm256_set1_ps(-INFINITY);
+        int j = 0;
+        for (; j + 8 <= cols; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(x + j));
+        float m = -INFINITY;
+        float lanes[8];
+        _mm256_storeu_ps(lanes, mv);
+        for (int i = 0; i < 8; i++) m = lanes[i] > m ? lanes[i] : m;
+        for (; j < cols; j++) m = x[j] > m ? x[j] : m;
+        __m256 sv = _mm256_setzero_ps(), mb = _mm256_set1_ps(m);
+        j = 0;
+        for (; j + 8 <= cols; j += 8) {
+            __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mb));
+            _mm256_storeu_ps(x + j, e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        if (j < cols) {
+            float tail[8] = {0};
+            int n = cols - j;
+            memcpy(tail, x + j, n * sizeof(float));
+            __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(tail), mb));
+            _mm256_storeu_ps(tail, e);
+            for (int i = 0; i < n; i++) { x[j + i] = tail[i]; }
+            for (int i = n; i < 8; i++) tail[i] = 0;
+            sv = _mm256_add_ps(sv, _mm256_loadu_ps(tail));
+        }
+        _mm256_storeu_ps(lanes, sv);
+        float sum = 0;
+        for (int i = 0; i < 8; i++) sum += lanes[i];
+        __m256 inv = _mm256_set1_ps(1.0f / sum);
+        j = 0;
+        for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
+        for (; j < cols; j++) x[j] *= 1.0f / sum;
+    }
+}
+
+// One image and head, query rows [r0, r1), with this thread's buffers.
+__attribute__((target("avx2,fma"))) static void attention_unit(const attention_job *job, int unit, int r0, int r1,
+                                                               float *kt, float *vp, float *scores) {
+    int image = unit / job->heads, h = unit % job->heads;
+    int tk = job->tk, d = job->d;
+    long tkpad = (tk + 15) / 16 * 16;
+    const float *k = job->k + image * job->k_image + h * d;
+    const float *v = job->v + image * job->v_image + h * d;
+    // K_hᵀ as [d, Tk] weights and V_h as [Tk, d] weights, in GEMM panels.
+    ck_gemm_pack(k, 1, job->k_row, d, tk, kt);
+    ck_gemm_pack(v, job->v_row, 1, tk, d, vp);
+    int ops[1] = {2};
+    float args[1] = {job->scale};
+    // Row blocks whose scores take ≤ 128 KB.
+    int mb = (int)(32768 / tkpad) / MR * MR;
+    if (mb < MR) mb = MR;
+    for (int r = r0; r < r1; r += mb) {
+        int rows = r1 - r < mb ? r1 - r : mb;
+        gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
+                      kt, NULL, scores, tkpad, ops, args, 1, 0, 1};
+        gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
+        softmax_rows(scores, rows, tk, tkpad);
+        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL,
+                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0, 1};
+        gemm_region(&o, 0, rows, 0, (d + 15) / 16);
+    }
+}
+
+// Thread t of the job's threads (t is not omp_get_thread_num() when the job runs on one thread:
+// inside a batch worker that is the worker's index in the outer team).
+static void attention_work(attention_job *job, int t) {
+    int T = job->threads;
+    long tkpad = (job->tk + 15) / 16 * 16;
+    int mb = (int)(32768 / tkpad) / MR * MR;
+    if (mb < MR) mb = MR;
+    size_t ktCount = ck_gemm_packed_count(job->d, job->tk), vCount = ck_gemm_packed_count(job->tk, job->d);
+    size_t scoreCount = (size_t)mb * tkpad;
+    float *buffer = aligned_alloc(64, ((ktCount + vCount + scoreCount) * sizeof(float) + 63) / 64 * 64);
+    if (!buffer) { job->failed = 1; return; }
+    float *kt = buffer, *vp = buffer + ktCount, *scores = vp + vCount;
+    // The images × heads × query-row tiles, split evenly into contiguous ranges: a thread packs K
+    // and V of every image and head its range touches (at most two are shared with a neighbour).
+    long tiles = (job->tq + MR - 1) / MR, total = (long)job->batch * job->heads * tiles;
+    long g0 = total * t / T, g1 = total * (t + 1) / T;
+    while (g0 < g1) {
+        int unit = (int)(g0 / tiles);
+        long end = (long)(unit + 1) * tiles < g1 ? (long)(unit + 1) * tiles : g1;
+        int r0 = (int)(g0 - (long)unit * tiles) * MR, r1 = (int)(end - (long)unit * tiles) * MR;
+        if (r1 > job->tq) r1 = job->tq;
+        attention_unit(job, unit, r0, r1, kt, vp, scores);
+        g0 = end;
+    }
+    free(buffer);
+}
+
+static void attention_thread(void *data) { attention_work(data, omp_get_thread_num()); }
+
+int ck_attention(int batch, int heads, int tq, int tk, int d,
+                 const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {
+    if (batch <= 0 || heads <= 0 || tq <= 0 || tk <= 0 || d <= 0) return 0;
+    attention_job job = {batch, heads, tq, tk, d, q, q_image, q_row, k, k_image, k_row, v, v_image, v_row,
+                         ctx, c_image, c_row, scale, 1, 0};
+    int threads = omp_get_max_threads();
+    if ((double)batch * heads * tq * tk * d < 2e5) threads = 1;
+    job.threads = threads < 1 ? 1 : threads;
+    if (job.threads == 1) attention_work(&job, 0);
+    else GOMP_parallel(attention_thread, &job, (unsigned)job.threads, 0);
+    return job.failed ? -1 : 0;
+}
+
 #else
 int ck_gemm_supported(void) { return 0; }
 int ck_cpu_has_avx512f(void) { return 0; }
@@ -277,4 +418,11 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     return -1;
 }
 void ck_gelu(float *x, size_t count) { (void)x; (void)count; }
+int ck_attention(int batch, int heads, int tq, int tk, int d,
+                 const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {
+    (void)batch; (void)heads; (void)tq; (void)tk; (void)d; (void)q; (void)q_image; (void)q_row; (void)k; (void)k_image;
+    (void)k_row; (void)v; (void)v_image; (void)v_row; (void)ctx; (void)c_image; (void)c_row; (void)scale;
+    return -1;
+}
 #endif

@@ -323,6 +323,7 @@ public final class Engine: @unchecked Sendable {
         lock.unlock()
         for w in team {
             w.precision = precision; w.packsWeights = packsWeights; w.linearKernel = linearKernel
+            w.allowsFusedAttention = allowsFusedAttention
             w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
         }
         // The team is an OpenMP team (the threads oneDNN uses anyway): with OMP_WAIT_POLICY=active
@@ -847,6 +848,34 @@ public final class Engine: @unchecked Sendable {
             let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
             profileTimes["matmul", default: 0] += ms
             profileDetail["matmul \([m, k])x\([k, n])", default: 0] += ms
+        }
+    }
+
+    // MARK: - fused attention
+
+    /// Whether models use the fused attention kernel where it runs (off: oneDNN matmuls and softmax,
+    /// for comparison).
+    public var allowsFusedAttention = true
+
+    /// Whether `attention(…)` runs here: float32 precision with our AVX2 kernels.
+    public var fusesAttention: Bool { allowsFusedAttention && precision == .float32 && linearKernel == .avx2 }
+
+    /// Multi-head attention on float32 `[B, T, C]` token buffers (head h is channels h·d ..< (h+1)·d):
+    /// `ctx = softmax(scale · Q_h·K_hᵀ)·V_h` per image and head, written in merged-head layout
+    /// `[B, Tq, C]`, with the scores kept in cache block by block (our AVX2 kernel; `fusesAttention`).
+    public func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ctx: UnsafeMutablePointer<Float>,
+                          batch: Int, heads: Int, tq: Int, tk: Int, channels c: Int, scale: Float) throws {
+        guard fusesAttention else { throw TensorError("attention: the fused kernel needs float32 precision and the AVX2 kernels") }
+        guard heads > 0, c % heads == 0 else { throw TensorError("attention: \(c) channels do not split into \(heads) heads") }
+        let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
+        let status = ck_attention(Int32(batch), Int32(heads), Int32(tq), Int32(tk), Int32(c / heads),
+                                  q, tq * c, c, k, tk * c, c, v, tk * c, c, ctx, tq * c, c, scale)
+        guard status == 0 else { throw EngineError(operation: "attention [\(batch), \(heads), \(tq), \(tk)]", status: "out of memory") }
+        if profile {
+            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            lock.lock(); defer { lock.unlock() }
+            profileTimes["attention", default: 0] += ms
+            profileDetail["attention [\(batch), \(heads), \(tq), \(tk)]", default: 0] += ms
         }
     }
 

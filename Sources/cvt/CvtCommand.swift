@@ -110,6 +110,8 @@ struct Bench: ParsableCommand {
     var noBatchSplit = false
     @Option(help: "Kernels for the Linear layers' float32 matmuls: onednn or avx2 (our GEMM; default on CPUs without AVX-512).")
     var linearKernel: String?
+    @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
+    var noFusedAttention = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
@@ -122,6 +124,7 @@ struct Bench: ParsableCommand {
         let engine = try threadOptions.engine()
         engine.packsWeights = !plainWeights
         engine.splitsBatches = !noBatchSplit
+        engine.allowsFusedAttention = !noFusedAttention
         if let linearKernel {
             guard let k = LinearKernel(rawValue: linearKernel), k.isSupported else {
                 throw ValidationError("--linear-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(linearKernel)")
@@ -180,7 +183,7 @@ struct Bench: ParsableCommand {
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit,
-                "linear_kernel": engine.linearKernel.rawValue,
+                "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention,
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]

@@ -575,6 +575,55 @@ final class AVX2GemmTests: XCTestCase {
                                                dst: StridedView(dense: out.unsafePointer, dims: [4, 16]), postOps: [.gelu, .accumulate]))
     }
 
+    /// The fused attention kernel against softmax(scale·QKᵀ)·V in double precision, per image and
+    /// head, on one and two threads and inside batch workers (where each worker runs it alone).
+    func testFusedAttentionMatchesTheDefinition() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let engine = try Engine()
+        engine.linearKernel = .avx2
+        XCTAssertTrue(engine.fusesAttention)
+        let shapes: [(b: Int, heads: Int, tq: Int, tk: Int, d: Int)] = [(1, 1, 20, 7, 16), (2, 3, 37, 50, 16), (2, 1, 120, 30, 16),
+                                                                        (1, 6, 197, 50, 64), (3, 2, 10, 5, 24), (1, 1, 600, 300, 8)]
+        for (b, heads, tq, tk, d) in shapes {
+            let c = heads * d
+            let q = data(b * tq * c, 1), k = data(b * tk * c, 2), v = data(b * tk * c, 3)
+            let scale = 1 / Float(c).squareRoot()
+            var want = [Double](repeating: 0, count: b * tq * c)
+            let qs = q.scalars, ks = k.scalars, vs = v.scalars
+            for i in 0..<b { for h in 0..<heads { for r in 0..<tq {
+                var s = [Double](repeating: 0, count: tk)
+                for j in 0..<tk {
+                    for e in 0..<d { s[j] += Double(qs[(i * tq + r) * c + h * d + e]) * Double(ks[(i * tk + j) * c + h * d + e]) }
+                    s[j] *= Double(scale)
+                }
+                let m = s.max() ?? 0
+                let p = s.map { Foundation.exp($0 - m) }, sum = p.reduce(0, +)
+                for e in 0..<d {
+                    want[(i * tq + r) * c + h * d + e] = (0..<tk).reduce(0) { $0 + p[$1] / sum * Double(vs[(i * tk + $1) * c + h * d + e]) }
+                }
+            } } }
+            func check(_ ctx: Tensor, _ label: String) {
+                let err = zip(ctx.scalars, want).map { abs(Double($0) - $1) }.max() ?? 0
+                XCTAssertLessThan(err, 2e-6, "\(label) [b \(b), heads \(heads), tq \(tq), tk \(tk), d \(d)]: max abs error \(err); first \(Array(ctx.scalars.prefix(3))) vs \(Array(want.prefix(3)))")
+            }
+            for threads in [1, 2] {
+                engine.threads = threads
+                let ctx = Tensor(zeros: [b * tq * c])
+                try engine.attention(q: q.unsafePointer, k: k.unsafePointer, v: v.unsafePointer, ctx: ctx.unsafePointer,
+                                     batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
+                check(ctx, "\(threads) threads")
+            }
+            // Two batch workers, each running the whole problem alone at once.
+            engine.threads = 2
+            let outs = [Tensor(zeros: [b * tq * c]), Tensor(zeros: [b * tq * c])]
+            try engine.concurrently(2) { i, worker in
+                try worker.attention(q: q.unsafePointer, k: k.unsafePointer, v: v.unsafePointer, ctx: outs[i].unsafePointer,
+                                     batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
+            }
+            for (i, o) in outs.enumerated() { check(o, "batch worker \(i)") }
+        }
+    }
+
     func testGELUIsExactErfGELU() {
         guard LinearKernel.avx2.isSupported else { return }
         let xs = (0..<4001).map { Float($0 - 2000) / 200 } + [-80, -30, 30, 80, 0, -0.0]

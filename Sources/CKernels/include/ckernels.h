@@ -23,6 +23,13 @@ void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long c
 /// the previous `c` (first only). Returns 0, or -1 for an unsupported epilogue or CPU.
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops);
+/// Multi-head attention, float32, AVX2+FMA: for each image and head h, `ctx` columns
+/// h·d ..< (h+1)·d = softmax(scale · Q_h·K_hᵀ)·V_h, where Q_h is `q` columns h·d ..< (h+1)·d
+/// (rows `q_row` apart, images `q_image` apart), and likewise K_h, V_h. Returns 0, or -1 when
+/// out of memory or unsupported.
+int ck_attention(int batch, int heads, int tq, int tk, int d,
+                 const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale);
 /// Exact-erf GELU in place (AVX2+FMA).
 void ck_gelu(float *x, size_t count);
 
