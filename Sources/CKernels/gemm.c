@@ -406,6 +406,30 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
     return job.failed ? -1 : 0;
 }
 
+// ---- dense convolution as im2col + GEMM ----
+
+void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
+    size_t row = (size_t)kh * kw * c;
+    for (int oy = 0; oy < ho; oy++) {
+        for (int ox = 0; ox < wo; ox++) {
+            float *out = dst + ((size_t)oy * wo + ox) * row;
+            int x0 = ox * stride - pad;
+            for (int ky = 0; ky < kh; ky++) {
+                int iy = oy * stride - pad + ky;
+                float *o = out + (size_t)ky * kw * c;
+                if (iy < 0 || iy >= h) { memset(o, 0, (size_t)kw * c * sizeof(float)); continue; }
+                const float *line = src + (size_t)iy * w * c;
+                if (x0 >= 0 && x0 + kw <= w) { memcpy(o, line + (size_t)x0 * c, (size_t)kw * c * sizeof(float)); continue; }
+                for (int kx = 0; kx < kw; kx++) {
+                    int ix = x0 + kx;
+                    if (ix < 0 || ix >= w) memset(o + (size_t)kx * c, 0, (size_t)c * sizeof(float));
+                    else memcpy(o + (size_t)kx * c, line + (size_t)ix * c, (size_t)c * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
 #else
 int ck_gemm_supported(void) { return 0; }
 int ck_cpu_has_avx512f(void) { return 0; }
@@ -418,6 +442,9 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     return -1;
 }
 void ck_gelu(float *x, size_t count) { (void)x; (void)count; }
+void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
+    (void)src; (void)h; (void)w; (void)c; (void)kh; (void)kw; (void)stride; (void)pad; (void)ho; (void)wo; (void)dst;
+}
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
                  const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {

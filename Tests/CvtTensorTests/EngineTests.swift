@@ -624,6 +624,31 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
+    /// Dense convolutions as im2col + our GEMM against oneDNN's convolution: kernel sizes,
+    /// strides, paddings, batches, non-square images.
+    func testIm2colConvolutionMatchesOneDNN() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let ours = try Engine(), reference = try Engine()
+        ours.linearKernel = .avx2; reference.linearKernel = .onednn
+        let cases: [(n: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int)] = [
+            (2, 16, 24, 9, 7, 3, 2, 1), (1, 64, 192, 14, 14, 3, 2, 1), (3, 20, 17, 11, 13, 5, 1, 2), (1, 16, 40, 8, 8, 3, 1, 0),
+            (2, 32, 16, 15, 10, 7, 4, 3)]
+        for (n, cin, cout, h, w, k, stride, pad) in cases {
+            let x = data(n * h * w * cin, 1)
+            let weights = ConvWeights(weight: try Tensor(shape: [cout, cin, k, k], scalars: data(cout * cin * k * k, 2).scalars),
+                                      bias: data(cout, 3), groups: 1)
+            let ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1
+            let want = Tensor(zeros: [n * ho * wo * cout]), got = Tensor(zeros: [n * ho * wo * cout])
+            for (e, out) in [(reference, want), (ours, got)] {
+                try e.conv2d(src: x.unsafePointer, srcDims: [n, cin, h, w], srcNCHW: false, weights: weights,
+                             stride: (stride, stride), padding: (pad, pad), dst: out.unsafePointer, dstHW: (ho, wo))
+            }
+            let err = got.maxAbsDifference(want)
+            XCTAssertLessThanOrEqual(err, 2e-6 * Float(cin * k * k) + 1e-6,
+                                     "conv n\(n) \(cin)→\(cout) \(h)x\(w) k\(k) s\(stride) p\(pad): max abs error \(err); first \(Array(got.scalars.prefix(3))) vs \(Array(want.scalars.prefix(3)))")
+        }
+    }
+
     func testGELUIsExactErfGELU() {
         guard LinearKernel.avx2.isSupported else { return }
         let xs = (0..<4001).map { Float($0 - 2000) / 200 } + [-80, -30, 30, 80, 0, -0.0]

@@ -30,6 +30,9 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
                  const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale);
+/// The patches of one NHWC image `[h, w, c]` for a `kh`×`kw` convolution (zero padding `pad`):
+/// `dst[(oy·wo + ox), (ky·kw + kx)·c + ci]`, one row per output pixel.
+void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst);
 /// Exact-erf GELU in place (AVX2+FMA).
 void ck_gelu(float *x, size_t count);
 
