@@ -435,10 +435,8 @@ public final class Engine: @unchecked Sendable {
         try check(dnnl_primitive_execute(p.primitive, stream, Int32(p.execArgs.count), p.execArgs), name())
         try check(dnnl_stream_wait(stream), name())
         if profile {
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
             let n = name()
-            profileTimes[n.split(separator: " ").first.map(String.init) ?? n, default: 0] += ms
-            profileDetail[n, default: 0] += ms
+            record(n.split(separator: " ").first.map(String.init) ?? n, n, since: t0)
         }
     }
 
@@ -847,11 +845,14 @@ public final class Engine: @unchecked Sendable {
                              packed.pointer.assumingMemoryBound(to: Float.self), bias, dst.raw.assumingMemoryBound(to: Float.self),
                              dst.strides[0], ops, args, Int32(ops.count))
         guard status == 0 else { throw TensorError("matmul: the AVX2 GEMM does not support post-ops \(postOps) (accumulate must come first)") }
-        if profile {
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            profileTimes["matmul", default: 0] += ms
-            profileDetail["matmul \([m, k])x\([k, n])", default: 0] += ms
-        }
+        if profile { record("matmul", "matmul \([m, k])x\([k, n])", since: t0) }
+    }
+
+    /// Adds the time since `t0` to the profile (callers hold `lock`).
+    private func record(_ kind: String, _ detail: String, since t0: UInt64) {
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+        profileTimes[kind, default: 0] += ms
+        profileDetail[detail, default: 0] += ms
     }
 
     // MARK: - fused attention
@@ -875,10 +876,8 @@ public final class Engine: @unchecked Sendable {
                                   q, tq * c, c, k, tk * c, c, v, tk * c, c, ctx, tq * c, c, scale)
         guard status == 0 else { throw EngineError(operation: "attention [\(batch), \(heads), \(tq), \(tk)]", status: "out of memory") }
         if profile {
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
             lock.lock(); defer { lock.unlock() }
-            profileTimes["attention", default: 0] += ms
-            profileDetail["attention [\(batch), \(heads), \(tq), \(tk)]", default: 0] += ms
+            record("attention", "attention [\(batch), \(heads), \(tq), \(tk)]", since: t0)
         }
     }
 
@@ -1009,10 +1008,8 @@ public final class Engine: @unchecked Sendable {
             guard status == 0 else { throw EngineError(operation: "conv \(srcDims) w\(w)", status: "AVX2 GEMM failed") }
         }
         if profile {
-            let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
             lock.lock(); defer { lock.unlock() }
-            profileTimes["conv", default: 0] += ms
-            profileDetail["conv \(srcDims) w\(w) (im2col)", default: 0] += ms
+            record("conv", "conv \(srcDims) w\(w) (im2col)", since: t0)
         }
     }
 
