@@ -191,15 +191,17 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     int kcBase = k_block(k);
     size_t npad = (size_t)((job->n + 15) / 16) * 16;
     float biasPad[16] __attribute__((aligned(32)));
-    for (int k0 = 0; k0 < k; k0 += kcBase) {
-        int kc = k - k0 < kcBase ? k - k0 : kcBase;
-        int first = k0 == 0, last = k0 + kc == k;
-        // Row blocks whose A slice (rows × kc) takes ≤ 256 KB of L2: at CvT's batch-1 sizes that is
-        // every row, so each B micro-panel is fetched from memory once per K block, not per block.
-        int mc = (int)((256 * 1024 / sizeof(float)) / (size_t)kc) / MR * MR;
-        if (mc < MC) mc = MC;
-        for (int mb = m0; mb < m1; mb += mc) {
-            int mend = mb + mc < m1 ? mb + mc : m1;
+    // Row blocks whose A slice (rows × K block) takes ≤ 256 KB of L2: at CvT's batch-1 sizes that
+    // is every row, so each B micro-panel is fetched from memory once per K block. Row blocks are
+    // the outer loop so that a block's output stays in cache across the K blocks (with K outer, a
+    // batch's [3152, 1536] output went through memory once per K block).
+    int mc = (int)((256 * 1024 / sizeof(float)) / (size_t)kcBase) / MR * MR;
+    if (mc < MC) mc = MC;
+    for (int mb = m0; mb < m1; mb += mc) {
+        int mend = mb + mc < m1 ? mb + mc : m1;
+        for (int k0 = 0; k0 < k; k0 += kcBase) {
+            int kc = k - k0 < kcBase ? k - k0 : kcBase;
+            int first = k0 == 0, last = k0 + kc == k;
             for (int p = p0; p < p1; p++) {
                 const float *bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
                 int nc = job->n - p * 16 < 16 ? job->n - p * 16 : 16;

@@ -110,6 +110,8 @@ struct Bench: ParsableCommand {
     var noBatchSplit = false
     @Option(help: "Kernels for the Linear layers' float32 matmuls: onednn or avx2 (our GEMM; default on CPUs without AVX-512).")
     var linearKernel: String?
+    @Option(help: "Images per part when a batch is split across the threads (0: one part per thread).")
+    var imagesPerPart: Int?
     @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
     var noFusedAttention = false
     @OptionGroup var threadOptions: ThreadOptions
@@ -125,6 +127,10 @@ struct Bench: ParsableCommand {
         engine.packsWeights = !plainWeights
         engine.splitsBatches = !noBatchSplit
         engine.allowsFusedAttention = !noFusedAttention
+        if let imagesPerPart {
+            guard imagesPerPart >= 0 else { throw ValidationError("--images-per-part must be >= 0, got \(imagesPerPart)") }
+            engine.imagesPerPart = imagesPerPart
+        }
         if let linearKernel {
             guard let k = LinearKernel(rawValue: linearKernel), k.isSupported else {
                 throw ValidationError("--linear-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(linearKernel)")
@@ -182,7 +188,7 @@ struct Bench: ParsableCommand {
                 "threads": engine.threads, "iterations": iterations, "median_ms": median,
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
-                "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit,
+                "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
                 "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention,
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",

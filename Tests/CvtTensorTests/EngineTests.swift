@@ -664,16 +664,25 @@ final class AVX2GemmTests: XCTestCase {
 final class ConcurrentlyTests: XCTestCase {
     struct PartFailed: Error {}
 
-    func testEveryPartRunsOnceOnItsOwnWorker() throws {
+    func testEveryPartRunsOnceAndAWorkerRunsOnePartAtATime() throws {
         let engine = try Engine()
         let lock = NSLock()
-        var seen: [Int: ObjectIdentifier] = [:]
-        try engine.concurrently(3) { i, worker in
+        var seen: [Int: ObjectIdentifier] = [:], busy: Set<ObjectIdentifier> = [], overlaps = 0
+        // 5 parts on the 2 threads: one worker (engine) per thread, each running its parts in turn.
+        try engine.concurrently(5) { i, worker in
             XCTAssertFalse(worker === engine)
-            lock.lock(); XCTAssertNil(seen[i], "part \(i) ran twice"); seen[i] = ObjectIdentifier(worker); lock.unlock()
+            let id = ObjectIdentifier(worker)
+            lock.lock()
+            XCTAssertNil(seen[i], "part \(i) ran twice"); seen[i] = id
+            if busy.contains(id) { overlaps += 1 }
+            busy.insert(id)
+            lock.unlock()
+            Thread.sleep(forTimeInterval: 0.01)
+            lock.lock(); busy.remove(id); lock.unlock()
         }
-        XCTAssertEqual(seen.keys.sorted(), [0, 1, 2])
-        XCTAssertEqual(Set(seen.values).count, 3)
+        XCTAssertEqual(seen.keys.sorted(), [0, 1, 2, 3, 4])
+        XCTAssertEqual(Set(seen.values).count, 2, "one worker per thread")
+        XCTAssertEqual(overlaps, 0, "a worker engine never runs two parts at once")
         XCTAssertEqual(engine.threads, 2, "the caller's thread count is untouched")
         XCTAssertThrowsError(try engine.concurrently(2) { i, _ in if i == 1 { throw PartFailed() } }) { XCTAssertTrue($0 is PartFailed) }
     }

@@ -164,6 +164,23 @@ final class BatchSplitTests: XCTestCase {
         }
     }
 
+    func testMorePartsThanThreadsRunInTurn() throws {
+        // 9 images in parts of at most 2: 5 parts on 2 threads, each thread running its parts in
+        // turn on its own engine; and with one part per thread (imagesPerPart 0) the same numbers.
+        let whole = try model(config(), splits: false), split = try model(config(), splits: true)
+        let x = syntheticPixels([9, 3, 32, 32])
+        let want = try whole(x, outputHiddenStates: true)
+        for perPart in [2, 0, 4] {
+            split.engine.imagesPerPart = perPart
+            XCTAssertEqual(split.engine.batchParts(9), perPart == 2 ? 5 : perPart == 4 ? 3 : 2)
+            let got = try split(x, outputHiddenStates: true)
+            assertClose("logits, \(perPart) images per part", got.logits.scalars, want.logits.scalars, tol: 2e-5)
+            assertClose("hidden_states.0, \(perPart) images per part", try XCTUnwrap(got.hiddenStates)[0].scalars,
+                        try XCTUnwrap(want.hiddenStates)[0].scalars, tol: 2e-5)
+        }
+        XCTAssertEqual(split.engine.threads, 2)
+    }
+
     func testMoreThreadsThanParts() throws {
         // 4 threads, 3 images: parts of 1 image with 2, 1 and 1 threads (oversubscribed on the
         // 2-core test machine, which only makes it slower).
