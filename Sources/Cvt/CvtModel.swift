@@ -181,8 +181,8 @@ public final class CvtSelfAttention: Module {
             // outlive the call: their raw pointers do not keep them alive.
             try withExtendedLifetime((q, k, v)) {
                 try engine.attention(q: q.raw.assumingMemoryBound(to: Float.self), k: k.raw.assumingMemoryBound(to: Float.self),
-                                 v: v.raw.assumingMemoryBound(to: Float.self), ctx: ctx.raw.assumingMemoryBound(to: Float.self),
-                                 batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
+                                     v: v.raw.assumingMemoryBound(to: Float.self), ctx: ctx.raw.assumingMemoryBound(to: Float.self),
+                                     batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
             }
             return ctx
         }

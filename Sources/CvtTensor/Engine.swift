@@ -155,8 +155,8 @@ public enum LinearKernel: String, Sendable {
     /// oneDNN's matmul (brgemm on AVX-512 CPUs, its AVX2 `gemm:jit` elsewhere).
     case onednn
     /// Our float32 GEMM for AVX2+FMA CPUs (CKernels/gemm.c): weights packed once in 16-column
-    /// panels. On AVX2-only CPUs oneDNN 2.6 repacks the weights on every call and reaches 50–75% of
-    /// the FMA peak at CvT's shapes; this kernel reaches 80–90%.
+    /// panels. On AVX2-only CPUs oneDNN 2.6 repacks the weights on every call and reaches 57–83% of
+    /// the FMA peak at CvT's shapes; this kernel 81–90%.
     case avx2
 
     /// Whether this CPU can run it.

@@ -168,9 +168,10 @@ struct Bench: ParsableCommand {
         if profile {
             // Split batches run on `parts` single-threaded workers whose times add up: compare them
             // with `parts` × the wall time.
-            let parts = engine.batchParts(batchSize)
-            if parts > 1 { print("  (batch split across \(parts) workers: times are summed over them, percentages of \(parts) × wall time)") }
-            let total = times.reduce(0, +) * Double(parts)
+            // One worker thread per thread, each running its parts in turn.
+            let parts = engine.batchParts(batchSize), workers = min(parts, engine.threads)
+            if workers > 1 { print("  (batch split in \(parts) parts across \(workers) workers: times are summed over them, percentages of \(workers) × wall time)") }
+            let total = times.reduce(0, +) * Double(workers)
             for (op, ms) in engine.profileTimes.sorted(by: { $0.value > $1.value }) {
                 print(String(format: "  %-12@ %8.2f ms/iteration (%4.1f%%)", op, ms / Double(iterations), 100 * ms / total))
             }

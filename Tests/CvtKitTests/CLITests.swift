@@ -69,9 +69,10 @@ final class CLITests: XCTestCase {
     /// splitting switches are reported.
     func testBenchProfileAndSwitches() throws {
         let tiny = fixturesRoot.appendingPathComponent("parity/tiny").path
-        let r = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "2", "--iterations", "1", "--profile"])
+        // 9 images in parts of at most 4: 3 parts, run by one worker per thread.
+        let r = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "9", "--iterations", "1", "--profile"])
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.contains("batch split across 2 workers"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("batch split in 3 parts across 2 workers"), r.stdout)
         let shares = r.stdout.split(separator: "\n").compactMap { line -> Double? in
             guard let open = line.firstIndex(of: "("), let pct = line.range(of: "%)") else { return nil }
             return Double(line[line.index(after: open)..<pct.lowerBound].trimmingCharacters(in: .whitespaces))
@@ -84,6 +85,17 @@ final class CLITests: XCTestCase {
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(plain.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(obj["weights_layout"] as? String, "plain")
         XCTAssertEqual(obj["batch_split"] as? Bool, false)
+        // The kernel switches, and what ran.
+        let switched = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "3", "--iterations", "1",
+                                "--linear-kernel", "onednn", "--no-fused-attention", "--images-per-part", "1", "--json"])
+        XCTAssertEqual(switched.status, 0, switched.stderr)
+        let s = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(switched.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(s["linear_kernel"] as? String, "onednn")
+        XCTAssertEqual(s["fused_attention"] as? Bool, false)
+        XCTAssertEqual(s["images_per_part"] as? Int, 1)
+        let bad = try run(["bench", "--model", tiny, "--linear-kernel", "cuda"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--linear-kernel"), bad.stderr)
     }
 
     func testBenchDTypesReportWeightMemory() throws {
