@@ -23,6 +23,7 @@
 // libgomp (linked by oneDNN's module) runs the thread team, as `#pragma omp parallel` would.
 extern void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
 extern int omp_get_thread_num(void);
+extern int omp_get_num_threads(void);
 extern int omp_get_max_threads(void);
 
 int ck_gemm_supported(void) {
@@ -230,10 +231,11 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
 }
 
 // Thread t of T takes a contiguous share of the panels when there are enough of them (every thread
-// reads all of A, which is small next to B), else a share of the rows in whole micro-tiles.
+// reads all of A, which is small next to B), else a share of the rows in whole micro-tiles. T is
+// the team OpenMP granted (fewer than asked inside another parallel region), so nothing is skipped.
 static void gemm_thread(void *data) {
     const gemm_job *job = data;
-    int t = omp_get_thread_num(), T = job->threads;
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
     int panels = (job->n + 15) / 16;
     if (panels >= 2 * T || job->m < MR * T) {
         int p0 = (int)((long)panels * t / T), p1 = (int)((long)panels * (t + 1) / T);
@@ -365,10 +367,9 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
     }
 }
 
-// Thread t of the job's threads (t is not omp_get_thread_num() when the job runs on one thread:
-// inside a batch worker that is the worker's index in the outer team).
-static void attention_work(attention_job *job, int t) {
-    int T = job->threads;
+// Thread t of T (not omp_get_thread_num() when the job runs on one thread: inside a batch worker
+// that is the worker's index in the outer team).
+static void attention_work(attention_job *job, int t, int T) {
     long tkpad = (job->tk + 15) / 16 * 16;
     int mb = (int)(32768 / tkpad) / MR * MR;
     if (mb < MR) mb = MR;
@@ -392,7 +393,7 @@ static void attention_work(attention_job *job, int t) {
     free(buffer);
 }
 
-static void attention_thread(void *data) { attention_work(data, omp_get_thread_num()); }
+static void attention_thread(void *data) { attention_work(data, omp_get_thread_num(), omp_get_num_threads()); }
 
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
@@ -403,7 +404,7 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
     int threads = omp_get_max_threads();
     if ((double)batch * heads * tq * tk * d < 2e5) threads = 1;
     job.threads = threads < 1 ? 1 : threads;
-    if (job.threads == 1) attention_work(&job, 0);
+    if (job.threads == 1) attention_work(&job, 0, 1);
     else GOMP_parallel(attention_thread, &job, (unsigned)job.threads, 0);
     return job.failed ? -1 : 0;
 }

@@ -649,6 +649,43 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
+    /// The kernels inside a team of batch workers with uneven thread shares (2, 1, 1) compute every
+    /// output. (The kernels split work over the team OpenMP grants, which can be smaller than the
+    /// one asked for under a nesting limit; libgomp here grants nested teams, so this test runs the
+    /// 2-thread share with 2 threads.)
+    func testKernelsInsideATeamOfWorkersComputeEverything() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let engine = try Engine()
+        engine.linearKernel = .avx2
+        engine.threads = 4
+        defer { engine.threads = 2 }
+        let reference = try Engine()
+        reference.linearKernel = .onednn
+        let (m, k, n) = (97, 128, 256)
+        let x = data(m * k, 1), w = data(k * n, 2)
+        let packed = try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [k, n]))
+        let want = Tensor(zeros: [m * n])
+        try reference.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
+                             dst: StridedView(dense: want.unsafePointer, dims: [m, n]))
+        let (tq, tk, c) = (64, 40, 32)
+        let q = data(tq * c, 3), kk = data(tk * c, 4), v = data(tk * c, 5)
+        let ctxAlone = Tensor(zeros: [tq * c])
+        try engine.attention(q: q.unsafePointer, k: kk.unsafePointer, v: v.unsafePointer, ctx: ctxAlone.unsafePointer,
+                             batch: 1, heads: 2, tq: tq, tk: tk, channels: c, scale: 0.2)
+        // 3 parts on a 4-thread engine: a team of 3 workers, the first with a share of 2 threads.
+        let outs = (0..<3).map { _ in Tensor(zeros: [m * n]) }, ctxs = (0..<3).map { _ in Tensor(zeros: [tq * c]) }
+        try engine.concurrently(3) { i, worker in
+            try worker.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), packed: packed,
+                              dst: StridedView(dense: outs[i].unsafePointer, dims: [m, n]))
+            try worker.attention(q: q.unsafePointer, k: kk.unsafePointer, v: v.unsafePointer, ctx: ctxs[i].unsafePointer,
+                                 batch: 1, heads: 2, tq: tq, tk: tk, channels: c, scale: 0.2)
+        }
+        for i in 0..<3 {
+            XCTAssertLessThanOrEqual(outs[i].maxAbsDifference(want), 2e-6 * Float(k) + 1e-6, "GEMM in worker \(i)")
+            XCTAssertLessThanOrEqual(ctxs[i].maxAbsDifference(ctxAlone), 1e-6, "attention in worker \(i)")
+        }
+    }
+
     func testGELUIsExactErfGELU() {
         guard LinearKernel.avx2.isSupported else { return }
         let xs = (0..<4001).map { Float($0 - 2000) / 200 } + [-80, -30, 30, 80, 0, -0.0]
