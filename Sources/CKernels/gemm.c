@@ -135,7 +135,6 @@ typedef struct {
     float *c; long ldc;
     const int *ops; const float *args; int nops;  // epilogue after the last K block (accumulate excluded)
     int accumulate;                               // C starts from its previous contents
-    int threads;
 } gemm_job;
 
 #define MR 6
@@ -251,7 +250,7 @@ static void gemm_thread(void *data) {
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops) {
     if (m <= 0 || n <= 0) return 0;
-    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0, 1};
+    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0};
     // An accumulate post-op is only supported first (dst = epilogue(old + A·B + bias)): it is folded
     // into the accumulators' start.
     int rest[8]; float restArgs[8]; int nrest = 0;
@@ -274,12 +273,10 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
             }
         return 0;
     }
-    int threads = omp_get_max_threads();
     // Small products are not worth a thread hand-off.
-    if ((double)m * n * k < 2e5) threads = 1;
-    job.threads = threads < 1 ? 1 : threads;
-    if (job.threads == 1) gemm_region(&job, 0, m, 0, (n + 15) / 16);
-    else GOMP_parallel(gemm_thread, &job, (unsigned)job.threads, 0);
+    int threads = (double)m * n * k < 2e5 ? 1 : omp_get_max_threads();
+    if (threads <= 1) gemm_region(&job, 0, m, 0, (n + 15) / 16);
+    else GOMP_parallel(gemm_thread, &job, (unsigned)threads, 0);
     return 0;
 }
 
@@ -297,7 +294,6 @@ typedef struct {
     const float *v; long v_image, v_row;
     float *ctx; long c_image, c_row;
     float scale;
-    int threads;
     int failed;
 } attention_job;
 
@@ -358,11 +354,11 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
     for (int r = r0; r < r1; r += mb) {
         int rows = r1 - r < mb ? r1 - r : mb;
         gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
-                      kt, NULL, scores, tkpad, ops, args, 1, 0, 1};
+                      kt, NULL, scores, tkpad, ops, args, 1, 0};
         gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
         softmax_rows(scores, rows, tk, tkpad);
         gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL,
-                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0, 1};
+                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0};
         gemm_region(&o, 0, rows, 0, (d + 15) / 16);
     }
 }
@@ -400,12 +396,10 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {
     if (batch <= 0 || heads <= 0 || tq <= 0 || tk <= 0 || d <= 0) return 0;
     attention_job job = {batch, heads, tq, tk, d, q, q_image, q_row, k, k_image, k_row, v, v_image, v_row,
-                         ctx, c_image, c_row, scale, 1, 0};
-    int threads = omp_get_max_threads();
-    if ((double)batch * heads * tq * tk * d < 2e5) threads = 1;
-    job.threads = threads < 1 ? 1 : threads;
-    if (job.threads == 1) attention_work(&job, 0, 1);
-    else GOMP_parallel(attention_thread, &job, (unsigned)job.threads, 0);
+                         ctx, c_image, c_row, scale, 0};
+    int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : omp_get_max_threads();
+    if (threads <= 1) attention_work(&job, 0, 1);
+    else GOMP_parallel(attention_thread, &job, (unsigned)threads, 0);
     return job.failed ? -1 : 0;
 }
 
