@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -135,6 +136,7 @@ typedef struct {
     float *c; long ldc;
     const int *ops; const float *args; int nops;  // epilogue after the last K block (accumulate excluded)
     int accumulate;                               // C starts from its previous contents
+    int *failed;                                  // set when the packed-A buffer cannot be allocated
 } gemm_job;
 
 #define MR 6
@@ -164,7 +166,7 @@ micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long l
         __m256 b0 = _mm256_load_ps(b + kk * 16), b1 = _mm256_load_ps(b + kk * 16 + 8);
         _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {
             if (r >= mr) break;
-            __m256 av = _mm256_broadcast_ss(a + r * lda + kk);
+            __m256 av = _mm256_broadcast_ss(a + kk * MR + r);
             acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
         }
@@ -185,6 +187,55 @@ micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long l
     }
 }
 
+// Each thread's buffer for packed A (≤ (mc + MR) × KC floats, about 260 KB), kept across calls
+// and freed when the thread ends.
+static pthread_key_t a_key;
+static pthread_once_t a_once = PTHREAD_ONCE_INIT;
+typedef struct { float *p; size_t cap; } a_store;
+static void a_free(void *s) { if (s) { free(((a_store *)s)->p); free(s); } }
+static void a_key_init(void) { pthread_key_create(&a_key, a_free); }
+static float *a_buffer(size_t count) {
+    pthread_once(&a_once, a_key_init);
+    a_store *s = pthread_getspecific(a_key);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (!s || pthread_setspecific(a_key, s) != 0) { free(s); return NULL; }
+    }
+    if (count > s->cap) {
+        free(s->p);
+        s->p = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
+        s->cap = s->p ? count : 0;
+    }
+    return s->p;
+}
+
+// `rows` × `kc` of A (row stride lda) into micro-panels `[tile][kc][MR]`, the last tile's missing
+// rows zero: the micro-kernel then broadcasts from one sequential stream instead of six rows.
+__attribute__((target("avx2,fma"))) static void pack_a(const float *a, long lda, int rows, int kc, float *dst) {
+    for (int i = 0; i < rows; i += MR) {
+        int mr = rows - i < MR ? rows - i : MR;
+        float *d = dst + (size_t)i * kc;
+        const float *r0 = a + (long)i * lda;
+        int kk = 0;
+        if (mr == MR) {
+            for (; kk + 4 <= kc; kk += 4) {
+                __m128 x0 = _mm_loadu_ps(r0 + kk), x1 = _mm_loadu_ps(r0 + lda + kk);
+                __m128 x2 = _mm_loadu_ps(r0 + 2 * lda + kk), x3 = _mm_loadu_ps(r0 + 3 * lda + kk);
+                __m128 x4 = _mm_loadu_ps(r0 + 4 * lda + kk), x5 = _mm_loadu_ps(r0 + 5 * lda + kk);
+                _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+                __m128 lo = _mm_unpacklo_ps(x4, x5), hi = _mm_unpackhi_ps(x4, x5);  // (4,5) pairs for kk+0,1 / kk+2,3
+                float *o = d + (size_t)kk * MR;
+                _mm_storeu_ps(o, x0); _mm_storel_pi((__m64 *)(o + 4), lo);
+                _mm_storeu_ps(o + 6, x1); _mm_storeh_pi((__m64 *)(o + 10), lo);
+                _mm_storeu_ps(o + 12, x2); _mm_storel_pi((__m64 *)(o + 16), hi);
+                _mm_storeu_ps(o + 18, x3); _mm_storeh_pi((__m64 *)(o + 22), hi);
+            }
+        }
+        for (; kk < kc; kk++)
+            for (int r = 0; r < MR; r++) d[(size_t)kk * MR + r] = r < mr ? r0[(long)r * lda + kk] : 0.0f;
+    }
+}
+
 // Rows [m0, m1) × panels [p0, p1) of the output.
 __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job, int m0, int m1, int p0, int p1) {
     int k = job->k;
@@ -197,11 +248,14 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     // batch's [3152, 1536] output went through memory once per K block).
     int mc = (int)((256 * 1024 / sizeof(float)) / (size_t)kcBase) / MR * MR;
     if (mc < MC) mc = MC;
+    float *apack = a_buffer((size_t)(mc + MR) * kcBase);
+    if (!apack) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
     for (int mb = m0; mb < m1; mb += mc) {
         int mend = mb + mc < m1 ? mb + mc : m1;
         for (int k0 = 0; k0 < k; k0 += kcBase) {
             int kc = k - k0 < kcBase ? k - k0 : kcBase;
             int first = k0 == 0, last = k0 + kc == k;
+            pack_a(job->a + (size_t)mb * job->lda + k0, job->lda, mend - mb, kc, apack);
             for (int p = p0; p < p1; p++) {
                 const float *bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
                 int nc = job->n - p * 16 < 16 ? job->n - p * 16 : 16;
@@ -211,17 +265,17 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
                     else { memset(biasPad, 0, sizeof biasPad); memcpy(biasPad, job->bias + p * 16, nc * sizeof(float)); bias = biasPad; }
                 }
                 int load = !first || job->accumulate;
-                const float *a = job->a + k0;
                 float *c = job->c + p * 16;
                 int i = mb;
-                for (; i + MR <= mend; i += MR)
-                    micro(MR, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job);
+                const float *ap = apack;
+                for (; i + MR <= mend; i += MR, ap += (size_t)kc * MR)
+                    micro(MR, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job);
                 switch (mend - i) {
-                case 5: micro(5, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 4: micro(4, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 3: micro(3, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 2: micro(2, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 1: micro(1, kc, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                case 5: micro(5, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                case 4: micro(4, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                case 3: micro(3, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                case 2: micro(2, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                case 1: micro(1, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
                 default: break;
                 }
             }
@@ -250,7 +304,8 @@ static void gemm_thread(void *data) {
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops) {
     if (m <= 0 || n <= 0) return 0;
-    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0};
+    int failed = 0;
+    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0, &failed};
     // An accumulate post-op is only supported first (dst = epilogue(old + A·B + bias)): it is folded
     // into the accumulators' start.
     int rest[8]; float restArgs[8]; int nrest = 0;
@@ -277,7 +332,7 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     int threads = (double)m * n * k < 2e5 ? 1 : omp_get_max_threads();
     if (threads <= 1) gemm_region(&job, 0, m, 0, (n + 15) / 16);
     else GOMP_parallel(gemm_thread, &job, (unsigned)threads, 0);
-    return 0;
+    return failed ? -1 : 0;
 }
 
 // ---- fused attention: softmax(scale · Q·Kᵀ)·V per image and head ----
@@ -337,7 +392,7 @@ __attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows,
 
 // One image and head, query rows [r0, r1), with this thread's buffers.
 __attribute__((target("avx2,fma"))) static void attention_unit(const attention_job *job, int unit, int r0, int r1,
-                                                               float *kt, float *vp, float *scores) {
+                                                               float *kt, float *vp, float *scores, int *failed) {
     int image = unit / job->heads, h = unit % job->heads;
     int tk = job->tk, d = job->d;
     long tkpad = (tk + 15) / 16 * 16;
@@ -354,12 +409,13 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
     for (int r = r0; r < r1; r += mb) {
         int rows = r1 - r < mb ? r1 - r : mb;
         gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
-                      kt, NULL, scores, tkpad, ops, args, 1, 0};
+                      kt, NULL, scores, tkpad, ops, args, 1, 0, failed};
         gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
         softmax_rows(scores, rows, tk, tkpad);
         gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL,
-                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0};
+                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0, failed};
         gemm_region(&o, 0, rows, 0, (d + 15) / 16);
+        if (*failed) return;
     }
 }
 
@@ -383,7 +439,8 @@ static void attention_work(attention_job *job, int t, int T) {
         long end = (long)(unit + 1) * tiles < g1 ? (long)(unit + 1) * tiles : g1;
         int r0 = (int)(g0 - (long)unit * tiles) * MR, r1 = (int)(end - (long)unit * tiles) * MR;
         if (r1 > job->tq) r1 = job->tq;
-        attention_unit(job, unit, r0, r1, kt, vp, scores);
+        attention_unit(job, unit, r0, r1, kt, vp, scores, &job->failed);
+        if (job->failed) break;
         g0 = end;
     }
     free(buffer);

@@ -69,9 +69,11 @@ public final class CvtSelfAttentionProjection: Module {
         }
     }
 
-    /// Dense NHWC `[B, H, W, C]` → dense NHWC `[B, H', W', C]` (not called for `linear`).
-    func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, b: Int, h: Int, w: Int, c: Int,
-                        dst: UnsafeMutablePointer<Float>) throws {
+    /// NHWC `[B, H, W, C]` images `srcImageStride` floats apart → NHWC `[B, H', W', C]` images
+    /// `dstImageStride` floats apart (not called for `linear`). The strides let it read the patch
+    /// tokens and write the projected ones inside token buffers that start with a CLS row.
+    func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, srcImageStride: Int, b: Int, h: Int, w: Int, c: Int,
+                        dst: UnsafeMutablePointer<Float>, dstImageStride: Int) throws {
         switch method {
         case .dwBN:
             guard let conv = convolution, let bn = normalization else { return }
@@ -79,10 +81,11 @@ public final class CvtSelfAttentionProjection: Module {
             if folded == nil { folded = bn.folded(into: conv) }
             let weights = folded
             lock.unlock()
-            try conv(engine, src: src, n: b, h: h, w: w, srcNCHW: false, dst: dst, override: weights)
+            try conv.depthwise(engine, src: src, srcImageStride: srcImageStride, n: b, h: h, w: w,
+                               dst: dst, dstImageStride: dstImageStride, override: weights)
         case .avg:
             Kernels.avgPool2dNHWC(src, n: b, h: h, w: w, c: c, kernel: kernel, stride: stride, padding: padding,
-                                  dst, ho: outputSize(h), wo: outputSize(w))
+                                  dst, ho: outputSize(h), wo: outputSize(w), srcImageStride: srcImageStride, dstImageStride: dstImageStride)
         case .linear:
             break
         }
@@ -124,30 +127,25 @@ public final class CvtSelfAttention: Module {
     /// Projects normalized tokens `n` `[B, T, C]` (T = cls + H·W) through one conv projection and
     /// its Linear → `[B, T', C]` of `type` with the CLS (when present) in row 0.
     private func project(_ engine: Engine, _ proj: CvtSelfAttentionProjection, _ linear: Linear, n: Tensor,
-                         patches: Tensor?, b: Int, h: Int, w: Int, type: ElementType) throws -> (TypedBuffer, Int) {
+                         b: Int, h: Int, w: Int, type: ElementType) throws -> (TypedBuffer, Int) {
         let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
         if proj.method == .linear {
             let out = TypedBuffer(type: type, count: b * t * c)
             try linear(engine, src: StridedView(dense: n.unsafePointer, dims: [b * t, c]), dst: out.view([b * t, c]))
             return (out, t)
         }
-        guard let patches else { throw CvtInputError("internal: no patch tokens") }
         let ho = proj.outputSize(h), wo = proj.outputSize(w)
         guard ho > 0, wo > 0 else {
             throw CvtInputError("the \(h)×\(w) token grid is too small for a \(proj.kernel)×\(proj.kernel) Q/K/V projection with stride \(proj.stride) and padding \(proj.padding)")
         }
         let tp = cls + ho * wo
         let tokens = Tensor(uninitialized: [b, tp, c])
-        if cls == 0 {
-            try proj(engine, src: patches.unsafePointer, b: b, h: h, w: w, c: c, dst: tokens.unsafePointer)
-        } else {
-            // The CLS skips conv+BN; shape [B, 1 + H'·W', C] with the normalized CLS in row 0.
-            let grid = Tensor(uninitialized: [b, ho * wo, c])
-            try proj(engine, src: patches.unsafePointer, b: b, h: h, w: w, c: c, dst: grid.unsafePointer)
-            engine.timed("copy") { for i in 0..<b {
-                (tokens.unsafePointer + i * tp * c).update(from: n.unsafePointer + i * t * c, count: c)
-                (tokens.unsafePointer + (i * tp + 1) * c).update(from: grid.unsafePointer + i * ho * wo * c, count: ho * wo * c)
-            } }
+        // The conv sees only the H·W patch tokens (after the CLS row of each image) and writes after
+        // the CLS row of its output: shapes [B, 1 + H·W, C] → [B, 1 + H'·W', C]. The CLS skips conv+BN.
+        try proj(engine, src: n.unsafePointer + cls * c, srcImageStride: t * c, b: b, h: h, w: w, c: c,
+                 dst: tokens.unsafePointer + cls * c, dstImageStride: tp * c)
+        if cls == 1 {
+            engine.timed("copy") { for i in 0..<b { (tokens.unsafePointer + i * tp * c).update(from: n.unsafePointer + i * t * c, count: c) } }
         }
         let out = TypedBuffer(type: type, count: b * tp * c)
         try linear(engine, src: StridedView(dense: tokens.unsafePointer, dims: [b * tp, c]), dst: out.view([b * tp, c]))
@@ -157,23 +155,10 @@ public final class CvtSelfAttention: Module {
     /// Attention context `[B, Tq, C]` (heads merged) for normalized tokens `n` `[B, T, C]`, as `type`
     /// (bfloat16 in bf16 precision: every consumer is a matmul).
     func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int, type: ElementType) throws -> TypedBuffer {
-        let c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
-        var patches: Tensor?
-        if convolutionProjectionKey.method != .linear {
-            if cls == 0 {
-                patches = n
-            } else {
-                // The conv sees only the H·W patch tokens; copy them out of [B, 1+H·W, C].
-                let p = Tensor(uninitialized: [b, h * w, c])
-                engine.timed("copy") {
-                    for i in 0..<b { (p.unsafePointer + i * h * w * c).update(from: n.unsafePointer + (i * t + 1) * c, count: h * w * c) }
-                }
-                patches = p
-            }
-        }
-        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, patches: patches, b: b, h: h, w: w, type: type)
-        let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, patches: patches, b: b, h: h, w: w, type: type)
-        let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, patches: patches, b: b, h: h, w: w, type: type)
+        let c = dim
+        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, b: b, h: h, w: w, type: type)
+        let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, b: b, h: h, w: w, type: type)
+        let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, b: b, h: h, w: w, type: type)
         let heads = numHeads, d = c / heads
         let ctx = TypedBuffer(type: type, count: b * tq * c)
         if type == .float32, engine.fusesAttention {

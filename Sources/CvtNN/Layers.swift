@@ -236,6 +236,21 @@ public final class Conv2d: Module {
         try engine.conv2d(src: src, srcDims: [n, inChannels, h, w], srcNCHW: srcNCHW, weights: weights,
                           stride: (stride, stride), padding: (padding, padding), dst: dst, dstHW: (outputSize(h), outputSize(w)))
     }
+
+    /// Runs this depthwise convolution (groups == channels) on NHWC images `srcImageStride` floats
+    /// apart into NHWC images `dstImageStride` floats apart (see `Engine.depthwiseConv2d`).
+    public func depthwise(_ engine: Engine, src: UnsafeMutablePointer<Float>, srcImageStride: Int, n: Int, h: Int, w: Int,
+                          dst: UnsafeMutablePointer<Float>, dstImageStride: Int, override: ConvWeights? = nil) throws {
+        let weights: ConvWeights
+        if let override { weights = override } else {
+            lock.lock()
+            if let p = packed { weights = p } else { weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights }
+            lock.unlock()
+        }
+        try engine.depthwiseConv2d(src: src, srcImageStride: srcImageStride, n: n, c: inChannels, h: h, w: w, weights: weights,
+                                   stride: stride, padding: padding, dst: dst, dstImageStride: dstImageStride,
+                                   dstHW: (outputSize(h), outputSize(w)))
+    }
 }
 
 /// `torch.nn.LayerNorm` over the last axis. quirk: CvT's LayerNorms all use PyTorch's default

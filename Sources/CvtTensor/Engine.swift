@@ -95,6 +95,8 @@ public final class ConvWeights: @unchecked Sendable {
     var packed: [(layout: dnnl_memory_desc_t, weights: Tensor)] = []
     /// `[kh·kw·in, out]` in our GEMM's panels, for convolutions run as im2col + GEMM (groups 1).
     var panels: (pointer: UnsafeMutableRawPointer, bytes: Int)?
+    /// Depthwise weights as `[kh·kw, C]`, for our depthwise kernel.
+    var depthwiseTaps: Tensor?
     deinit { if let p = panels { RawMemory.free(p.pointer, bytes: p.bytes) } }
 
     public init(weight: Tensor, bias: Tensor?, groups: Int) {
@@ -1024,6 +1026,63 @@ public final class Engine: @unchecked Sendable {
         if profile {
             lock.lock(); defer { lock.unlock() }
             record("conv", "conv \(srcDims) w\(w) (im2col)", since: t0)
+        }
+    }
+
+    /// Depthwise convolution (`weights` `[C, 1, k, k]`, groups C) of `n` NHWC images `[h, w, C]`
+    /// whose first pixel is `srcImageStride` floats after the previous image's (they may sit inside
+    /// a larger token buffer, e.g. after a CLS row), into NHWC `[H', W', C]` images `dstImageStride`
+    /// floats apart. With the AVX2 kernels: our kernel, straight from and into the token buffers;
+    /// otherwise oneDNN's conv on dense copies.
+    public func depthwiseConv2d(src: UnsafeMutablePointer<Float>, srcImageStride: Int, n: Int, c: Int, h: Int, w: Int,
+                                weights: ConvWeights, stride: Int, padding: Int,
+                                dst: UnsafeMutablePointer<Float>, dstImageStride: Int, dstHW: (Int, Int)) throws {
+        let shape = weights.weight.shape
+        guard shape.count == 4, shape[0] == c, shape[1] == 1, weights.groups == c, shape[2] == shape[3] else {
+            throw TensorError("depthwiseConv2d: weights \(shape) with \(weights.groups) groups are not depthwise for \(c) channels")
+        }
+        let (ho, wo) = dstHW, k = shape[2]
+        guard srcImageStride >= h * w * c, dstImageStride >= ho * wo * c else {
+            throw TensorError("depthwiseConv2d: image strides \(srcImageStride), \(dstImageStride) are shorter than the images")
+        }
+        if n == 0 || ho == 0 || wo == 0 { return }
+        if linearKernel == .avx2 {
+            let taps: UnsafePointer<Float> = {
+                weights.lock.lock(); defer { weights.lock.unlock() }
+                if let t = weights.depthwiseTaps { return UnsafePointer(t.unsafePointer) }
+                // [C, 1, kh, kw] → [(ky·kw + kx), C]: a tap's channels side by side, as the pixels are.
+                let t = Tensor(uninitialized: [k * k, c])
+                let wp = weights.weight.unsafePointer, tp = t.unsafePointer
+                for ch in 0..<c { for i in 0..<(k * k) { tp[i * c + ch] = wp[ch * k * k + i] } }
+                weights.depthwiseTaps = t
+                return UnsafePointer(t.unsafePointer)
+            }()
+            let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
+            let status = ck_depthwise_nhwc(src, srcImageStride, Int32(n), Int32(h), Int32(w), Int32(c), taps,
+                                           weights.bias.map { UnsafePointer($0.unsafePointer) }, Int32(k), Int32(k),
+                                           Int32(stride), Int32(padding), Int32(ho), Int32(wo), dst, dstImageStride)
+            guard status == 0 else { throw EngineError(operation: "depthwise conv [\(n), \(c), \(h), \(w)]", status: "AVX2 kernel unavailable") }
+            if profile {
+                lock.lock(); defer { lock.unlock() }
+                record("conv", "conv [\(n), \(c), \(h), \(w)] w\(shape) (depthwise)", since: t0)
+            }
+            return
+        }
+        let dense = srcImageStride == h * w * c && dstImageStride == ho * wo * c
+        if dense {
+            try conv2d(src: src, srcDims: [n, c, h, w], srcNCHW: false, weights: weights, stride: (stride, stride),
+                       padding: (padding, padding), dst: dst, dstHW: dstHW)
+            return
+        }
+        // oneDNN wants dense images: gather, convolve, scatter.
+        let input = Tensor(uninitialized: [n, h, w, c]), output = Tensor(uninitialized: [n, ho, wo, c])
+        timed("copy") {
+            for i in 0..<n { (input.unsafePointer + i * h * w * c).update(from: src + i * srcImageStride, count: h * w * c) }
+        }
+        try conv2d(src: input.unsafePointer, srcDims: [n, c, h, w], srcNCHW: false, weights: weights, stride: (stride, stride),
+                   padding: (padding, padding), dst: output.unsafePointer, dstHW: dstHW)
+        timed("copy") {
+            for i in 0..<n { (dst + i * dstImageStride).update(from: output.unsafePointer + i * ho * wo * c, count: ho * wo * c) }
         }
     }
 

@@ -9,23 +9,38 @@ public enum Kernels {
     /// for `rows` rows of `cols` values. `src` and `dst` may alias.
     public static func layerNorm(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
                                  weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        // AVX2 in C where the CPU has it (Swift's SIMD is SSE-only without target flags).
+        if ck_layernorm(src, dst, 0, rows, Int32(cols), weight, bias, eps) == 0 { return }
         parallelRows(rows, cols: cols) { r0, n in
             layerNormRows(src + r0 * cols, Float32Sink(p: dst + r0 * cols), rows: n, cols: cols, weight: weight, bias: bias, eps: eps)
         }
     }
 
+    /// One `parallelRows` call, shared with the OpenMP team.
+    private final class RowJob {
+        let rows: Int
+        let body: (Int, Int) -> Void
+        init(rows: Int, body: @escaping (Int, Int) -> Void) { self.rows = rows; self.body = body }
+    }
+
     /// Splits `rows` across the engine's thread count (OpenMP's, as set by `Engine.threads`) when
     /// there is enough work: these memory-bound kernels otherwise run on one core while the
-    /// matmuls around them use all of them.
+    /// matmuls around them use all of them. The team is OpenMP's, as for the backend calls: other
+    /// threads (Dispatch's) would compete for the cores with OpenMP's spinning idle threads.
     static func parallelRows(_ rows: Int, cols: Int, _ body: (Int, Int) -> Void) {
         let threads = max(1, Int(omp_get_max_threads()))
         if threads == 1 || rows * cols < 1 << 16 || rows < 2 * threads {
             body(0, rows); return
         }
-        let chunk = (rows + threads - 1) / threads
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
-            let start = t * chunk
-            if start < rows { body(start, min(chunk, rows - start)) }
+        withoutActuallyEscaping(body) { body in
+            let job = RowJob(rows: rows, body: body)
+            GOMP_parallel({ raw in
+                guard let raw else { return }
+                let job = Unmanaged<RowJob>.fromOpaque(raw).takeUnretainedValue()
+                let t = Int(omp_get_thread_num()), n = max(1, Int(omp_get_num_threads()))
+                let start = job.rows * t / n, end = job.rows * (t + 1) / n
+                if start < end { job.body(start, end - start) }
+            }, Unmanaged.passUnretained(job).toOpaque(), UInt32(threads), 0)
         }
     }
 
@@ -147,6 +162,7 @@ public enum Kernels {
     /// LayerNorm as `layerNorm`, writing bfloat16 (the input of a bf16 matmul).
     public static func layerNormBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, rows: Int, cols: Int,
                                          weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, eps: Float) {
+        if ck_layernorm(src, dst, 1, rows, Int32(cols), weight, bias, eps) == 0 { return }
         parallelRows(rows, cols: cols) { r0, n in
             layerNormRows(src + r0 * cols, BFloat16Sink(p: dst.assumingMemoryBound(to: UInt16.self) + r0 * cols), rows: n, cols: cols,
                           weight: weight, bias: bias, eps: eps)
@@ -192,9 +208,12 @@ public enum Kernels {
 
     /// PyTorch `AvgPool2d(kernel, stride, padding, ceil_mode: true, count_include_pad: true)` on NHWC
     /// data `[N, H, W, C]` → `[N, Ho, Wo, C]`. The divisor counts padding but not the overflow of the
-    /// ceil-mode windows, exactly as ATen's `avg_pool2d` does.
+    /// ceil-mode windows, exactly as ATen's `avg_pool2d` does. Images may sit `srcImageStride` /
+    /// `dstImageStride` floats apart (inside token buffers); nil means dense.
     public static func avgPool2dNHWC(_ src: UnsafePointer<Float>, n: Int, h: Int, w: Int, c: Int,
-                                     kernel: Int, stride: Int, padding: Int, _ dst: UnsafeMutablePointer<Float>, ho: Int, wo: Int) {
+                                     kernel: Int, stride: Int, padding: Int, _ dst: UnsafeMutablePointer<Float>, ho: Int, wo: Int,
+                                     srcImageStride: Int? = nil, dstImageStride: Int? = nil) {
+        let srcStride = srcImageStride ?? h * w * c, dstStride = dstImageStride ?? ho * wo * c
         for b in 0..<n {
             for oy in 0..<ho {
                 for ox in 0..<wo {
@@ -202,11 +221,11 @@ public enum Kernels {
                     var he = min(hs + kernel, h + padding), we = min(ws + kernel, w + padding)
                     let poolSize = Float((he - hs) * (we - ws))
                     hs = max(hs, 0); ws = max(ws, 0); he = min(he, h); we = min(we, w)
-                    let out = dst + ((b * ho + oy) * wo + ox) * c
+                    let out = dst + b * dstStride + (oy * wo + ox) * c
                     out.initialize(repeating: 0, count: c)
                     if hs < he && ws < we {
                         for y in hs..<he { for x in ws..<we {
-                            let inp = src + ((b * h + y) * w + x) * c
+                            let inp = src + b * srcStride + (y * w + x) * c
                             for ch in 0..<c { out[ch] += inp[ch] }
                         } }
                     }

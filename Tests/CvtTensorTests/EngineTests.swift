@@ -649,6 +649,50 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
+    /// Depthwise convolution read from and written into token buffers (images further apart than
+    /// their pixels, after a CLS row): our kernel and oneDNN's conv on gathered copies both give
+    /// oneDNN's dense result, and leave every float outside the output images alone.
+    func testDepthwiseConvolutionWithImageStridesMatchesOneDNN() throws {
+        let ours = try Engine(), reference = try Engine()
+        ours.linearKernel = .avx2; reference.linearKernel = .onednn
+        let cases: [(n: Int, c: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int, bias: Bool)] = [
+            (2, 384, 14, 14, 3, 1, 1, true), (2, 384, 14, 14, 3, 2, 1, true), (1, 64, 9, 7, 3, 2, 1, false),
+            (3, 72, 5, 6, 3, 1, 0, true), (1, 13, 6, 5, 5, 2, 2, true), (2, 200, 4, 4, 3, 2, 3, true), (1, 8, 1, 1, 3, 1, 1, true)]
+        for (n, c, h, w, k, stride, pad, hasBias) in cases {
+            let ho = (h + 2 * pad - k) / stride + 1, wo = (w + 2 * pad - k) / stride + 1
+            let weights = ConvWeights(weight: try Tensor(shape: [c, 1, k, k], scalars: data(c * k * k, 2).scalars),
+                                      bias: hasBias ? data(c, 3) : nil, groups: c)
+            let dense = data(n * h * w * c, 1)
+            let want = Tensor(zeros: [n * ho * wo * c])
+            try reference.conv2d(src: dense.unsafePointer, srcDims: [n, c, h, w], srcNCHW: false, weights: weights,
+                                 stride: (stride, stride), padding: (pad, pad), dst: want.unsafePointer, dstHW: (ho, wo))
+            // Token buffers [n, 1 + pixels + 1, c]: a CLS row before each image and one spare row after.
+            let srcStride = (h * w + 2) * c, dstStride = (ho * wo + 2) * c
+            let src = Tensor(zeros: [n * srcStride], value: 1e6), sentinel: Float = -7
+            for i in 0..<n { (src.unsafePointer + i * srcStride + c).update(from: dense.unsafePointer + i * h * w * c, count: h * w * c) }
+            for (name, engine) in [("ours", ours), ("oneDNN on copies", reference)] {
+                let dst = Tensor(zeros: [n * dstStride], value: sentinel)
+                try engine.depthwiseConv2d(src: src.unsafePointer + c, srcImageStride: srcStride, n: n, c: c, h: h, w: w, weights: weights,
+                                           stride: stride, padding: pad, dst: dst.unsafePointer + c, dstImageStride: dstStride, dstHW: (ho, wo))
+                var worst: Float = 0, untouched = true
+                for i in 0..<n {
+                    for j in 0..<(ho * wo * c) { worst = max(worst, abs(dst.scalars[i * dstStride + c + j] - want.scalars[i * ho * wo * c + j])) }
+                    for j in 0..<c { untouched = untouched && dst.scalars[i * dstStride + j] == sentinel && dst.scalars[i * dstStride + (ho * wo + 1) * c + j] == sentinel }
+                }
+                XCTAssertLessThanOrEqual(worst, 1e-5, "\(name): depthwise n\(n) c\(c) \(h)x\(w) k\(k) s\(stride) p\(pad): max abs error \(worst)")
+                XCTAssertTrue(untouched, "\(name): depthwise n\(n) c\(c) wrote outside its output images")
+            }
+        }
+        // Not depthwise weights, or strides shorter than an image: errors, not reads out of bounds.
+        let x = Tensor(zeros: [64])
+        XCTAssertThrowsError(try ours.depthwiseConv2d(src: x.unsafePointer, srcImageStride: 16, n: 1, c: 4, h: 2, w: 2,
+                                                      weights: ConvWeights(weight: Tensor(zeros: [4, 2, 1, 1]), bias: nil, groups: 2),
+                                                      stride: 1, padding: 0, dst: x.unsafePointer, dstImageStride: 16, dstHW: (2, 2)))
+        XCTAssertThrowsError(try ours.depthwiseConv2d(src: x.unsafePointer, srcImageStride: 8, n: 2, c: 4, h: 2, w: 2,
+                                                      weights: ConvWeights(weight: Tensor(zeros: [4, 1, 1, 1]), bias: nil, groups: 4),
+                                                      stride: 1, padding: 0, dst: x.unsafePointer, dstImageStride: 16, dstHW: (2, 2)))
+    }
+
     /// The kernels inside a team of batch workers with uneven thread shares (2, 1, 1) compute every
     /// output. (The kernels split work over the team OpenMP grants, which can be smaller than the
     /// one asked for under a nesting limit; libgomp here grants nested teams, so this test runs the

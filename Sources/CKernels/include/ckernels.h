@@ -35,5 +35,15 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
 void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst);
 /// Exact-erf GELU in place (AVX2+FMA).
 void ck_gelu(float *x, size_t count);
+/// LayerNorm over the last axis (biased variance, as PyTorch): `dst[r] = (src[r] − mean) /
+/// sqrt(var + eps) · weight + bias` for `rows` rows of `cols` values (AVX2+FMA, on up to
+/// `omp_get_max_threads()` threads), written as float32, or as bfloat16 bits rounded to nearest
+/// even when `dst_bf16`. `src` and `dst` may be the same (float32). Returns -1 without AVX2.
+int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps);
+/// Depthwise convolution of `n` NHWC images `[h, w, c]` (`src_image` floats apart) with
+/// `taps[(ky·kw + kx)·c + ch]`, zero padding `pad`, optional `bias[c]`, into NHWC `[ho, wo, c]`
+/// images `dst_image` floats apart (AVX2+FMA, threads as above). Returns -1 without AVX2.
+int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int c, const float *taps, const float *bias,
+                      int kh, int kw, int stride, int pad, int ho, int wo, float *dst, long dst_image);
 
 #endif
