@@ -41,6 +41,7 @@ def main():
     ap.add_argument("--spin", action="store_true", help="run ours with OMP_WAIT_POLICY=active (spinning threads)")
     ap.add_argument("--cvt", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "cvt"))
     ap.add_argument("--skip-onnx", action="store_true")
+    ap.add_argument("--skip-eager", action="store_true", help="leave out transformers eager (its bf16 takes ~30 s per batch of 32)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -79,7 +80,8 @@ def main():
                 with torch.no_grad():
                     return timeit(lambda: m(inp), a.iterations)
             return run
-        systems += [("transformers eager fp32", eager(model, x)), ("transformers eager bf16", eager(model_bf16, xb))]
+        if not a.skip_eager:
+            systems += [("transformers eager fp32", eager(model, x)), ("transformers eager bf16", eager(model_bf16, xb))]
         if not a.skip_onnx:
             import onnxruntime as ort
             path = os.path.join(d, "model.onnx")

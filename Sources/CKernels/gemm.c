@@ -28,8 +28,12 @@ extern int omp_get_num_threads(void);
 extern int omp_get_max_threads(void);
 
 int ck_gemm_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static int supported = -1;
+    if (supported < 0) {
+        __builtin_cpu_init();
+        supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return supported;
 }
 
 size_t ck_gemm_packed_count(int k, int n) { return (size_t)k * (size_t)((n + 15) / 16) * 16; }
@@ -53,14 +57,47 @@ int ck_cpu_has_avx512f(void) {
     return __builtin_cpu_supports("avx512f");
 }
 
+// dst rows kk..kk+7 (16 apart) × 8 columns = the 8×8 block whose column j is src + j·cs (8
+// contiguous values each).
+__attribute__((target("avx2,fma"))) static inline void transpose8(const float *src, long cs, float *dst) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + cs), r2 = _mm256_loadu_ps(src + 2 * cs), r3 = _mm256_loadu_ps(src + 3 * cs);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * cs), r5 = _mm256_loadu_ps(src + 5 * cs), r6 = _mm256_loadu_ps(src + 6 * cs), r7 = _mm256_loadu_ps(src + 7 * cs);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5), t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE), u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE), u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 32, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 48, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 64, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 80, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 96, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 112, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// One full 16-column panel of a K block whose source columns are contiguous along K (rs == 1,
+// e.g. Kᵀ for attention): 8×8 transposes instead of a strided gather per value.
+__attribute__((target("avx2,fma"))) static void pack_panel_transposed(const float *b, long cs, int kc, float *dst) {
+    int kk = 0;
+    for (; kk + 8 <= kc; kk += 8) {
+        transpose8(b + kk, cs, dst + (size_t)kk * 16);
+        transpose8(b + 8 * cs + kk, cs, dst + (size_t)kk * 16 + 8);
+    }
+    for (; kk < kc; kk++)
+        for (int j = 0; j < 16; j++) dst[(size_t)kk * 16 + j] = b[kk + j * cs];
+}
+
 void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
     int kcBase = k_block(k), panels = (n + 15) / 16;
     size_t npad = (size_t)panels * 16;
+    int transposed = rs == 1 && cs != 1 && ck_gemm_supported();
     for (int k0 = 0; k0 < k; k0 += kcBase) {
         int kc = k - k0 < kcBase ? k - k0 : kcBase;
         for (int p = 0; p < panels; p++) {
             float *dst = packed + (size_t)k0 * npad + (size_t)p * kc * 16;
             int cols = n - p * 16 < 16 ? n - p * 16 : 16;
+            if (transposed && cols == 16) { pack_panel_transposed(b + k0 + (long)p * 16 * cs, cs, kc, dst); continue; }
             for (int kk = 0; kk < kc; kk++) {
                 const float *src = b + (long)(k0 + kk) * rs + (long)p * 16 * cs;
                 float *row = dst + (size_t)kk * 16;
@@ -143,7 +180,7 @@ typedef struct {
 #define MC 72
 
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
-micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long ldc, int nc,
+micro(int mr, int kc, int packed_a, const float *a, long lda, const float *b, float *c, long ldc, int nc,
       int load, const float *bias, int last, const gemm_job *job) {
     __m256 acc[MR][2];
     __m256i m0 = _mm256_setzero_si256(), m1 = m0;
@@ -166,7 +203,7 @@ micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long l
         __m256 b0 = _mm256_load_ps(b + kk * 16), b1 = _mm256_load_ps(b + kk * 16 + 8);
         _Pragma("GCC unroll 6") for (int r = 0; r < MR; r++) {
             if (r >= mr) break;
-            __m256 av = _mm256_broadcast_ss(a + kk * MR + r);
+            __m256 av = _mm256_broadcast_ss(packed_a ? a + kk * MR + r : a + r * lda + kk);
             acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
         }
@@ -187,26 +224,34 @@ micro(int mr, int kc, const float *a, long lda, const float *b, float *c, long l
     }
 }
 
-// Each thread's buffer for packed A (≤ (mc + MR) × KC floats, about 260 KB), kept across calls
-// and freed when the thread ends.
-static pthread_key_t a_key;
-static pthread_once_t a_once = PTHREAD_ONCE_INIT;
-typedef struct { float *p; size_t cap; } a_store;
-static void a_free(void *s) { if (s) { free(((a_store *)s)->p); free(s); } }
-static void a_key_init(void) { pthread_key_create(&a_key, a_free); }
-static float *a_buffer(size_t count) {
-    pthread_once(&a_once, a_key_init);
-    a_store *s = pthread_getspecific(a_key);
+// Each thread's scratch buffers, kept across calls and freed when the thread ends: slot 0 holds
+// packed A (≤ (mc + MR) × KC floats, about 260 KB), slot 1 the attention kernel's packed K, V and
+// scores (about 530 KB in cvt-13's first stage; allocated per call, they were fresh mappings that
+// page-faulted every time).
+enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_SLOTS };
+typedef struct { float *p[SCRATCH_SLOTS]; size_t cap[SCRATCH_SLOTS]; } scratch_store;
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void scratch_free(void *v) {
+    scratch_store *s = v;
+    if (!s) return;
+    for (int i = 0; i < SCRATCH_SLOTS; i++) free(s->p[i]);
+    free(s);
+}
+static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_free); }
+static float *scratch(int slot, size_t count) {
+    pthread_once(&scratch_once, scratch_key_init);
+    scratch_store *s = pthread_getspecific(scratch_key);
     if (!s) {
         s = calloc(1, sizeof *s);
-        if (!s || pthread_setspecific(a_key, s) != 0) { free(s); return NULL; }
+        if (!s || pthread_setspecific(scratch_key, s) != 0) { free(s); return NULL; }
     }
-    if (count > s->cap) {
-        free(s->p);
-        s->p = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
-        s->cap = s->p ? count : 0;
+    if (count > s->cap[slot]) {
+        free(s->p[slot]);
+        s->p[slot] = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
+        s->cap[slot] = s->p[slot] ? count : 0;
     }
-    return s->p;
+    return s->p[slot];
 }
 
 // `rows` × `kc` of A (row stride lda) into micro-panels `[tile][kc][MR]`, the last tile's missing
@@ -248,14 +293,18 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     // batch's [3152, 1536] output went through memory once per K block).
     int mc = (int)((256 * 1024 / sizeof(float)) / (size_t)kcBase) / MR * MR;
     if (mc < MC) mc = MC;
-    float *apack = a_buffer((size_t)(mc + MR) * kcBase);
-    if (!apack) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
+    // A is packed when enough panels reuse it and its K blocks are long: with a few panels (the
+    // attention products, N = 50 or 64) or short K (64) the packing pass costs more than the six
+    // row streams do (measured 784×64×196: 72 vs 82 GFLOP/s; 788×384×1536: 83 vs 77).
+    int pack = p1 - p0 >= 8 && kcBase >= 128;
+    float *apack = pack ? scratch(SCRATCH_A, (size_t)(mc + MR) * kcBase) : NULL;
+    if (pack && !apack) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
     for (int mb = m0; mb < m1; mb += mc) {
         int mend = mb + mc < m1 ? mb + mc : m1;
         for (int k0 = 0; k0 < k; k0 += kcBase) {
             int kc = k - k0 < kcBase ? k - k0 : kcBase;
             int first = k0 == 0, last = k0 + kc == k;
-            pack_a(job->a + (size_t)mb * job->lda + k0, job->lda, mend - mb, kc, apack);
+            if (pack) pack_a(job->a + (size_t)mb * job->lda + k0, job->lda, mend - mb, kc, apack);
             for (int p = p0; p < p1; p++) {
                 const float *bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
                 int nc = job->n - p * 16 < 16 ? job->n - p * 16 : 16;
@@ -266,17 +315,32 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
                 }
                 int load = !first || job->accumulate;
                 float *c = job->c + p * 16;
-                int i = mb;
-                const float *ap = apack;
-                for (; i + MR <= mend; i += MR, ap += (size_t)kc * MR)
-                    micro(MR, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job);
-                switch (mend - i) {
-                case 5: micro(5, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 4: micro(4, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 3: micro(3, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 2: micro(2, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                case 1: micro(1, kc, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
-                default: break;
+                if (pack) {
+                    int i = mb;
+                    const float *ap = apack;
+                    for (; i + MR <= mend; i += MR, ap += (size_t)kc * MR)
+                        micro(MR, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job);
+                    switch (mend - i) {
+                    case 5: micro(5, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 4: micro(4, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 3: micro(3, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 2: micro(2, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 1: micro(1, kc, 1, ap, 0, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    default: break;
+                    }
+                } else {
+                    const float *a = job->a + k0;
+                    int i = mb;
+                    for (; i + MR <= mend; i += MR)
+                        micro(MR, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job);
+                    switch (mend - i) {
+                    case 5: micro(5, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 4: micro(4, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 3: micro(3, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 2: micro(2, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    case 1: micro(1, kc, 0, a + i * job->lda, job->lda, bp, c + i * job->ldc, job->ldc, nc, load, bias, last, job); break;
+                    default: break;
+                    }
                 }
             }
         }
@@ -352,6 +416,9 @@ typedef struct {
     int failed;
 } attention_job;
 
+// Softmax of each row in place. (Scaling P·V's rows by 1/sum afterwards instead would save this
+// pass over the scores, but moves the results away from PyTorch's: the spec §10.2 cvt-13 vector's
+// hidden_states.2 sum drifted by 2.5e-3, past its 2e-3 tolerance.)
 __attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld) {
     for (int r = 0; r < rows; r++) {
         float *x = s + r * ld;
@@ -412,8 +479,8 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
                       kt, NULL, scores, tkpad, ops, args, 1, 0, failed};
         gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
         softmax_rows(scores, rows, tk, tkpad);
-        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL,
-                      job->ctx + image * job->c_image + (long)r * job->c_row + h * d, job->c_row, NULL, NULL, 0, 0, failed};
+        float *ctx = job->ctx + image * job->c_image + (long)r * job->c_row + h * d;
+        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL, ctx, job->c_row, NULL, NULL, 0, 0, failed};
         gemm_region(&o, 0, rows, 0, (d + 15) / 16);
         if (*failed) return;
     }
@@ -427,7 +494,7 @@ static void attention_work(attention_job *job, int t, int T) {
     if (mb < MR) mb = MR;
     size_t ktCount = ck_gemm_packed_count(job->d, job->tk), vCount = ck_gemm_packed_count(job->tk, job->d);
     size_t scoreCount = (size_t)mb * tkpad;
-    float *buffer = aligned_alloc(64, ((ktCount + vCount + scoreCount) * sizeof(float) + 63) / 64 * 64);
+    float *buffer = scratch(SCRATCH_ATTENTION, ktCount + vCount + scoreCount);
     if (!buffer) { job->failed = 1; return; }
     float *kt = buffer, *vp = buffer + ktCount, *scores = vp + vCount;
     // The images × heads × query-row tiles, split evenly into contiguous ranges: a thread packs K
@@ -443,7 +510,6 @@ static void attention_work(attention_job *job, int t, int T) {
         if (job->failed) break;
         g0 = end;
     }
-    free(buffer);
 }
 
 static void attention_thread(void *data) { attention_work(data, omp_get_thread_num(), omp_get_num_threads()); }

@@ -154,9 +154,24 @@ public final class CvtSelfAttention: Module {
 
     /// Attention context `[B, Tq, C]` (heads merged) for normalized tokens `n` `[B, T, C]`, as `type`
     /// (bfloat16 in bf16 precision: every consumer is a matmul).
-    func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int, type: ElementType) throws -> TypedBuffer {
+    /// With `clsQueryOnly`, only the CLS token's context `[B, 1, C]` (its query against every key).
+    func callAsFunction(_ engine: Engine, n: Tensor, b: Int, h: Int, w: Int, type: ElementType,
+                        clsQueryOnly: Bool = false) throws -> TypedBuffer {
         let c = dim
-        let (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, b: b, h: h, w: w, type: type)
+        let q: TypedBuffer, tq: Int
+        if clsQueryOnly {
+            guard withClsToken else { throw CvtInputError("internal: a CLS-only attention in a stage without a CLS token") }
+            // The CLS skips the conv projection: its query is the Linear of its normalized value,
+            // row 0 of each image's [1 + H·W, C] tokens.
+            let t = 1 + h * w
+            let rows = Tensor(uninitialized: [b, c])
+            engine.timed("copy") { Kernels.copyRows(n.unsafePointer, srcPitch: t * c, rows.unsafePointer, dstPitch: c, rows: b, cols: c) }
+            q = TypedBuffer(type: type, count: b * c)
+            try projectionQuery(engine, src: StridedView(dense: rows.unsafePointer, dims: [b, c]), dst: q.view([b, c]))
+            tq = 1
+        } else {
+            (q, tq) = try project(engine, convolutionProjectionQuery, projectionQuery, n: n, b: b, h: h, w: w, type: type)
+        }
         let (k, tk) = try project(engine, convolutionProjectionKey, projectionKey, n: n, b: b, h: h, w: w, type: type)
         let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, b: b, h: h, w: w, type: type)
         let heads = numHeads, d = c / heads
@@ -228,14 +243,32 @@ public final class CvtLayer: Module {
     }
     public func parametersDidChange() { attention.parametersDidChange() }
 
-    /// Updates the residual stream `t` `[B, T, C]` in place.
-    func callAsFunction(_ engine: Engine, _ t: inout Tensor, b: Int, h: Int, w: Int) throws {
+    /// Updates the residual stream `t` `[B, T, C]` in place. With `clsOnly` (the last layer when only
+    /// the logits are wanted), only the CLS rows are updated: every token's keys and values are
+    /// still computed, but the query, attention output and MLP run on the CLS row alone. The other
+    /// rows keep their input values; per row, the arithmetic is the same as in the full layer.
+    func callAsFunction(_ engine: Engine, _ t: inout Tensor, b: Int, h: Int, w: Int, clsOnly: Bool = false) throws {
         t.makeUnique()
         let rows = t.shape[0] * t.shape[1], c = t.shape[2]
         // In bf16 precision, activations that only matmuls read are produced as bf16 directly.
         let act: ElementType = engine.precision == .bfloat16 ? .bfloat16 : .float32
         let n = Tensor(uninitialized: t.shape)
         engine.timed("layernorm") { layernormBefore(src: t.unsafePointer, dst: n.unsafePointer, rows: rows) }
+        if clsOnly {
+            // The CLS rows of t: [B, C] views, T·C apart.
+            let tokens = t.shape[1], inner = intermediate.outFeatures
+            let clsRows = StridedView(t.unsafePointer, dims: [b, c], strides: [tokens * c, 1])
+            let ctx = try attention(engine, n: n, b: b, h: h, w: w, type: act, clsQueryOnly: true)
+            try attentionOutput(engine, src: ctx.view([b, c]), dst: clsRows, postOps: [.accumulate])
+            let cls = Tensor(uninitialized: [b, c])
+            engine.timed("copy") { Kernels.copyRows(t.unsafePointer, srcPitch: tokens * c, cls.unsafePointer, dstPitch: c, rows: b, cols: c) }
+            let n2 = TypedBuffer(type: act, count: b * c)
+            engine.timed("layernorm") { layernormAfter(src: cls.unsafePointer, dst: n2, rows: b) }
+            let hidden = TypedBuffer(type: act, count: b * inner)
+            try intermediate(engine, src: n2.view([b, c]), dst: hidden.view([b, inner]), postOps: [.gelu])
+            try output(engine, src: hidden.view([b, inner]), dst: clsRows, postOps: [.accumulate])
+            return
+        }
         let ctx = try attention(engine, n: n, b: b, h: h, w: w, type: act)
         guard ctx.count == t.count else {
             throw CvtInputError("attention output (\(ctx.count) values) does not match the residual stream \(t.shape)")
@@ -278,8 +311,10 @@ public final class CvtStage: Module {
     }
 
     /// `x`: stage input, NCHW for stage 0 (`inputNCHW`) else dense NHWC `[B, H, W, C_in]`.
-    /// Returns the tokens `[B, cls + H'·W', C]` (CLS in row 0) and the grid size.
-    func callAsFunction(_ engine: Engine, _ x: Tensor, b: Int, h: Int, w: Int, inputNCHW: Bool) throws -> (Tensor, Int, Int) {
+    /// Returns the tokens `[B, cls + H'·W', C]` (CLS in row 0) and the grid size. With
+    /// `clsOnlyInLastLayer`, the last layer updates only the CLS rows (see `CvtLayer`).
+    func callAsFunction(_ engine: Engine, _ x: Tensor, b: Int, h: Int, w: Int, inputNCHW: Bool,
+                        clsOnlyInLastLayer: Bool = false) throws -> (Tensor, Int, Int) {
         let conv = embedding.projection
         let ho = conv.outputSize(h), wo = conv.outputSize(w)
         guard ho > 0, wo > 0 else {
@@ -302,7 +337,9 @@ public final class CvtStage: Module {
                 if let clsToken { (tokens.unsafePointer + i * t * dim).update(from: clsToken.unsafePointer, count: dim) }
             }
         }
-        for layer in layers { try layer(engine, &tokens, b: b, h: ho, w: wo) }
+        for (l, layer) in layers.enumerated() {
+            try layer(engine, &tokens, b: b, h: ho, w: wo, clsOnly: clsOnlyInLastLayer && l == layers.count - 1)
+        }
         return (tokens, ho, wo)
     }
 }
@@ -355,13 +392,18 @@ public final class CvtModel: Module {
 
     /// The stages on one engine: the hidden states (every stage's with `outputHiddenStates`, else
     /// only the last) as `[B, C, H, W]`, and the last stage's tokens `[B, T, C]`.
-    private func runStages(_ engine: Engine, _ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (hidden: [Tensor], tokens: Tensor) {
+    /// With `clsOnly` (only the last CLS token is wanted; its stage must have one) no hidden state
+    /// is made and the last layer updates only the CLS rows.
+    private func runStages(_ engine: Engine, _ pixelValues: Tensor, outputHiddenStates: Bool,
+                           clsOnly: Bool = false) throws -> (hidden: [Tensor], tokens: Tensor) {
         let b = pixelValues.shape[0]
         var x = pixelValues, h = pixelValues.shape[2], w = pixelValues.shape[3]
         var hidden: [Tensor] = []
         var tokens = pixelValues
         for stage in stages {
-            let (t, ho, wo) = try stage(engine, x, b: b, h: h, w: w, inputNCHW: stage.index == 0)
+            let last = stage.index == stages.count - 1
+            let (t, ho, wo) = try stage(engine, x, b: b, h: h, w: w, inputNCHW: stage.index == 0, clsOnlyInLastLayer: clsOnly && last)
+            if clsOnly && last { return ([], t) }
             tokens = t
             let cls = stage.clsToken == nil ? 0 : 1
             // The next stage sees only the patch tokens, as dense NHWC [B, H, W, C].
@@ -383,8 +425,8 @@ public final class CvtModel: Module {
         return (hidden, tokens)
     }
 
-    /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
-    func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
+    /// The input checks of every forward pass.
+    private func checkInput(_ pixelValues: Tensor) throws {
         guard pixelValues.rank == 4 else {
             throw CvtInputError("pixel_values must be [batch, channels, height, width], got shape \(pixelValues.shape)")
         }
@@ -396,37 +438,61 @@ public final class CvtModel: Module {
         guard pixelValues.shape[2] > 0, pixelValues.shape[3] > 0 else {
             throw CvtInputError("pixel_values has an empty image (shape \(pixelValues.shape))")
         }
+    }
+
+    /// `runStages` over the batch: split in parts across the threads when the engine does so.
+    private func runBatch(_ pixelValues: Tensor, outputHiddenStates: Bool, clsOnly: Bool) throws -> (hidden: [Tensor], tokens: Tensor) {
+        let b = pixelValues.shape[0]
         let parts = engine.batchParts(b)
-        let hidden: [Tensor], tokens: Tensor
-        if parts > 1 {
-            // Images are independent: each part of the batch runs on its own thread (and engine).
-            let sizes = (0..<parts).map { b / parts + ($0 < b % parts ? 1 : 0) }
-            let starts = sizes.indices.map { i in sizes[..<i].reduce(0, +) }
-            let perImage = pixelValues.count / b
-            var results = [(hidden: [Tensor], tokens: Tensor)?](repeating: nil, count: parts)
-            try results.withUnsafeMutableBufferPointer { out in
-                try engine.concurrently(parts) { i, worker in
-                    let x = Tensor(uninitialized: [sizes[i]] + pixelValues.shape.dropFirst())
-                    x.unsafePointer.update(from: pixelValues.unsafePointer + starts[i] * perImage, count: sizes[i] * perImage)
-                    out[i] = try runStages(worker, x, outputHiddenStates: outputHiddenStates)
-                }
+        guard parts > 1 else { return try runStages(engine, pixelValues, outputHiddenStates: outputHiddenStates, clsOnly: clsOnly) }
+        // Images are independent: each part of the batch runs on its own thread (and engine).
+        let sizes = (0..<parts).map { b / parts + ($0 < b % parts ? 1 : 0) }
+        let starts = sizes.indices.map { i in sizes[..<i].reduce(0, +) }
+        let perImage = pixelValues.count / b
+        var results = [(hidden: [Tensor], tokens: Tensor)?](repeating: nil, count: parts)
+        try results.withUnsafeMutableBufferPointer { out in
+            try engine.concurrently(parts) { i, worker in
+                let x = Tensor(uninitialized: [sizes[i]] + pixelValues.shape.dropFirst())
+                x.unsafePointer.update(from: pixelValues.unsafePointer + starts[i] * perImage, count: sizes[i] * perImage)
+                out[i] = try runStages(worker, x, outputHiddenStates: outputHiddenStates, clsOnly: clsOnly)
             }
-            let done = results.compactMap { $0 }
-            guard done.count == parts else { throw CvtInputError("a batch part produced no output") }
-            hidden = try done[0].hidden.indices.map { k in try Tensor(concatenatingBatches: done.map { $0.hidden[k] }) }
-            tokens = try Tensor(concatenatingBatches: done.map(\.tokens))
-        } else {
-            (hidden, tokens) = try runStages(engine, pixelValues, outputHiddenStates: outputHiddenStates)
         }
+        let done = results.compactMap { $0 }
+        guard done.count == parts else { throw CvtInputError("a batch part produced no output") }
+        let hidden = try done[0].hidden.indices.map { k in try Tensor(concatenatingBatches: done.map { $0.hidden[k] }) }
+        return (hidden, try Tensor(concatenatingBatches: done.map(\.tokens)))
+    }
+
+    /// Row 0 of each image's tokens `[B, T, C]`: `[B, 1, C]`.
+    private func clsValues(_ tokens: Tensor, dim: Int) -> Tensor {
+        let b = tokens.shape[0]
+        let v = Tensor(uninitialized: [b, 1, dim])
+        Kernels.copyRows(tokens.unsafePointer, srcPitch: tokens.shape[1] * dim, v.unsafePointer, dstPitch: dim, rows: b, cols: dim)
+        return v
+    }
+
+    /// Runs the encoder; also returns the last stage's tokens `[B, T, C]` for the head.
+    func encode(_ pixelValues: Tensor, outputHiddenStates: Bool) throws -> (CvtModelOutput, Tensor) {
+        try checkInput(pixelValues)
+        let (hidden, tokens) = try runBatch(pixelValues, outputHiddenStates: outputHiddenStates, clsOnly: false)
         guard let last = hidden.last, let lastStage = stages.last else { throw CvtInputError("model has no stages") }
-        var clsValue: Tensor?
-        if lastStage.clsToken != nil {
-            let v = Tensor(uninitialized: [b, 1, lastStage.dim])
-            Kernels.copyRows(tokens.unsafePointer, srcPitch: tokens.shape[1] * lastStage.dim, v.unsafePointer,
-                             dstPitch: lastStage.dim, rows: b, cols: lastStage.dim)
-            clsValue = v
-        }
+        let clsValue = lastStage.clsToken == nil ? nil : clsValues(tokens, dim: lastStage.dim)
         return (CvtModelOutput(lastHiddenState: last, clsTokenValue: clsValue, hiddenStates: outputHiddenStates ? hidden : nil), tokens)
+    }
+
+    /// Whether the last stage has a CLS token (whose final value `encodeCLS` computes on its own).
+    var hasFinalCLS: Bool { stages.last?.clsToken != nil }
+
+    /// Only the last stage's final CLS values `[B, 1, C]` (`clsTokenValue`, the classifier's input):
+    /// the same numbers as `encode`, without the last layer's work on the other tokens (cvt-13: 7%
+    /// of the FLOPs) or the hidden-state layout changes. Needs `hasFinalCLS`.
+    func encodeCLS(_ pixelValues: Tensor) throws -> Tensor {
+        try checkInput(pixelValues)
+        guard let lastStage = stages.last, lastStage.clsToken != nil else {
+            throw CvtInputError("internal: encodeCLS on a model whose last stage has no CLS token")
+        }
+        let (_, tokens) = try runBatch(pixelValues, outputHiddenStates: false, clsOnly: true)
+        return clsValues(tokens, dim: lastStage.dim)
     }
 
     /// `pixelValues`: `[B, num_channels, H, W]` float32, any batch and size.

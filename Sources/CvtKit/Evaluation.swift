@@ -73,7 +73,7 @@ public enum Evaluator {
         while i < count {
             let end = min(count, i + max(1, batchSize))
             let images = try (i..<end).map(image)
-            let logits = try pipeline.model(pipeline.processor(images)).logits
+            let logits = try pipeline.model.logits(pipeline.processor(images))
             let values = logits.scalars
             for (j, index) in (i..<end).enumerated() {
                 let truth = label(index)

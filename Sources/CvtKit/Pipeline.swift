@@ -77,7 +77,7 @@ public final class ImageClassificationPipeline {
         for start in stride(from: 0, to: images.count, by: step) {
             let batch = Array(images[start..<min(images.count, start + step)])
             let pixels = try processor(batch)
-            let logits = try model(pixels).logits
+            let logits = try model.logits(pixels)
             results += rank(logits, topK: topK, function: function)
         }
         return results

@@ -114,6 +114,8 @@ struct Bench: ParsableCommand {
     var imagesPerPart: Int?
     @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
     var noFusedAttention = false
+    @Flag(help: "Time the full forward pass (last hidden state included) instead of the logits only, which skip the last layer's work on tokens other than the CLS (for comparison).")
+    var fullOutput = false
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
@@ -151,14 +153,16 @@ struct Bench: ParsableCommand {
         var rng = SplitMix64(seed: 1)
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
         let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
-        for _ in 0..<2 { _ = try classifier(pixels) }
+        // What `cvt classify` runs (`logits`), or with --full-output everything `CvtForImageClassification` returns.
+        let forward = { fullOutput ? try classifier(pixels).logits : try classifier.logits(pixels) }
+        for _ in 0..<2 { _ = try forward() }
         // After the warm-up: the first pass packs the matmul weights (blocked layouts may pad them).
         let weightsMB = Double(classifier.parameterBytes) / 1_048_576
         var times: [Double] = []
         engine.profile = profile
         for _ in 0..<iterations {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try classifier(pixels)
+            _ = try forward()
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
         }
         times.sort()
@@ -191,6 +195,7 @@ struct Bench: ParsableCommand {
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
                 "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention,
+                "output": fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]

@@ -42,6 +42,8 @@ final class ParityTests: XCTestCase {
         let out = try model(input.tensor("pixel_values"), labels: fixtureLabels(input), outputHiddenStates: true)
         let tol: Float = 1e-4
         assertTensorClose("\(name)/logits", out.logits, try expected.tensor("logits"), tol: tol, file: file, line: line)
+        // The logits-only path (CLS-only last layer where the last stage has a CLS): same numbers.
+        assertTensorClose("\(name)/logits()", try model.logits(input.tensor("pixel_values")), try expected.tensor("logits"), tol: tol, file: file, line: line)
         assertTensorClose("\(name)/last_hidden_state", out.lastHiddenState, try expected.tensor("last_hidden_state"), tol: tol, file: file, line: line)
         if expected.info("cls_token_value") != nil {
             let cls = try XCTUnwrap(out.clsTokenValue, "\(name): expected a cls_token_value", file: file, line: line)

@@ -24,6 +24,35 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// `logits(_:)` skips the last layer's non-CLS rows: per row the arithmetic is the full
+    /// layer's, so the logits equal the full forward pass's, with either Linear kernel, in one pass
+    /// or split batches, in bf16, and without a final CLS (the full pass). The full pass's results
+    /// stay whole afterwards (the skipped rows are not left stale in anything returned).
+    func testLogitsOnlyEqualFullForward() throws {
+        var noCLS = tinyConfig(); noCLS.clsToken = [false, false, false]
+        var oneLayer = tinyConfig(); oneLayer.depth = [1, 1, 1]
+        for (name, config) in [("tiny", tinyConfig()), ("no final CLS", noCLS), ("one layer per stage", oneLayer)] {
+            for kernel in [LinearKernel.onednn, .avx2] where kernel.isSupported {
+                for (precision, tol) in [(ComputePrecision.float32, Float(1e-5)), (.bfloat16, 2e-3)] {
+                    let engine = try Engine()
+                    engine.linearKernel = kernel; engine.precision = precision
+                    let m = try CvtForImageClassification(config: config, engine: engine)
+                    try m.visitParameters(SyntheticWeights(), prefix: "")
+                    m.parametersDidChange()
+                    for batch in [1, 3] {
+                        let x = syntheticPixels([batch, 3, 48, 40])
+                        let full = try m(x, outputHiddenStates: true)
+                        let fast = try m.logits(x)
+                        XCTAssertEqual(fast.shape, full.logits.shape)
+                        assertClose("\(name) \(kernel) \(precision) batch \(batch): logits()", fast.scalars, full.logits.scalars, tol: tol)
+                        let again = try m(x, outputHiddenStates: true)
+                        assertClose("\(name): last_hidden_state after logits()", again.lastHiddenState.scalars, full.lastHiddenState.scalars, tol: 0)
+                    }
+                }
+            }
+        }
+    }
+
     func testNonSquareAnd224Shapes() throws {
         let m = try syntheticModel(tinyConfig())
         let out = try m(syntheticPixels([1, 3, 225, 250]), outputHiddenStates: true)
