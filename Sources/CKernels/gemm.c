@@ -115,6 +115,66 @@ void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long c
             b[kk * rs + col * cs] = packed[packed_index(k, n, kk, col)];
 }
 
+void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed) {
+    int kcBase = k_block(k), panels = (n + 15) / 16;
+    size_t npad = (size_t)panels * 16;
+    for (int k0 = 0; k0 < k; k0 += kcBase) {
+        int kc = k - k0 < kcBase ? k - k0 : kcBase;
+        for (int p = 0; p < panels; p++) {
+            uint16_t *dst = packed + (size_t)k0 * npad + (size_t)p * kc * 16;
+            int cols = n - p * 16 < 16 ? n - p * 16 : 16;
+            for (int kk = 0; kk < kc; kk++) {
+                const uint16_t *src = b + (long)(k0 + kk) * rs + (long)p * 16 * cs;
+                uint16_t *row = dst + (size_t)kk * 16;
+                for (int j = 0; j < cols; j++) row[j] = src[j * cs];
+                for (int j = cols; j < 16; j++) row[j] = 0;  // +0 in float16 and bfloat16
+            }
+        }
+    }
+}
+
+static float half_to_float(uint16_t h, int format) {
+    if (format == CK_BFLOAT16) {
+        uint32_t bits = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        return f;
+    }
+    float f;
+    ck_f16_to_f32(&h, &f, 1);
+    return f;
+}
+
+void ck_gemm_unpack16(const uint16_t *packed, int format, int k, int n, void *b, int widen, long rs, long cs) {
+    for (int kk = 0; kk < k; kk++)
+        for (int col = 0; col < n; col++) {
+            uint16_t h = packed[packed_index(k, n, kk, col)];
+            if (widen) ((float *)b)[kk * rs + col * cs] = half_to_float(h, format);
+            else ((uint16_t *)b)[kk * rs + col * cs] = h;
+        }
+}
+
+int ck_gemm16_supported(int format) {
+    if (!ck_gemm_supported()) return 0;
+    if (format == CK_BFLOAT16) return 1;
+    __builtin_cpu_init();
+    return format == CK_FLOAT16 && __builtin_cpu_supports("f16c");
+}
+
+// A micro-panel of half-precision weights (kc × 16) widened into `dst` (exactly: every float16 and
+// bfloat16 value is a float32).
+__attribute__((target("avx2,fma,f16c"))) static void widen_panel(const uint16_t *src, int format, int kc, float *dst) {
+    size_t count = (size_t)kc * 16;
+    if (format == CK_FLOAT16) {
+        for (size_t i = 0; i < count; i += 8) _mm256_store_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    } else {
+        for (size_t i = 0; i < count; i += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+            _mm256_store_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+    }
+}
+
 // ---- exact-erf GELU, vectorised ----
 
 __attribute__((target("avx2,fma"))) static inline __m256 exp_ps(__m256 x) {
@@ -173,7 +233,8 @@ typedef struct {
     float *c; long ldc;
     const int *ops; const float *args; int nops;  // epilogue after the last K block (accumulate excluded)
     int accumulate;                               // C starts from its previous contents
-    int *failed;                                  // set when the packed-A buffer cannot be allocated
+    int *failed;                                  // set when a scratch buffer cannot be allocated
+    const uint16_t *packed16; int format;         // half-precision panels (CK_FLOAT16 / CK_BFLOAT16) instead of `packed`
 } gemm_job;
 
 #define MR 6
@@ -224,11 +285,11 @@ micro(int mr, int kc, int packed_a, const float *a, long lda, const float *b, fl
     }
 }
 
-// Each thread's scratch buffers, kept across calls and freed when the thread ends: slot 0 holds
-// packed A (≤ (mc + MR) × KC floats, about 260 KB), slot 1 the attention kernel's packed K, V and
-// scores (about 530 KB in cvt-13's first stage; allocated per call, they were fresh mappings that
-// page-faulted every time).
-enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_SLOTS };
+// Each thread's scratch buffers, kept across calls and freed when the thread ends: packed A
+// (≤ (mc + MR) × KC floats, about 260 KB), the attention kernel's packed K, V and scores (about
+// 530 KB in cvt-13's first stage; allocated per call, they were fresh mappings that page-faulted
+// every time), and one widened micro-panel of half-precision weights (≤ KC × 16 floats).
+enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_B, SCRATCH_SLOTS };
 typedef struct { float *p[SCRATCH_SLOTS]; size_t cap[SCRATCH_SLOTS]; } scratch_store;
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
@@ -298,7 +359,8 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     // row streams do (measured 784×64×196: 72 vs 82 GFLOP/s; 788×384×1536: 83 vs 77).
     int pack = p1 - p0 >= 8 && kcBase >= 128;
     float *apack = pack ? scratch(SCRATCH_A, (size_t)(mc + MR) * kcBase) : NULL;
-    if (pack && !apack) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
+    float *bwide = job->packed16 ? scratch(SCRATCH_B, (size_t)kcBase * 16) : NULL;
+    if ((pack && !apack) || (job->packed16 && !bwide)) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
     for (int mb = m0; mb < m1; mb += mc) {
         int mend = mb + mc < m1 ? mb + mc : m1;
         for (int k0 = 0; k0 < k; k0 += kcBase) {
@@ -306,7 +368,13 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
             int first = k0 == 0, last = k0 + kc == k;
             if (pack) pack_a(job->a + (size_t)mb * job->lda + k0, job->lda, mend - mb, kc, apack);
             for (int p = p0; p < p1; p++) {
-                const float *bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
+                const float *bp;
+                if (job->packed16) {
+                    widen_panel(job->packed16 + (size_t)k0 * npad + (size_t)p * kc * 16, job->format, kc, bwide);
+                    bp = bwide;
+                } else {
+                    bp = job->packed + (size_t)k0 * npad + (size_t)p * kc * 16;
+                }
                 int nc = job->n - p * 16 < 16 ? job->n - p * 16 : 16;
                 const float *bias = NULL;
                 if (first && job->bias) {
@@ -365,11 +433,25 @@ static void gemm_thread(void *data) {
     }
 }
 
+static int gemm_run(int m, int n, int k, const float *a, long lda, const float *packed, const uint16_t *packed16, int format,
+                    const float *bias, float *c, long ldc, const int *ops, const float *args, int nops);
+
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops) {
+    return gemm_run(m, n, k, a, lda, packed, NULL, 0, bias, c, ldc, ops, args, nops);
+}
+
+int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *packed, int format, const float *bias,
+              float *c, long ldc, const int *ops, const float *args, int nops) {
+    if (!ck_gemm16_supported(format)) return -1;
+    return gemm_run(m, n, k, a, lda, NULL, packed, format, bias, c, ldc, ops, args, nops);
+}
+
+static int gemm_run(int m, int n, int k, const float *a, long lda, const float *packed, const uint16_t *packed16, int format,
+                    const float *bias, float *c, long ldc, const int *ops, const float *args, int nops) {
     if (m <= 0 || n <= 0) return 0;
     int failed = 0;
-    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0, &failed};
+    gemm_job job = {m, n, k, a, lda, packed, bias, c, ldc, ops, args, nops, 0, &failed, packed16, format};
     // An accumulate post-op is only supported first (dst = epilogue(old + A·B + bias)): it is folded
     // into the accumulators' start.
     int rest[8]; float restArgs[8]; int nrest = 0;
@@ -476,11 +558,11 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
     for (int r = r0; r < r1; r += mb) {
         int rows = r1 - r < mb ? r1 - r : mb;
         gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
-                      kt, NULL, scores, tkpad, ops, args, 1, 0, failed};
+                      kt, NULL, scores, tkpad, ops, args, 1, 0, failed, NULL, 0};
         gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
         softmax_rows(scores, rows, tk, tkpad);
         float *ctx = job->ctx + image * job->c_image + (long)r * job->c_row + h * d;
-        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL, ctx, job->c_row, NULL, NULL, 0, 0, failed};
+        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL, ctx, job->c_row, NULL, NULL, 0, 0, failed, NULL, 0};
         gemm_region(&o, 0, rows, 0, (d + 15) / 16);
         if (*failed) return;
     }
@@ -556,6 +638,16 @@ int ck_cpu_has_avx512f(void) { return 0; }
 size_t ck_gemm_packed_count(int k, int n) { return (size_t)k * (size_t)((n + 15) / 16) * 16; }
 void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) { (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed; }
 void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) { (void)packed; (void)k; (void)n; (void)b; (void)rs; (void)cs; }
+void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed) { (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed; }
+void ck_gemm_unpack16(const uint16_t *packed, int format, int k, int n, void *b, int widen, long rs, long cs) {
+    (void)packed; (void)format; (void)k; (void)n; (void)b; (void)widen; (void)rs; (void)cs;
+}
+int ck_gemm16_supported(int format) { (void)format; return 0; }
+int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *packed, int format, const float *bias,
+              float *c, long ldc, const int *ops, const float *args, int nops) {
+    (void)m; (void)n; (void)k; (void)a; (void)lda; (void)packed; (void)format; (void)bias; (void)c; (void)ldc; (void)ops; (void)args; (void)nops;
+    return -1;
+}
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops) {
     (void)m; (void)n; (void)k; (void)a; (void)lda; (void)packed; (void)bias; (void)c; (void)ldc; (void)ops; (void)args; (void)nops;

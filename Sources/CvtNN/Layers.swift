@@ -169,9 +169,9 @@ public final class Linear: Module {
     /// changes this layer's form meanwhile.
     private func weightsForEngine(_ engine: Engine) throws -> (PackedWeights?, ConstantWeights?) {
         lock.lock(); defer { lock.unlock() }
-        let operand = engine.matmulOperandType
-        if let p = packed, p.type != operand || !engine.packsWeights || p.kernel != engine.packingKernel(operand) { try unpack() }
-        if packed == nil, engine.packsWeights, weightStorage == operand, try packingPadsLittle(engine, operand) {
+        let packType = engine.packedType(forStorage: weightStorage)
+        if let p = packed, p.type != packType || !engine.packsWeights || p.kernel != engine.packingKernel(p.type) { try unpack() }
+        if packed == nil, engine.packsWeights, let packType, try packingPadsLittle(engine, packType) {
             // The plain weight is dropped once packed: the layer holds one copy (Wᵀ re-blocked).
             if let compact = compactWeight {
                 packed = try engine.packWeights(compact.view([inFeatures, outFeatures]))

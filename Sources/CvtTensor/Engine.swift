@@ -713,9 +713,25 @@ public final class Engine: @unchecked Sendable {
         didSet { if !linearKernel.isSupported { linearKernel = .onednn } }
     }
 
-    /// The kernel that packs weights of `type` (our GEMM is float32 only).
+    /// The kernel that packs weights of `type`. Our GEMM takes float32 panels, and 16-bit ones
+    /// widened per micro-panel: float16-stored weights (float32 arithmetic) and, where bfloat16 is
+    /// emulated, bfloat16 weights (with bf16-rounded activations: bf16 × bf16 products are exact in
+    /// float32, so this is bf16 arithmetic). Native bf16 kernels (oneDNN's) are used where they exist.
     public func packingKernel(_ type: ElementType) -> LinearKernel {
-        type == .float32 ? linearKernel : .onednn
+        guard linearKernel == .avx2 else { return .onednn }
+        switch type {
+        case .float32: return .avx2
+        case .float16: return precision == .float32 && ck_gemm16_supported(Int32(CK_FLOAT16)) != 0 ? .avx2 : .onednn
+        case .bfloat16: return emulatesBFloat16 && ck_gemm16_supported(Int32(CK_BFLOAT16)) != 0 ? .avx2 : .onednn
+        }
+    }
+
+    /// The type weights stored as `storage` are packed in for this engine's matmuls, or nil when
+    /// they are not packed (they run from their plain form, converted per call).
+    public func packedType(forStorage storage: ElementType) -> ElementType? {
+        if storage == matmulOperandType { return storage }
+        if storage == .float16, precision == .float32, packingKernel(.float16) == .avx2 { return .float16 }
+        return nil
     }
 
     /// The operand type matmuls run in at this precision (what packed weights must hold, and what
@@ -751,7 +767,7 @@ public final class Engine: @unchecked Sendable {
     /// sizes, which matters only for narrow layers; emulated bfloat16 weights are held in float32).
     public func packedBytes(k: Int, n: Int, type: ElementType) throws -> Int {
         guard k > 0, n > 0 else { throw TensorError("packedBytes: need K, N > 0, got [\(k), \(n)]") }
-        if packingKernel(type) == .avx2 { return ck_gemm_packed_count(Int32(k), Int32(n)) * 4 }
+        if packingKernel(type) == .avx2 { return ck_gemm_packed_count(Int32(k), Int32(n)) * (type == .float32 ? 4 : 2) }
         let held = kernelType(of: type)
         lock.lock(); defer { lock.unlock() }
         var layout = try packedLayout(k: k, n: n, type: held)
@@ -765,15 +781,20 @@ public final class Engine: @unchecked Sendable {
             throw TensorError("packWeights: need [K, N] with K, N > 0, got \(weights.dims)")
         }
         let type = weights.type
-        guard type == matmulOperandType else {
+        guard packedType(forStorage: type) == type else {
             throw TensorError("packWeights: \(type) weights do not match the engine's \(precision) matmuls")
         }
         if packingKernel(type) == .avx2 {
             let (k, n) = (weights.dims[0], weights.dims[1])
-            let bytes = ck_gemm_packed_count(Int32(k), Int32(n)) * 4
+            let bytes = ck_gemm_packed_count(Int32(k), Int32(n)) * type.byteCount
             let (ptr, _) = RawMemory.allocate(bytes: bytes)
-            ck_gemm_pack(weights.raw.assumingMemoryBound(to: Float.self), weights.strides[0], weights.strides[1], Int32(k), Int32(n),
-                         ptr.assumingMemoryBound(to: Float.self))
+            if type == .float32 {
+                ck_gemm_pack(weights.raw.assumingMemoryBound(to: Float.self), weights.strides[0], weights.strides[1], Int32(k), Int32(n),
+                             ptr.assumingMemoryBound(to: Float.self))
+            } else {
+                ck_gemm_pack16(weights.raw.assumingMemoryBound(to: UInt16.self), weights.strides[0], weights.strides[1], Int32(k), Int32(n),
+                               ptr.assumingMemoryBound(to: UInt16.self))
+            }
             return PackedWeights(dims: weights.dims, type: type, md: dnnl_memory_desc_t(), pointer: ptr, bytes: bytes, engine: self, kernel: .avx2)
         }
         let held = kernelType(of: type)
@@ -791,9 +812,16 @@ public final class Engine: @unchecked Sendable {
     func unpack(_ p: PackedWeights, into dst: StridedView) throws {
         guard dst.dims == p.dims else { throw TensorError("unpack: packed \(p.dims) into \(dst.dims)") }
         if p.kernel == .avx2 {
-            guard dst.type == .float32 else { throw TensorError("unpack: panel-packed float32 weights into \(dst.type)") }
-            ck_gemm_unpack(p.pointer.assumingMemoryBound(to: Float.self), Int32(p.dims[0]), Int32(p.dims[1]),
-                           dst.raw.assumingMemoryBound(to: Float.self), dst.strides[0], dst.strides[1])
+            if p.type == .float32 {
+                guard dst.type == .float32 else { throw TensorError("unpack: panel-packed float32 weights into \(dst.type)") }
+                ck_gemm_unpack(p.pointer.assumingMemoryBound(to: Float.self), Int32(p.dims[0]), Int32(p.dims[1]),
+                               dst.raw.assumingMemoryBound(to: Float.self), dst.strides[0], dst.strides[1])
+            } else {
+                // Into the stored type (bits unchanged) or widened to float32.
+                guard dst.type == p.type || dst.type == .float32 else { throw TensorError("unpack: panel-packed \(p.type) weights into \(dst.type)") }
+                ck_gemm_unpack16(p.pointer.assumingMemoryBound(to: UInt16.self), Int32(p.type == .float16 ? CK_FLOAT16 : CK_BFLOAT16),
+                                 Int32(p.dims[0]), Int32(p.dims[1]), dst.raw, dst.type == .float32 ? 1 : 0, dst.strides[0], dst.strides[1])
+            }
             return
         }
         lock.lock(); defer { lock.unlock() }
@@ -811,11 +839,10 @@ public final class Engine: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         let precision = self.precision
         // Any of this process's CPU engines has the same layouts (batch workers share packed weights).
-        guard packed.type == matmulOperandType else {
-            throw TensorError("matmul: weights packed as \(packed.type) do not fit this engine's \(precision) matmuls")
+        guard packedType(forStorage: packed.type) == packed.type, packingKernel(packed.type) == packed.kernel else {
+            throw TensorError("matmul: weights packed as \(packed.type) for \(packed.kernel) do not fit this engine's \(precision) matmuls")
         }
         if packed.kernel == .avx2 {
-            try checkActivationTypes(src, dst: dst)
             try panelMatmul(src: src, packed: packed, bias: bias, dst: dst, postOps: postOps)
             return
         }
@@ -830,23 +857,54 @@ public final class Engine: @unchecked Sendable {
                       scratch: &scratch, name: "\(src.dims)x\(packed.dims)")
     }
 
-    /// `dst = src·W (+ bias)` on our AVX2 GEMM (float32; rows of `src` and `dst` contiguous, copied
-    /// to dense when they are not).
-    private func panelMatmul(src: StridedView, packed: PackedWeights, bias: UnsafePointer<Float>?, dst: StridedView,
+    /// `dst = src·W (+ bias)` on our AVX2 GEMM: float32, or 16-bit panels widened per micro-panel.
+    /// In (emulated) bfloat16 precision the operand is bf16: bf16 activations are widened, float32
+    /// ones rounded to bf16 first, and a bf16 `dst` is computed in float32 and rounded once, as the
+    /// native kernels do. Rows of `src` and `dst` must be contiguous (`src` is copied otherwise).
+    private func panelMatmul(src: StridedView, packed: PackedWeights, bias: UnsafePointer<Float>?, dst finalDst: StridedView,
                              postOps: [PostOp]) throws {
-        guard src.type == .float32, dst.type == .float32 else {
-            throw TensorError("matmul: panel-packed weights take float32 activations, got \(src.type) → \(dst.type)")
-        }
-        let (m, k, n) = (src.dims[0], src.dims[1], dst.dims[1])
+        let (m, k, n) = (src.dims[0], src.dims[1], finalDst.dims[1])
         var scratch: [(UnsafeMutableRawPointer, Int)] = []
         defer { for (b, c) in scratch { BufferPool.shared.give(b, bytes: c) } }
+        func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+            let bytes = max(1, count) * 4
+            let p = BufferPool.shared.take(bytes: bytes)
+            scratch.append((p, bytes))
+            return p.assumingMemoryBound(to: Float.self)
+        }
         var a = src.raw, lda = src.strides[0]
-        if src.strides[1] != 1 || m > 1 && lda < k {
+        if src.type != .float32 || precision == .bfloat16 {
+            guard precision == .bfloat16, src.type != .float16 else {
+                throw TensorError("matmul: \(src.type) activations need the engine's bfloat16 precision")
+            }
+            // Dense float32 holding bf16 values.
+            var dense = src.raw
+            if src.strides != [k, 1] {
+                let (p, _, bytes) = try convert(src, to: src.type)
+                scratch.append((p, bytes)); dense = p
+            }
+            let f = floats(m * k)
+            if src.type == .bfloat16 { Kernels.fromBFloat16(dense, f, count: m * k) } else {
+                Kernels.roundToBFloat16(dense.assumingMemoryBound(to: Float.self), f, count: m * k)
+            }
+            a = UnsafeMutableRawPointer(f); lda = k
+        } else if src.strides[1] != 1 || m > 1 && lda < k {
             let (ptr, _, bytes) = try convert(src, to: .float32)
             scratch.append((ptr, bytes)); a = ptr; lda = k
         }
-        guard dst.strides[1] == 1, m == 1 || dst.strides[0] >= n else {
-            throw TensorError("matmul: panel-packed weights need dst rows contiguous, got strides \(dst.strides)")
+        guard finalDst.strides[1] == 1, m == 1 || finalDst.strides[0] >= n else {
+            throw TensorError("matmul: panel-packed weights need dst rows contiguous, got strides \(finalDst.strides)")
+        }
+        var dst = finalDst
+        if finalDst.type == .bfloat16 {
+            guard precision == .bfloat16 else { throw TensorError("matmul: bfloat16 outputs need the engine's bfloat16 precision") }
+            let f = floats(m * n)
+            if postOps.contains(.accumulate) {
+                for r in 0..<m { Kernels.fromBFloat16(finalDst.raw + r * finalDst.strides[0] * 2, f + r * n, count: n) }
+            }
+            dst = StridedView(dense: f, dims: [m, n])
+        } else if finalDst.type != .float32 {
+            throw TensorError("matmul: \(finalDst.type) outputs are not supported")
         }
         var ops: [Int32] = [], args: [Float] = []
         for op in postOps {
@@ -857,10 +915,21 @@ public final class Engine: @unchecked Sendable {
             }
         }
         let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
-        let status = ck_gemm(Int32(m), Int32(n), Int32(k), a.assumingMemoryBound(to: Float.self), lda,
+        let status: Int32
+        if packed.type == .float32 {
+            status = ck_gemm(Int32(m), Int32(n), Int32(k), a.assumingMemoryBound(to: Float.self), lda,
                              packed.pointer.assumingMemoryBound(to: Float.self), bias, dst.raw.assumingMemoryBound(to: Float.self),
                              dst.strides[0], ops, args, Int32(ops.count))
+        } else {
+            status = ck_gemm16(Int32(m), Int32(n), Int32(k), a.assumingMemoryBound(to: Float.self), lda,
+                               packed.pointer.assumingMemoryBound(to: UInt16.self), Int32(packed.type == .float16 ? CK_FLOAT16 : CK_BFLOAT16),
+                               bias, dst.raw.assumingMemoryBound(to: Float.self), dst.strides[0], ops, args, Int32(ops.count))
+        }
         guard status == 0 else { throw TensorError("matmul: the AVX2 GEMM does not support post-ops \(postOps) (accumulate must come first)") }
+        if finalDst.type == .bfloat16 {
+            let f = dst.raw.assumingMemoryBound(to: Float.self)
+            for r in 0..<m { Kernels.toBFloat16(f + r * n, finalDst.raw + r * finalDst.strides[0] * 2, count: n) }
+        }
         if profile { record("matmul", "matmul \([m, k])x\([k, n])", since: t0) }
     }
 

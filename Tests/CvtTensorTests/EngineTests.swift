@@ -270,33 +270,53 @@ final class BFloat16KernelTests: XCTestCase {
             unrounded[i * n + j] += Double(xs[i * k + p]) * Double(ws[p * n + j])
             scale[i * n + j] += abs(Double(xr[i * k + p]) * Double(wr[p * n + j]))
         } } }
+        // The plain weights (oneDNN), and, where bf16 is emulated on our AVX2 GEMM, bf16 weights in
+        // its 16-bit panels: the same semantics.
+        try checkBFloat16Matmul(engine, x: x, m: m, k: k, n: n, exact: exact, unrounded: unrounded, scale: scale) { src, dst, ops in
+            try engine.matmul(src: src, weights: StridedView(dense: w.unsafePointer, dims: [k, n]), dst: dst, postOps: ops)
+        }
+        guard LinearKernel.avx2.isSupported else { return }
+        engine.linearKernel = .avx2
+        guard engine.packingKernel(.bfloat16) == .avx2 else { return }
+        let wbits = TypedBuffer(type: .bfloat16, count: k * n)
+        Kernels.toBFloat16(w.unsafePointer, wbits.raw, count: k * n)
+        let packed = try engine.packWeights(wbits.view([k, n]))
+        XCTAssertEqual(packed.kernel, .avx2)
+        XCTAssertEqual(packed.bytes, ck_gemm_packed_count(Int32(k), Int32(n)) * 2, "16-bit panels")
+        try checkBFloat16Matmul(engine, x: x, m: m, k: k, n: n, exact: exact, unrounded: unrounded, scale: scale) { src, dst, ops in
+            try engine.matmul(src: src, packed: packed, dst: dst, postOps: ops)
+        }
+    }
+
+    func checkBFloat16Matmul(_ engine: Engine, x: Tensor, m: Int, k: Int, n: Int, exact: [Double], unrounded: [Double], scale: [Double],
+                             file: StaticString = #filePath, line: UInt = #line,
+                             _ matmul: (StridedView, StridedView, [PostOp]) throws -> Void) throws {
+        let xs = x.scalars
         // float32 output, src given as a transposed (strided) view of x stored [k, m].
         let xt = Tensor(uninitialized: [k, m])
         for i in 0..<m { for p in 0..<k { xt.unsafePointer[p * m + i] = xs[i * k + p] } }
         let out = Tensor(uninitialized: [m, n])
-        try engine.matmul(src: StridedView(xt.unsafePointer, dims: [m, k], strides: [1, m]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
-                          dst: StridedView(dense: out.unsafePointer, dims: [m, n]))
+        try matmul(StridedView(xt.unsafePointer, dims: [m, k], strides: [1, m]), StridedView(dense: out.unsafePointer, dims: [m, n]), [])
         var worstSum = 0.0, worstRounding = 0.0
         for (i, v) in out.scalars.enumerated() {
             worstSum = max(worstSum, abs(Double(v) - exact[i]) / scale[i])
             worstRounding = max(worstRounding, abs(exact[i] - unrounded[i]))
         }
-        XCTAssertLessThan(worstSum, 1e-6, "float32 summation of the bf16-rounded products (native: \(Engine.hasNativeBFloat16))")
+        XCTAssertLessThan(worstSum, 1e-6, "float32 summation of the bf16-rounded products (native: \(Engine.hasNativeBFloat16))", file: file, line: line)
         XCTAssertGreaterThan(zip(out.scalars, unrounded).map { abs(Double($0) - $1) }.max() ?? 0, worstRounding / 4,
-                             "the operands must really be rounded to bf16")
+                             "the operands must really be rounded to bf16", file: file, line: line)
         // bf16 output accumulated onto its previous contents: round(old + x·w), once.
         let old = Tensor(shape: [m, n]) { Float($0 % 5) - 2 }
         let dst = TypedBuffer(type: .bfloat16, count: m * n)
         Kernels.toBFloat16(old.unsafePointer, dst.raw, count: m * n)
-        try engine.matmul(src: StridedView(dense: x.unsafePointer, dims: [m, k]), weights: StridedView(dense: w.unsafePointer, dims: [k, n]),
-                          dst: dst.view([m, n]), postOps: [.accumulate])
+        try matmul(StridedView(dense: x.unsafePointer, dims: [m, k]), dst.view([m, n]), [.accumulate])
         let got = Tensor(uninitialized: [m, n])
         Kernels.fromBFloat16(dst.raw, got.unsafePointer, count: m * n)
         let oldValues = old.scalars
         for (i, v) in got.scalars.enumerated() {
             let expected = exact[i] + Double(oldValues[i])
             // One bf16 rounding: within half a bf16 ulp (at most 2^-8 relative), plus the summation error.
-            XCTAssertLessThanOrEqual(abs(Double(v) - expected), abs(expected) * 0x1p-8 + scale[i] * 1e-6 + 1e-30, "element \(i)")
+            XCTAssertLessThanOrEqual(abs(Double(v) - expected), abs(expected) * 0x1p-8 + scale[i] * 1e-6 + 1e-30, "element \(i)", file: file, line: line)
         }
     }
 
@@ -727,6 +747,38 @@ final class AVX2GemmTests: XCTestCase {
         for i in 0..<3 {
             XCTAssertLessThanOrEqual(outs[i].maxAbsDifference(want), 2e-6 * Float(k) + 1e-6, "GEMM in worker \(i)")
             XCTAssertLessThanOrEqual(ctxs[i].maxAbsDifference(ctxAlone), 1e-6, "attention in worker \(i)")
+        }
+    }
+
+    /// 16-bit panels: packing keeps the bits, unpacking gives them back or widens them, and the GEMM
+    /// on them equals the float32 GEMM on the widened weights exactly (same kernel, same order).
+    func testHalfPrecisionPanels() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let (m, k, n) = (37, 300, 45)  // K split in two blocks, a partial panel
+        let a = data(m * k, 1), w = data(k * n, 2)
+        for format in [Int32(CK_FLOAT16), Int32(CK_BFLOAT16)] where ck_gemm16_supported(format) != 0 {
+            let bits: [UInt16] = w.scalars.map { format == Int32(CK_FLOAT16) ? Float16($0).bitPattern : UInt16(truncatingIfNeeded: $0.bitPattern >> 16) }
+            let widened = Tensor(shape: [k, n]) { format == Int32(CK_FLOAT16) ? Float(Float16(bitPattern: bits[$0])) : Float(bitPattern: UInt32(bits[$0]) << 16) }
+            var panels = [UInt16](repeating: 0xFFFF, count: ck_gemm_packed_count(Int32(k), Int32(n)))
+            bits.withUnsafeBufferPointer { ck_gemm_pack16($0.baseAddress!, n, 1, Int32(k), Int32(n), &panels) }
+            var back = [UInt16](repeating: 0, count: k * n), wide = [Float](repeating: 0, count: k * n)
+            ck_gemm_unpack16(panels, format, Int32(k), Int32(n), &back, 0, n, 1)
+            ck_gemm_unpack16(panels, format, Int32(k), Int32(n), &wide, 1, n, 1)
+            XCTAssertEqual(back, bits, "format \(format): unpacked bits")
+            XCTAssertEqual(wide, widened.scalars, "format \(format): widened")
+            let f32 = UnsafeMutablePointer<Float>.allocate(capacity: ck_gemm_packed_count(Int32(k), Int32(n)) + 16)
+            defer { f32.deallocate() }
+            let aligned = UnsafeMutablePointer<Float>(bitPattern: (Int(bitPattern: f32) + 63) / 64 * 64)!
+            ck_gemm_pack(widened.unsafePointer, n, 1, Int32(k), Int32(n), aligned)
+            let want = Tensor(zeros: [m * n]), got = Tensor(zeros: [m * n])
+            let bias = data(n, 3)
+            var ops: [Int32] = [1], args: [Float] = [0]
+            XCTAssertEqual(ck_gemm(Int32(m), Int32(n), Int32(k), a.unsafePointer, k, aligned, bias.unsafePointer, want.unsafePointer, n, &ops, &args, 1), 0)
+            let status = panels.withUnsafeBufferPointer {
+                ck_gemm16(Int32(m), Int32(n), Int32(k), a.unsafePointer, k, $0.baseAddress!, format, bias.unsafePointer, got.unsafePointer, n, &ops, &args, 1)
+            }
+            XCTAssertEqual(status, 0)
+            XCTAssertEqual(got.maxAbsDifference(want), 0, "format \(format): GEMM on 16-bit panels")
         }
     }
 

@@ -23,6 +23,18 @@ void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long c
 /// the previous `c` (first only). Returns 0, or -1 for an unsupported epilogue or CPU.
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops);
+/// Half-precision weight formats for the GEMM's 16-bit panels.
+enum { CK_FLOAT16 = 1, CK_BFLOAT16 = 2 };
+/// Whether `ck_gemm16` runs here for `format` (AVX2+FMA, and F16C for float16).
+int ck_gemm16_supported(int format);
+/// `ck_gemm_pack` for 16-bit weights (float16 or bfloat16 bits, copied unchanged): half the bytes.
+void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed);
+/// The inverse of `ck_gemm_pack16`, into 16-bit `b`, or widened to float32 when `widen`.
+void ck_gemm_unpack16(const uint16_t *packed, int format, int k, int n, void *b, int widen, long rs, long cs);
+/// `ck_gemm` with 16-bit packed weights, widened to float32 one micro-panel at a time (exactly), so
+/// the products are float32 products of the stored values. Returns -1 when unsupported here.
+int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *packed, int format, const float *bias,
+              float *c, long ldc, const int *ops, const float *args, int nops);
 /// Multi-head attention, float32, AVX2+FMA: for each image and head h, `ctx` columns
 /// h·d ..< (h+1)·d = softmax(scale · Q_h·K_hᵀ)·V_h, where Q_h is `q` columns h·d ..< (h+1)·d
 /// (rows `q_row` apart, images `q_image` apart), and likewise K_h, V_h. Returns 0, or -1 when
