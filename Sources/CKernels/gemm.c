@@ -11,7 +11,9 @@
 // sequentially (the hardware prefetcher follows; with panels spanning all of K it did not).
 // Computation: C[M, N] (row stride ldc) = epilogue(A[M, K] (row stride lda) · B + bias), with a
 // 6×16 register tile (12 accumulators), K blocked by ≤ 256 so a B micro-panel (≤ 16 KB) stays in
-// L1 while 72-row blocks of A stay in L2.
+// L1 while row blocks of A stay in L2; A is packed into 6-row micro-panels when enough panels reuse
+// it. Weights may also be 16-bit panels (float16 or bfloat16 bits, `ck_gemm16`), widened to float32
+// one micro-panel at a time: half the memory and memory traffic, the same float32 arithmetic.
 #include "ckernels.h"
 #include <math.h>
 #include <stdlib.h>

@@ -212,11 +212,21 @@ final class TeamJob {
         self.body = body
         errors = Array(repeating: nil, count: count)
     }
-    /// Runs the calling team member's parts: member t of n takes parts t, t + n, … (one each when
-    /// OpenMP grants the whole team; all of them on one thread inside another parallel region).
+    /// The next part no member has taken.
+    private var next = 0
+
+    /// Runs parts on the calling team member until none is left: each member takes the next free
+    /// part when it is done with one (all of them on one thread inside another parallel region).
+    /// Taken in turn rather than dealt out in advance, so that a member whose core is slowed (a
+    /// shared VM) runs fewer parts instead of holding up the whole batch.
     func runMember() {
-        let n = max(1, Int(omp_get_num_threads())), t = Int(omp_get_thread_num())
-        for i in stride(from: t, to: errors.count, by: n) {
+        let t = Int(omp_get_thread_num())
+        while true {
+            lock.lock()
+            let i = next
+            next += 1
+            lock.unlock()
+            if i >= errors.count { return }
             do { try body?(i, t) } catch { lock.lock(); errors[i] = error; lock.unlock() }
         }
     }
@@ -323,7 +333,7 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Runs `body(i, worker)` for `i` in `0..<count` on a team of `min(count, threads)` threads:
-    /// member t runs parts t, t + n, … one after the other with its own engine, which has this
+    /// each member takes the next free part when done with one and runs it with its own engine, which has this
     /// engine's settings and its share of the threads (one each when there are at least as many
     /// parts as threads); rethrows the first error. Profile times of the workers are added to this
     /// engine's (CPU time, so they may exceed wall time).
@@ -764,7 +774,8 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Bytes that `[k, n]` weights of `type` take packed (blocked layouts pad K and N to their block
-    /// sizes, which matters only for narrow layers; emulated bfloat16 weights are held in float32).
+    /// sizes, which matters only for narrow layers; oneDNN holds emulated bfloat16 weights in
+    /// float32, our GEMM's panels keep 16-bit types in 16 bits).
     public func packedBytes(k: Int, n: Int, type: ElementType) throws -> Int {
         guard k > 0, n > 0 else { throw TensorError("packedBytes: need K, N > 0, got [\(k), \(n)]") }
         if packingKernel(type) == .avx2 { return ck_gemm_packed_count(Int32(k), Int32(n)) * (type == .float32 ? 4 : 2) }
