@@ -2,8 +2,9 @@
 //
 // Why here: both are memory-bound and short (cvt-13's stage-3 LayerNorm is 197 × 384 values, its
 // depthwise 3×3 convs 14 × 14 × 384). In Swift (SSE only without per-module target flags) and split
-// across Dispatch threads while the OpenMP team spins, a LayerNorm took about 150 µs; oneDNN's
-// depthwise conv about 70 µs per call, most of it call overhead. Each is a few µs here.
+// across Dispatch threads while the OpenMP team spins, a LayerNorm took about 150 µs in the model;
+// oneDNN's depthwise conv about 70 µs per call, most of it call overhead. Here, on 2 threads in
+// isolation: 12–16 µs for that LayerNorm, 27–44 µs for the stride-1 conv, 13–16 µs stride 2.
 #include "ckernels.h"
 #include <math.h>
 #include <string.h>
