@@ -90,25 +90,34 @@ __attribute__((target("avx2,fma"))) static void pack_panel_transposed(const floa
         for (int j = 0; j < 16; j++) dst[(size_t)kk * 16 + j] = b[kk + j * cs];
 }
 
-void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
+// The panel layout for elements of `size` bytes (float32 or 16-bit weights; the 16-bit bits are
+// copied unchanged, and zero padding is +0 in float16 and bfloat16 too). `transposed`: full panels
+// of float32 weights whose columns are contiguous along K go through 8×8 transposes.
+static void pack_elements(const char *b, size_t size, long rs, long cs, int k, int n, char *packed, int transposed) {
     int kcBase = k_block(k), panels = (n + 15) / 16;
     size_t npad = (size_t)panels * 16;
-    int transposed = rs == 1 && cs != 1 && ck_gemm_supported();
     for (int k0 = 0; k0 < k; k0 += kcBase) {
         int kc = k - k0 < kcBase ? k - k0 : kcBase;
         for (int p = 0; p < panels; p++) {
-            float *dst = packed + (size_t)k0 * npad + (size_t)p * kc * 16;
+            char *dst = packed + ((size_t)k0 * npad + (size_t)p * kc * 16) * size;
             int cols = n - p * 16 < 16 ? n - p * 16 : 16;
-            if (transposed && cols == 16) { pack_panel_transposed(b + k0 + (long)p * 16 * cs, cs, kc, dst); continue; }
+            if (transposed && cols == 16) {
+                pack_panel_transposed((const float *)b + k0 + (long)p * 16 * cs, cs, kc, (float *)dst);
+                continue;
+            }
             for (int kk = 0; kk < kc; kk++) {
-                const float *src = b + (long)(k0 + kk) * rs + (long)p * 16 * cs;
-                float *row = dst + (size_t)kk * 16;
-                if (cs == 1 && cols == 16) { memcpy(row, src, 16 * sizeof(float)); continue; }
-                for (int j = 0; j < cols; j++) row[j] = src[j * cs];
-                for (int j = cols; j < 16; j++) row[j] = 0.0f;
+                const char *src = b + ((long)(k0 + kk) * rs + (long)p * 16 * cs) * (long)size;
+                char *row = dst + (size_t)kk * 16 * size;
+                if (cs == 1) memcpy(row, src, (size_t)cols * size);
+                else for (int j = 0; j < cols; j++) memcpy(row + j * size, src + (long)j * cs * (long)size, size);
+                memset(row + (size_t)cols * size, 0, (size_t)(16 - cols) * size);
             }
         }
     }
+}
+
+void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
+    pack_elements((const char *)b, sizeof(float), rs, cs, k, n, (char *)packed, rs == 1 && cs != 1 && ck_gemm_supported());
 }
 
 void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) {
@@ -118,21 +127,7 @@ void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long c
 }
 
 void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed) {
-    int kcBase = k_block(k), panels = (n + 15) / 16;
-    size_t npad = (size_t)panels * 16;
-    for (int k0 = 0; k0 < k; k0 += kcBase) {
-        int kc = k - k0 < kcBase ? k - k0 : kcBase;
-        for (int p = 0; p < panels; p++) {
-            uint16_t *dst = packed + (size_t)k0 * npad + (size_t)p * kc * 16;
-            int cols = n - p * 16 < 16 ? n - p * 16 : 16;
-            for (int kk = 0; kk < kc; kk++) {
-                const uint16_t *src = b + (long)(k0 + kk) * rs + (long)p * 16 * cs;
-                uint16_t *row = dst + (size_t)kk * 16;
-                for (int j = 0; j < cols; j++) row[j] = src[j * cs];
-                for (int j = cols; j < 16; j++) row[j] = 0;  // +0 in float16 and bfloat16
-            }
-        }
-    }
+    pack_elements((const char *)b, sizeof(uint16_t), rs, cs, k, n, (char *)packed, 0);
 }
 
 static float half_to_float(uint16_t h, int format) {
