@@ -493,12 +493,13 @@ typedef struct {
     float *ctx; long c_image, c_row;
     float scale;
     int failed;
+    int round_p;  // round the probabilities to bfloat16 (emulated bf16 attention)
 } attention_job;
 
 // Softmax of each row in place. (Scaling P·V's rows by 1/sum afterwards instead would save this
 // pass over the scores, but moves the results away from PyTorch's: the spec §10.2 cvt-13 vector's
 // hidden_states.2 sum drifted by 2.5e-3, past its 2e-3 tolerance.)
-__attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld) {
+__attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld, int round_p) {
     for (int r = 0; r < rows; r++) {
         float *x = s + r * ld;
         __m256 mv = _mm256_set1_ps(-INFINITY);
@@ -533,6 +534,22 @@ __attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows,
         j = 0;
         for (; j + 8 <= cols; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), inv));
         for (; j < cols; j++) x[j] *= 1.0f / sum;
+        if (round_p) {
+            // What a bf16 softmax output holds: each probability rounded to nearest even bfloat16
+            // (they are finite and in [0, 1]), kept as float32 for P·V.
+            const __m256i lsb = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7FFF), top = _mm256_set1_epi32((int)0xFFFF0000u);
+            for (j = 0; j + 8 <= cols; j += 8) {
+                __m256i b = _mm256_castps_si256(_mm256_loadu_ps(x + j));
+                b = _mm256_add_epi32(b, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(b, 16), lsb)));
+                _mm256_storeu_ps(x + j, _mm256_castsi256_ps(_mm256_and_si256(b, top)));
+            }
+            for (; j < cols; j++) {
+                uint32_t b;
+                memcpy(&b, x + j, 4);
+                b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000u;
+                memcpy(x + j, &b, 4);
+            }
+        }
     }
 }
 
@@ -557,7 +574,7 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
         gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
                       kt, NULL, scores, tkpad, ops, args, 1, 0, failed, NULL, 0};
         gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
-        softmax_rows(scores, rows, tk, tkpad);
+        softmax_rows(scores, rows, tk, tkpad, job->round_p);
         float *ctx = job->ctx + image * job->c_image + (long)r * job->c_row + h * d;
         gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL, ctx, job->c_row, NULL, NULL, 0, 0, failed, NULL, 0};
         gemm_region(&o, 0, rows, 0, (d + 15) / 16);
@@ -595,10 +612,10 @@ static void attention_thread(void *data) { attention_work(data, omp_get_thread_n
 
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
-                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p) {
     if (batch <= 0 || heads <= 0 || tq <= 0 || tk <= 0 || d <= 0) return 0;
     attention_job job = {batch, heads, tq, tk, d, q, q_image, q_row, k, k_image, k_row, v, v_image, v_row,
-                         ctx, c_image, c_row, scale, 0};
+                         ctx, c_image, c_row, scale, 0, round_p};
     int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : omp_get_max_threads();
     if (threads <= 1) attention_work(&job, 0, 1);
     else GOMP_parallel(attention_thread, &job, (unsigned)threads, 0);
@@ -656,8 +673,8 @@ void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int s
 }
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
-                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale) {
-    (void)batch; (void)heads; (void)tq; (void)tk; (void)d; (void)q; (void)q_image; (void)q_row; (void)k; (void)k_image;
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p) {
+    (void)round_p; (void)batch; (void)heads; (void)tq; (void)tk; (void)d; (void)q; (void)q_image; (void)q_row; (void)k; (void)k_image;
     (void)k_row; (void)v; (void)v_image; (void)v_row; (void)ctx; (void)c_image; (void)c_row; (void)scale;
     return -1;
 }

@@ -176,14 +176,9 @@ public final class CvtSelfAttention: Module {
         let (v, _) = try project(engine, convolutionProjectionValue, projectionValue, n: n, b: b, h: h, w: w, type: type)
         let heads = numHeads, d = c / heads
         let ctx = TypedBuffer(type: type, count: b * tq * c)
-        if type == .float32, engine.fusesAttention {
-            // Scores, softmax and P·V block by block in cache (our AVX2 kernel). The buffers must
-            // outlive the call: their raw pointers do not keep them alive.
-            try withExtendedLifetime((q, k, v)) {
-                try engine.attention(q: q.raw.assumingMemoryBound(to: Float.self), k: k.raw.assumingMemoryBound(to: Float.self),
-                                     v: v.raw.assumingMemoryBound(to: Float.self), ctx: ctx.raw.assumingMemoryBound(to: Float.self),
-                                     batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
-            }
+        if engine.fusesAttention {
+            // Scores, softmax and P·V block by block in cache (our AVX2 kernel).
+            try engine.attention(q: q, k: k, v: v, ctx: ctx, batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
             return ctx
         }
         // Images go through attention in groups: one matmul covers every head of every image in the

@@ -644,6 +644,81 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
+    /// Emulated bf16 attention: with `round_p` the kernel's P·V uses the probabilities rounded to
+    /// bfloat16 (as a bf16 softmax output stores them), and only then; and the engine's typed entry
+    /// point runs it for bf16 tokens in emulated bf16 precision.
+    func testFusedAttentionRoundsProbabilitiesForBFloat16() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let (b, heads, tq, tk, d) = (2, 3, 37, 50, 16)
+        let c = heads * d
+        let q = data(b * tq * c, 1), k = data(b * tk * c, 2), v = data(b * tk * c, 3)
+        let scale: Float = 0.9
+        func bf16(_ x: Double) -> Double {
+            let bits: UInt32 = Float(x).bitPattern
+            return Double(Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF0000))
+        }
+        var rounded = [Double](repeating: 0, count: b * tq * c), exact = rounded
+        let qs = q.scalars, ks = k.scalars, vs = v.scalars
+        for i in 0..<b { for h in 0..<heads { for r in 0..<tq {
+            var s = [Double](repeating: 0, count: tk)
+            for j in 0..<tk {
+                for e in 0..<d { s[j] += Double(qs[(i * tq + r) * c + h * d + e]) * Double(ks[(i * tk + j) * c + h * d + e]) }
+                s[j] *= Double(scale)
+            }
+            let m = s.max() ?? 0
+            let p = s.map { Foundation.exp($0 - m) }, sum = p.reduce(0, +)
+            let probabilities: [Double] = p.map { $0 / sum }
+            let roundedProbabilities: [Double] = probabilities.map { bf16($0) }
+            for e in 0..<d {
+                let at = (i * tq + r) * c + h * d + e
+                var x = 0.0, y = 0.0
+                for j in 0..<tk {
+                    let value = Double(vs[(i * tk + j) * c + h * d + e])
+                    x += roundedProbabilities[j] * value
+                    y += probabilities[j] * value
+                }
+                rounded[at] = x; exact[at] = y
+            }
+        } } }
+        for round in [Int32(0), 1] {
+            let ctx = Tensor(zeros: [b * tq * c])
+            XCTAssertEqual(ck_attention(Int32(b), Int32(heads), Int32(tq), Int32(tk), Int32(d), q.unsafePointer, tq * c, c, k.unsafePointer, tk * c, c,
+                                        v.unsafePointer, tk * c, c, ctx.unsafePointer, tq * c, c, scale, round), 0)
+            let toRounded = zip(ctx.scalars, rounded).map { abs(Double($0) - $1) }.max() ?? 0
+            let toExact = zip(ctx.scalars, exact).map { abs(Double($0) - $1) }.max() ?? 0
+            if round == 1 {
+                // A probability whose float32 value sits on a bf16 rounding boundary may round the
+                // other way than from the double one: allow one bf16 ulp of one probability.
+                let bound: Double = 4e-2 / 256
+                XCTAssertLessThan(toRounded, bound, "rounded probabilities: max abs error \(toRounded)")
+                XCTAssertGreaterThan(toExact, 1e-4, "the probabilities must really be rounded (error to unrounded \(toExact))")
+            } else {
+                XCTAssertLessThan(toExact, 2e-6, "float32 attention unchanged: max abs error \(toExact)")
+            }
+        }
+        // The typed entry point: bf16 tokens in emulated bf16 precision.
+        let engine = try Engine()
+        engine.linearKernel = .avx2; engine.precision = .bfloat16
+        guard engine.emulatesBFloat16 else { return }
+        XCTAssertTrue(engine.fusesAttention)
+        let buffers = [q, k, v].map { t -> TypedBuffer in
+            let buffer = TypedBuffer(type: .bfloat16, count: t.count)
+            Kernels.toBFloat16(t.unsafePointer, buffer.raw, count: t.count)
+            return buffer
+        }
+        let ctx = TypedBuffer(type: .bfloat16, count: b * tq * c)
+        try engine.attention(q: buffers[0], k: buffers[1], v: buffers[2], ctx: ctx, batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale)
+        let got = Tensor(uninitialized: [b * tq * c])
+        Kernels.fromBFloat16(ctx.raw, got.unsafePointer, count: got.count)
+        // Inputs and output in bf16 now: within a few bf16 ulps of the rounded reference.
+        var err = 0.0
+        for (x, want) in zip(got.scalars, rounded) { err = max(err, abs(Double(x) - want) / max(abs(want), 0.05)) }
+        let relBound: Double = 8.0 / 256
+        XCTAssertLessThan(err, relBound, "bf16 tokens: max relative error \(err)")
+        XCTAssertThrowsError(try engine.attention(q: buffers[0], k: buffers[1], v: buffers[2], ctx: TypedBuffer(type: .float32, count: b * tq * c),
+                                                  batch: b, heads: heads, tq: tq, tk: tk, channels: c, scale: scale), "mixed types")
+    }
+
     /// Dense convolutions as im2col + our GEMM against oneDNN's convolution: kernel sizes,
     /// strides, paddings, batches, non-square images.
     func testIm2colConvolutionMatchesOneDNN() throws {

@@ -37,11 +37,12 @@ int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *pac
               float *c, long ldc, const int *ops, const float *args, int nops);
 /// Multi-head attention, float32, AVX2+FMA: for each image and head h, `ctx` columns
 /// h·d ..< (h+1)·d = softmax(scale · Q_h·K_hᵀ)·V_h, where Q_h is `q` columns h·d ..< (h+1)·d
-/// (rows `q_row` apart, images `q_image` apart), and likewise K_h, V_h. Returns 0, or -1 when
-/// out of memory or unsupported.
+/// (rows `q_row` apart, images `q_image` apart), and likewise K_h, V_h. With `round_p` the
+/// probabilities are rounded to bfloat16 before P·V (emulated bf16 attention). Returns 0, or -1
+/// when out of memory or unsupported.
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
-                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale);
+                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p);
 /// The patches of one NHWC image `[h, w, c]` for a `kh`×`kw` convolution (zero padding `pad`):
 /// `dst[(oy·wo + ox), (ky·kw + kx)·c + ci]`, one row per output pixel.
 void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst);
