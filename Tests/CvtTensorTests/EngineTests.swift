@@ -597,6 +597,31 @@ final class AVX2GemmTests: XCTestCase {
 
     /// The fused attention kernel against softmax(scale·QKᵀ)·V in double precision, per image and
     /// head, on one and two threads and inside batch workers (where each worker runs it alone).
+    /// softmax(scale · Q_h·K_hᵀ)·V_h in double precision over `[b, T, heads·d]` tokens, with the
+    /// probabilities passed through `roundProbability` first (identity: the definition).
+    func referenceAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, b: Int, heads: Int, tq: Int, tk: Int, d: Int, scale: Float,
+                            roundProbability: (Double) -> Double = { $0 }) -> [Double] {
+        let c = heads * d
+        let qs = q.scalars, ks = k.scalars, vs = v.scalars
+        var out = [Double](repeating: 0, count: b * tq * c)
+        for i in 0..<b { for h in 0..<heads { for r in 0..<tq {
+            var s = [Double](repeating: 0, count: tk)
+            for j in 0..<tk {
+                for e in 0..<d { s[j] += Double(qs[(i * tq + r) * c + h * d + e]) * Double(ks[(i * tk + j) * c + h * d + e]) }
+                s[j] *= Double(scale)
+            }
+            let m = s.max() ?? 0
+            let p = s.map { Foundation.exp($0 - m) }, sum = p.reduce(0, +)
+            let probabilities: [Double] = p.map { roundProbability($0 / sum) }
+            for e in 0..<d {
+                var x = 0.0
+                for j in 0..<tk { x += probabilities[j] * Double(vs[(i * tk + j) * c + h * d + e]) }
+                out[(i * tq + r) * c + h * d + e] = x
+            }
+        } } }
+        return out
+    }
+
     func testFusedAttentionMatchesTheDefinition() throws {
         guard LinearKernel.avx2.isSupported else { return }
         let engine = try Engine()
@@ -608,20 +633,7 @@ final class AVX2GemmTests: XCTestCase {
             let c = heads * d
             let q = data(b * tq * c, 1), k = data(b * tk * c, 2), v = data(b * tk * c, 3)
             let scale = 1 / Float(c).squareRoot()
-            var want = [Double](repeating: 0, count: b * tq * c)
-            let qs = q.scalars, ks = k.scalars, vs = v.scalars
-            for i in 0..<b { for h in 0..<heads { for r in 0..<tq {
-                var s = [Double](repeating: 0, count: tk)
-                for j in 0..<tk {
-                    for e in 0..<d { s[j] += Double(qs[(i * tq + r) * c + h * d + e]) * Double(ks[(i * tk + j) * c + h * d + e]) }
-                    s[j] *= Double(scale)
-                }
-                let m = s.max() ?? 0
-                let p = s.map { Foundation.exp($0 - m) }, sum = p.reduce(0, +)
-                for e in 0..<d {
-                    want[(i * tq + r) * c + h * d + e] = (0..<tk).reduce(0) { $0 + p[$1] / sum * Double(vs[(i * tk + $1) * c + h * d + e]) }
-                }
-            } } }
+            let want = referenceAttention(q, k, v, b: b, heads: heads, tq: tq, tk: tk, d: d, scale: scale)
             func check(_ ctx: Tensor, _ label: String) {
                 let err = zip(ctx.scalars, want).map { abs(Double($0) - $1) }.max() ?? 0
                 XCTAssertLessThan(err, 2e-6, "\(label) [b \(b), heads \(heads), tq \(tq), tk \(tk), d \(d)]: max abs error \(err); first \(Array(ctx.scalars.prefix(3))) vs \(Array(want.prefix(3)))")
@@ -657,29 +669,8 @@ final class AVX2GemmTests: XCTestCase {
             let bits: UInt32 = Float(x).bitPattern
             return Double(Float(bitPattern: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) & 0xFFFF0000))
         }
-        var rounded = [Double](repeating: 0, count: b * tq * c), exact = rounded
-        let qs = q.scalars, ks = k.scalars, vs = v.scalars
-        for i in 0..<b { for h in 0..<heads { for r in 0..<tq {
-            var s = [Double](repeating: 0, count: tk)
-            for j in 0..<tk {
-                for e in 0..<d { s[j] += Double(qs[(i * tq + r) * c + h * d + e]) * Double(ks[(i * tk + j) * c + h * d + e]) }
-                s[j] *= Double(scale)
-            }
-            let m = s.max() ?? 0
-            let p = s.map { Foundation.exp($0 - m) }, sum = p.reduce(0, +)
-            let probabilities: [Double] = p.map { $0 / sum }
-            let roundedProbabilities: [Double] = probabilities.map { bf16($0) }
-            for e in 0..<d {
-                let at = (i * tq + r) * c + h * d + e
-                var x = 0.0, y = 0.0
-                for j in 0..<tk {
-                    let value = Double(vs[(i * tk + j) * c + h * d + e])
-                    x += roundedProbabilities[j] * value
-                    y += probabilities[j] * value
-                }
-                rounded[at] = x; exact[at] = y
-            }
-        } } }
+        let exact = referenceAttention(q, k, v, b: b, heads: heads, tq: tq, tk: tk, d: d, scale: scale)
+        let rounded = referenceAttention(q, k, v, b: b, heads: heads, tq: tq, tk: tk, d: d, scale: scale, roundProbability: bf16)
         for round in [Int32(0), 1] {
             let ctx = Tensor(zeros: [b * tq * c])
             XCTAssertEqual(ck_attention(Int32(b), Int32(heads), Int32(tq), Int32(tk), Int32(d), q.unsafePointer, tq * c, c, k.unsafePointer, tk * c, c,
