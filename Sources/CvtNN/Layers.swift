@@ -224,15 +224,20 @@ public final class Conv2d: Module {
         return span < 0 ? 0 : span / stride + 1
     }
 
+    /// `override` (e.g. BatchNorm folded in), or this layer's weights in the engine's form (made once).
+    private func engineWeights(_ override: ConvWeights?) -> ConvWeights {
+        if let override { return override }
+        lock.lock(); defer { lock.unlock() }
+        if let p = packed { return p }
+        let weights = ConvWeights(weight: weight, bias: bias, groups: groups)
+        packed = weights
+        return weights
+    }
+
     /// Runs the convolution with these weights, or with `override` (e.g. BatchNorm folded in).
     public func callAsFunction(_ engine: Engine, src: UnsafeMutablePointer<Float>, n: Int, h: Int, w: Int, srcNCHW: Bool,
                                dst: UnsafeMutablePointer<Float>, override: ConvWeights? = nil) throws {
-        let weights: ConvWeights
-        if let override { weights = override } else {
-            lock.lock()
-            if let p = packed { weights = p } else { weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights }
-            lock.unlock()
-        }
+        let weights = engineWeights(override)
         try engine.conv2d(src: src, srcDims: [n, inChannels, h, w], srcNCHW: srcNCHW, weights: weights,
                           stride: (stride, stride), padding: (padding, padding), dst: dst, dstHW: (outputSize(h), outputSize(w)))
     }
@@ -241,12 +246,7 @@ public final class Conv2d: Module {
     /// apart into NHWC images `dstImageStride` floats apart (see `Engine.depthwiseConv2d`).
     public func depthwise(_ engine: Engine, src: UnsafeMutablePointer<Float>, srcImageStride: Int, n: Int, h: Int, w: Int,
                           dst: UnsafeMutablePointer<Float>, dstImageStride: Int, override: ConvWeights? = nil) throws {
-        let weights: ConvWeights
-        if let override { weights = override } else {
-            lock.lock()
-            if let p = packed { weights = p } else { weights = ConvWeights(weight: weight, bias: bias, groups: groups); packed = weights }
-            lock.unlock()
-        }
+        let weights = engineWeights(override)
         try engine.depthwiseConv2d(src: src, srcImageStride: srcImageStride, n: n, c: inChannels, h: h, w: w, weights: weights,
                                    stride: stride, padding: padding, dst: dst, dstImageStride: dstImageStride,
                                    dstHW: (outputSize(h), outputSize(w)))
