@@ -19,15 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-// libgomp (linked by oneDNN's module) runs the thread team, as `#pragma omp parallel` would.
-extern void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-extern int omp_get_thread_num(void);
-extern int omp_get_num_threads(void);
-extern int omp_get_max_threads(void);
 
 int ck_gemm_supported(void) {
     static int supported = -1;
@@ -414,10 +410,9 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
 
 // Thread t of T takes a contiguous share of the panels when there are enough of them (every thread
 // reads all of A, which is small next to B), else a share of the rows in whole micro-tiles. T is
-// the team OpenMP granted (fewer than asked inside another parallel region), so nothing is skipped.
-static void gemm_thread(void *data) {
+// the team granted (1 inside another region), so nothing is skipped.
+static void gemm_thread(void *data, int t, int T) {
     const gemm_job *job = data;
-    int t = omp_get_thread_num(), T = omp_get_num_threads();
     int panels = (job->n + 15) / 16;
     if (panels >= 2 * T || job->m < MR * T) {
         int p0 = (int)((long)panels * t / T), p1 = (int)((long)panels * (t + 1) / T);
@@ -472,9 +467,9 @@ static int gemm_run(int m, int n, int k, const float *a, long lda, const float *
         return 0;
     }
     // Small products are not worth a thread hand-off.
-    int threads = (double)m * n * k < 2e5 ? 1 : omp_get_max_threads();
+    int threads = (double)m * n * k < 2e5 ? 1 : ck_team_threads();
     if (threads <= 1) gemm_region(&job, 0, m, 0, (n + 15) / 16);
-    else GOMP_parallel(gemm_thread, &job, (unsigned)threads, 0);
+    else ck_parallel(gemm_thread, &job, threads);
     return failed ? -1 : 0;
 }
 
@@ -582,8 +577,7 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
     }
 }
 
-// Thread t of T (not omp_get_thread_num() when the job runs on one thread: inside a batch worker
-// that is the worker's index in the outer team).
+// Member t of T.
 static void attention_work(attention_job *job, int t, int T) {
     long tkpad = (job->tk + 15) / 16 * 16;
     int mb = (int)(32768 / tkpad) / MR * MR;
@@ -608,7 +602,7 @@ static void attention_work(attention_job *job, int t, int T) {
     }
 }
 
-static void attention_thread(void *data) { attention_work(data, omp_get_thread_num(), omp_get_num_threads()); }
+static void attention_thread(void *data, int t, int T) { attention_work(data, t, T); }
 
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
@@ -616,34 +610,85 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
     if (batch <= 0 || heads <= 0 || tq <= 0 || tk <= 0 || d <= 0) return 0;
     attention_job job = {batch, heads, tq, tk, d, q, q_image, q_row, k, k_image, k_row, v, v_image, v_row,
                          ctx, c_image, c_row, scale, 0, round_p};
-    int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : omp_get_max_threads();
+    int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : ck_team_threads();
     if (threads <= 1) attention_work(&job, 0, 1);
-    else GOMP_parallel(attention_thread, &job, (unsigned)threads, 0);
+    else ck_parallel(attention_thread, &job, threads);
     return job.failed ? -1 : 0;
 }
 
 // ---- dense convolution as im2col + GEMM ----
 
-void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
+typedef struct { const float *src; int h, w, c, kh, kw, stride, pad, ho, wo; float *dst; } im2col_job;
+
+// The patch rows of output pixels p0 ..< p1, written from `dst` on.
+static void im2col_pixels(const im2col_job *j, long p0, long p1, float *dst) {
+    int w = j->w, c = j->c, kh = j->kh, kw = j->kw, wo = j->wo;
     size_t row = (size_t)kh * kw * c;
-    for (int oy = 0; oy < ho; oy++) {
-        for (int ox = 0; ox < wo; ox++) {
-            float *out = dst + ((size_t)oy * wo + ox) * row;
-            int x0 = ox * stride - pad;
-            for (int ky = 0; ky < kh; ky++) {
-                int iy = oy * stride - pad + ky;
-                float *o = out + (size_t)ky * kw * c;
-                if (iy < 0 || iy >= h) { memset(o, 0, (size_t)kw * c * sizeof(float)); continue; }
-                const float *line = src + (size_t)iy * w * c;
-                if (x0 >= 0 && x0 + kw <= w) { memcpy(o, line + (size_t)x0 * c, (size_t)kw * c * sizeof(float)); continue; }
-                for (int kx = 0; kx < kw; kx++) {
-                    int ix = x0 + kx;
-                    if (ix < 0 || ix >= w) memset(o + (size_t)kx * c, 0, (size_t)c * sizeof(float));
-                    else memcpy(o + (size_t)kx * c, line + (size_t)ix * c, (size_t)c * sizeof(float));
-                }
+    for (long p = p0; p < p1; p++) {
+        int oy = (int)(p / wo), ox = (int)(p % wo);
+        float *out = dst + (size_t)(p - p0) * row;
+        int x0 = ox * j->stride - j->pad;
+        for (int ky = 0; ky < kh; ky++) {
+            int iy = oy * j->stride - j->pad + ky;
+            float *o = out + (size_t)ky * kw * c;
+            if (iy < 0 || iy >= j->h) { memset(o, 0, (size_t)kw * c * sizeof(float)); continue; }
+            const float *line = j->src + (size_t)iy * w * c;
+            if (x0 >= 0 && x0 + kw <= w) { memcpy(o, line + (size_t)x0 * c, (size_t)kw * c * sizeof(float)); continue; }
+            for (int kx = 0; kx < kw; kx++) {
+                int ix = x0 + kx;
+                if (ix < 0 || ix >= w) memset(o + (size_t)kx * c, 0, (size_t)c * sizeof(float));
+                else memcpy(o + (size_t)kx * c, line + (size_t)ix * c, (size_t)c * sizeof(float));
             }
         }
     }
+}
+
+static void im2col_thread(void *data, int t, int T) {
+    const im2col_job *j = data;
+    long pixels = (long)j->ho * j->wo, p0 = pixels * t / T, p1 = pixels * (t + 1) / T;
+    im2col_pixels(j, p0, p1, j->dst + (size_t)p0 * j->kh * j->kw * j->c);
+}
+
+void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
+    if (ho <= 0 || wo <= 0) return;
+    im2col_job j = {src, h, w, c, kh, kw, stride, pad, ho, wo, dst};
+    // A copy: below 64k values not worth a hand-off.
+    int threads = (double)ho * wo * kh * kw * c < 65536 ? 1 : ck_team_threads();
+    if (threads <= 1) im2col_pixels(&j, 0, (long)ho * wo, dst);
+    else ck_parallel(im2col_thread, &j, threads);
+}
+
+typedef struct { im2col_job patches; const float *packed, *bias; int cout; float *dst; _Atomic int failed; } conv_job;
+
+// Member t of T convolves its share of the output pixels, in blocks whose patch rows stay in L2:
+// im2col of a block into a private buffer, then the block's GEMM on this thread.
+static void conv_thread(void *data, int t, int T) {
+    conv_job *j = data;
+    long pixels = (long)j->patches.ho * j->patches.wo, p0 = pixels * t / T, p1 = pixels * (t + 1) / T;
+    int row = j->patches.kh * j->patches.kw * j->patches.c;
+    long block = 16384 / row / MR * MR;  // 64 KB of patches (at least one micro-tile)
+    if (block < MR) block = MR;
+    float *buffer = malloc((size_t)block * row * sizeof(float));
+    if (!buffer) { j->failed = 1; return; }
+    for (long p = p0; p < p1; p += block) {
+        long n = p1 - p < block ? p1 - p : block;
+        im2col_pixels(&j->patches, p, p + n, buffer);
+        if (gemm_run((int)n, j->cout, row, buffer, row, j->packed, NULL, 0, j->bias, j->dst + (size_t)p * j->cout, j->cout,
+                     NULL, NULL, 0) != 0) { j->failed = 1; break; }
+    }
+    free(buffer);
+}
+
+int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
+                 const float *packed, const float *bias, int cout, float *dst) {
+    if (!ck_gemm_supported()) return -1;
+    if (ho <= 0 || wo <= 0 || cout <= 0) return 0;
+    conv_job j = {{src, h, w, c, k, k, stride, pad, ho, wo, NULL}, packed, bias, cout, dst, 0};
+    double flops = 2.0 * ho * wo * k * k * c * cout;
+    int threads = flops < 2e5 ? 1 : ck_team_threads();
+    if (threads > ho * wo / MR) threads = ho * wo / MR > 0 ? ho * wo / MR : 1;
+    ck_parallel(conv_thread, &j, threads);
+    return j.failed ? -1 : 0;
 }
 
 #else
@@ -668,6 +713,11 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     return -1;
 }
 void ck_gelu(float *x, size_t count) { (void)x; (void)count; }
+int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
+                 const float *packed, const float *bias, int cout, float *dst) {
+    (void)src; (void)h; (void)w; (void)c; (void)k; (void)stride; (void)pad; (void)ho; (void)wo; (void)packed; (void)bias; (void)cout; (void)dst;
+    return -1;
+}
 void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
     (void)src; (void)h; (void)w; (void)c; (void)kh; (void)kw; (void)stride; (void)pad; (void)ho; (void)wo; (void)dst;
 }

@@ -1,4 +1,4 @@
-// LayerNorm and depthwise convolution for AVX2+FMA CPUs, on the OpenMP team the GEMMs use.
+// LayerNorm and depthwise convolution for AVX2+FMA CPUs, on the team the GEMMs use (team.c).
 //
 // Why here: both are memory-bound and short (cvt-13's stage-3 LayerNorm is 197 × 384 values, its
 // depthwise 3×3 convs 14 × 14 × 384). In Swift (SSE only without per-module target flags) and split
@@ -12,15 +12,11 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-extern void GOMP_parallel(void (*fn)(void *), void *data, unsigned num_threads, unsigned flags);
-extern int omp_get_thread_num(void);
-extern int omp_get_num_threads(void);
-extern int omp_get_max_threads(void);
 
 // Threads for `work` units of about one float each: memory-bound work below 64k values is not
 // worth a hand-off.
 static int threads_for(double work) {
-    int t = omp_get_max_threads();
+    int t = ck_team_threads();
     return work < 65536 ? 1 : (t > 1 ? t : 1);
 }
 
@@ -106,9 +102,8 @@ __attribute__((target("avx2,fma"))) static void ln_rows(const ln_job *j, long r0
     }
 }
 
-static void ln_thread(void *data) {
+static void ln_thread(void *data, int t, int T) {
     const ln_job *j = data;
-    long t = omp_get_thread_num(), T = omp_get_num_threads();
     ln_rows(j, j->rows * t / T, j->rows * (t + 1) / T);
 }
 
@@ -119,7 +114,7 @@ int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols,
     int threads = threads_for((double)rows * cols);
     if (threads > rows) threads = (int)rows;
     if (threads <= 1) ln_rows(&j, 0, rows);
-    else GOMP_parallel(ln_thread, &j, (unsigned)threads, 0);
+    else ck_parallel(ln_thread, &j, threads);
     return 0;
 }
 
@@ -192,9 +187,9 @@ __attribute__((target("avx2,fma"))) static void dw_rows(const dw_job *j, long r0
     }
 }
 
-static void dw_thread(void *data) {
+static void dw_thread(void *data, int t, int T) {
     const dw_job *j = data;
-    long rows = (long)j->n * j->ho, t = omp_get_thread_num(), T = omp_get_num_threads();
+    long rows = (long)j->n * j->ho;
     dw_rows(j, rows * t / T, rows * (t + 1) / T);
 }
 
@@ -207,7 +202,7 @@ int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int
     int threads = threads_for((double)rows * wo * c * kh * kw / 4);
     if (threads > rows) threads = (int)rows;
     if (threads <= 1) dw_rows(&j, 0, rows);
-    else GOMP_parallel(dw_thread, &j, (unsigned)threads, 0);
+    else ck_parallel(dw_thread, &j, threads);
     return 0;
 }
 

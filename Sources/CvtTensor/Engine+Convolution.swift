@@ -5,6 +5,9 @@ import Foundation
 // Convolutions: oneDNN's, im2col on our AVX2 GEMM, and our depthwise kernel.
 extension Engine {
     // MARK: - convolution
+    /// Pixels per output channel from which a convolution runs fused per pixel block (`ck_conv_nhwc`)
+    /// rather than as one im2col and one GEMM split by weight panels.
+    static let fusedConvPixelsPerChannel = 8
 
     /// 2-D convolution (groups allowed, zero padding, bias optional). `src` is `[N, C, H, W]` dims
     /// stored NCHW (`srcNCHW`) or NHWC; `dst` is dense NHWC `[N, H', W', O]`.
@@ -16,8 +19,9 @@ extension Engine {
         }
         let dstDims = [srcDims[0], w[0], dstHW.0, dstHW.1]
         if dstDims.contains(0) { return }
-        // (Not for the 3-channel pixels: rows of 3 floats make the patch copy slower than oneDNN's conv.)
-        if linearKernel == .avx2, weights.groups == 1, !srcNCHW, srcDims[1] >= 16, stride.0 == stride.1, padding.0 == padding.1, w[2] == w[3] {
+        // Also the 3-channel pixels' conv, though oneDNN's is a little faster (0.5 vs 0.6–0.9 ms
+        // on 2 threads): oneDNN's OpenMP threads would then wait beside our team's in every pass.
+        if linearKernel == .avx2, weights.groups == 1, !srcNCHW, stride.0 == stride.1, padding.0 == padding.1, w[2] == w[3] {
             try im2colConv(src: src, srcDims: srcDims, weights: weights, stride: stride.0, padding: padding.0, dst: dst, dstHW: dstHW)
             return
         }
@@ -99,14 +103,26 @@ extension Engine {
             return ptr
         }()
         let t0 = profile ? DispatchTime.now().uptimeNanoseconds : 0
-        let patches = Tensor(uninitialized: [pixels, rowLength])
         let bias = weights.bias.map { UnsafePointer($0.unsafePointer) }
-        for i in 0..<n {
-            ck_im2col_nhwc(src + i * h * wd * cin, Int32(h), Int32(wd), Int32(cin), Int32(k), Int32(k), Int32(stride), Int32(padding),
-                           Int32(dstHW.0), Int32(dstHW.1), patches.unsafePointer)
-            let status = ck_gemm(Int32(pixels), Int32(cout), Int32(rowLength), patches.unsafePointer, rowLength,
-                                 panels.assumingMemoryBound(to: Float.self), bias, dst + i * pixels * cout, cout, nil, nil, 0)
-            guard status == 0 else { throw EngineError(operation: "conv \(srcDims) w\(w)", status: "AVX2 GEMM failed") }
+        let packed = panels.assumingMemoryBound(to: Float.self)
+        if pixels >= Engine.fusedConvPixelsPerChannel * cout {
+            // Many pixels, few channels (stage 1: 3136 × 147 patches, [147, 64] weights): each
+            // thread convolves its own pixels block by block, so the patches never leave cache.
+            for i in 0..<n {
+                let status = ck_conv_nhwc(src + i * h * wd * cin, Int32(h), Int32(wd), Int32(cin), Int32(k), Int32(stride), Int32(padding),
+                                          Int32(dstHW.0), Int32(dstHW.1), packed, bias, Int32(cout), dst + i * pixels * cout)
+                guard status == 0 else { throw EngineError(operation: "conv \(srcDims) w\(w)", status: "AVX2 convolution failed") }
+            }
+        } else {
+            // Wide weights: all patches first, then one GEMM whose threads split the weights.
+            let patches = Tensor(uninitialized: [pixels, rowLength])
+            for i in 0..<n {
+                ck_im2col_nhwc(src + i * h * wd * cin, Int32(h), Int32(wd), Int32(cin), Int32(k), Int32(k), Int32(stride), Int32(padding),
+                               Int32(dstHW.0), Int32(dstHW.1), patches.unsafePointer)
+                let status = ck_gemm(Int32(pixels), Int32(cout), Int32(rowLength), patches.unsafePointer, rowLength,
+                                     packed, bias, dst + i * pixels * cout, cout, nil, nil, 0)
+                guard status == 0 else { throw EngineError(operation: "conv \(srcDims) w\(w)", status: "AVX2 GEMM failed") }
+            }
         }
         if profile {
             lock.lock(); defer { lock.unlock() }

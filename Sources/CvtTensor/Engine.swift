@@ -95,10 +95,14 @@ public final class Engine: @unchecked Sendable {
         return e
     }
 
-    /// Worker threads used by the backend (OpenMP). Defaults to all cores.
+    /// Compute threads: our kernels' team (`ck_parallel`, process-wide) and oneDNN's (OpenMP, set
+    /// for the calling thread). Defaults to all cores; 1 inside a batch worker.
     public var threads: Int {
-        get { Int(omp_get_max_threads()) }
-        set { omp_set_num_threads(Int32(max(1, newValue))) }
+        get { Int(ck_team_threads()) }
+        set {
+            omp_set_num_threads(Int32(max(1, newValue)))
+            ck_team_set_threads(Int32(max(1, newValue)))
+        }
     }
 
     // MARK: - kernel choices (used by Engine+PackedMatmul.swift and Engine+Convolution.swift)
@@ -120,9 +124,8 @@ public final class Engine: @unchecked Sendable {
 
     // MARK: - batch workers
 
-    /// Whether a model splits a batch of several images across the threads (one part per thread,
-    /// up to the batch size), each part running on its own engine with its share of the threads,
-    /// instead of running every operation on all threads. On by default: per-image work is
+    /// Whether a model splits a batch of several images across the threads (parts of up to
+    /// `imagesPerPart` images), each part running on one thread with its own engine, instead of running every operation on all threads. On by default: per-image work is
     /// independent, and one thread per part keeps each core on its own data and skips the thread
     /// hand-offs of every backend call.
     public var splitsBatches = true
@@ -141,15 +144,12 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Runs `body(i, worker)` for `i` in `0..<count` on a team of `min(count, threads)` threads:
-    /// each member takes the next free part when done with one and runs it with its own engine, which has this
-    /// engine's settings and its share of the threads (one each when there are at least as many
-    /// parts as threads); rethrows the first error. Profile times of the workers are added to this
+    /// each member takes the next free part when done with one and runs it on its thread alone, with
+    /// its own engine, which has this engine's settings; rethrows the first error. Profile times of the workers are added to this
     /// engine's (CPU time, so they may exceed wall time).
     public func concurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
         if count <= 0 { return }
         let members = min(count, max(1, threads))
-        let total = max(threads, members)
-        let shares = (0..<members).map { total / members + ($0 < total % members ? 1 : 0) }
         lock.lock()
         while workers.count < members {
             do { workers.append(try Engine(settingThreads: false)) } catch { lock.unlock(); throw error }
@@ -161,21 +161,20 @@ public final class Engine: @unchecked Sendable {
             w.allowsFusedAttention = allowsFusedAttention; w.imagesPerPart = imagesPerPart
             w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
         }
-        // The team is an OpenMP team (the threads oneDNN uses anyway): with OMP_WAIT_POLICY=active
-        // no idle pool thread spins beside the workers, as it would next to threads of our own.
+        // The team is the kernels' team (ck_parallel): its threads wait for the next region
+        // anyway. Inside a member the kernels run on that thread alone (the team grants one thread
+        // inside a region), and so does oneDNN (OpenMP's count is per thread, restored after).
         let errors = withoutActuallyEscaping(body) { body -> [Error?] in
             let job = TeamJob(count: count) { i, member in
-                // OpenMP's thread count is per thread (and reverts when the team ends): with a
-                // share of 1, every backend call (and the row-parallel kernels) runs on this thread only.
-                // (Inside another parallel region OpenMP grants one thread, which runs every part.)
-                let m = min(member, members - 1)
-                omp_set_num_threads(Int32(shares[m]))
-                try body(i, team[m])
+                let outer = omp_get_max_threads()
+                omp_set_num_threads(1)
+                defer { omp_set_num_threads(outer) }
+                try body(i, team[min(member, members - 1)])
             }
-            GOMP_parallel({ raw in
+            ck_parallel({ raw, member, _ in
                 guard let raw else { return }
-                Unmanaged<TeamJob>.fromOpaque(raw).takeUnretainedValue().runMember()
-            }, Unmanaged.passUnretained(job).toOpaque(), UInt32(members), 0)
+                Unmanaged<TeamJob>.fromOpaque(raw).takeUnretainedValue().runMember(Int(member))
+            }, Unmanaged.passUnretained(job).toOpaque(), Int32(members))
             job.body = nil  // `body` must not outlive this call
             return job.errors
         }

@@ -208,8 +208,7 @@ final class TeamJob {
     /// part when it is done with one (all of them on one thread inside another parallel region).
     /// Taken in turn rather than dealt out in advance, so that a member whose core is slowed (a
     /// shared VM) runs fewer parts instead of holding up the whole batch.
-    func runMember() {
-        let t = Int(omp_get_thread_num())
+    func runMember(_ t: Int) {
         while true {
             lock.lock()
             let i = next

@@ -16,31 +16,30 @@ public enum Kernels {
         }
     }
 
-    /// One `parallelRows` call, shared with the OpenMP team.
+    /// One `parallelRows` call, shared with the kernels' team.
     private final class RowJob {
         let rows: Int
         let body: (Int, Int) -> Void
         init(rows: Int, body: @escaping (Int, Int) -> Void) { self.rows = rows; self.body = body }
     }
 
-    /// Splits `rows` across the engine's thread count (OpenMP's, as set by `Engine.threads`) when
-    /// there is enough work: these memory-bound kernels otherwise run on one core while the
-    /// matmuls around them use all of them. The team is OpenMP's, as for the backend calls: other
-    /// threads (Dispatch's) would compete for the cores with OpenMP's spinning idle threads.
+    /// Splits `rows` across the kernels' team (`Engine.threads` threads, `ck_parallel`) when there
+    /// is enough work: these memory-bound kernels otherwise run on one core while the matmuls
+    /// around them use all of them. The team is the one the C kernels use: threads of another pool
+    /// (Dispatch's) would compete for the cores with its waiting threads.
     static func parallelRows(_ rows: Int, cols: Int, _ body: (Int, Int) -> Void) {
-        let threads = max(1, Int(omp_get_max_threads()))
+        let threads = max(1, Int(ck_team_threads()))
         if threads == 1 || rows * cols < 1 << 16 || rows < 2 * threads {
             body(0, rows); return
         }
         withoutActuallyEscaping(body) { body in
             let job = RowJob(rows: rows, body: body)
-            GOMP_parallel({ raw in
+            ck_parallel({ raw, t, n in
                 guard let raw else { return }
                 let job = Unmanaged<RowJob>.fromOpaque(raw).takeUnretainedValue()
-                let t = Int(omp_get_thread_num()), n = max(1, Int(omp_get_num_threads()))
-                let start = job.rows * t / n, end = job.rows * (t + 1) / n
+                let start = job.rows * Int(t) / Int(n), end = job.rows * Int(t + 1) / Int(n)
                 if start < end { job.body(start, end - start) }
-            }, Unmanaged.passUnretained(job).toOpaque(), UInt32(threads), 0)
+            }, Unmanaged.passUnretained(job).toOpaque(), Int32(threads))
         }
     }
 

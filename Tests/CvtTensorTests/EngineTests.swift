@@ -711,14 +711,15 @@ final class AVX2GemmTests: XCTestCase {
     }
 
     /// Dense convolutions as im2col + our GEMM against oneDNN's convolution: kernel sizes,
-    /// strides, paddings, batches, non-square images.
+    /// strides, paddings, batches, non-square images; with few output channels per pixel, fused
+    /// per pixel block (`ck_conv_nhwc`; cvt-13's stage-1 embedding, several blocks per thread).
     func testIm2colConvolutionMatchesOneDNN() throws {
         guard LinearKernel.avx2.isSupported else { return }
         let ours = try Engine(), reference = try Engine()
         ours.linearKernel = .avx2; reference.linearKernel = .onednn
         let cases: [(n: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int)] = [
             (2, 16, 24, 9, 7, 3, 2, 1), (1, 64, 192, 14, 14, 3, 2, 1), (3, 20, 17, 11, 13, 5, 1, 2), (1, 16, 40, 8, 8, 3, 1, 0),
-            (2, 32, 16, 15, 10, 7, 4, 3)]
+            (2, 32, 16, 15, 10, 7, 4, 3), (2, 3, 4, 40, 36, 7, 4, 2), (1, 5, 3, 30, 31, 3, 1, 1), (1, 3, 64, 224, 224, 7, 4, 2)]
         for (n, cin, cout, h, w, k, stride, pad) in cases {
             let x = data(n * h * w * cin, 1)
             let weights = ConvWeights(weight: try Tensor(shape: [cout, cin, k, k], scalars: data(cout * cin * k * k, 2).scalars),

@@ -3,6 +3,26 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/// The thread team of the kernels below (team.c): `fn(ctx, member, members)` runs once for each
+/// member 0 ..< members, member 0 on the calling thread; returns when all are done. `members` is
+/// capped by `ck_team_threads()`; inside a region, or while another thread's region runs, `fn`
+/// runs on the caller alone with members 1.
+typedef void (*ck_team_fn)(void *ctx, int member, int members);
+void ck_parallel(ck_team_fn fn, void *ctx, int members);
+/// Threads a region may use: the count set (default: the CPUs this process may run on; OpenMP's
+/// count when regions run on its team), 1 inside a region.
+int ck_team_threads(void);
+void ck_team_set_threads(int threads);
+/// Whether the calling thread is running a member of a region.
+int ck_team_in_region(void);
+/// Whether regions run on OpenMP's team instead of ours (default: on AVX-512 CPUs, where oneDNN's
+/// matmuls use OpenMP's; `CVT_TEAM=openmp|own` overrides); set -1 for the default.
+int ck_team_uses_openmp(void);
+void ck_team_set_openmp(int openmp);
+/// How long a waiting team thread spins (yielding the core) before it sleeps; -1: the default
+/// (`CVT_TEAM_SPIN_US`, else 1000 µs).
+void ck_team_set_spin_us(long us);
+
 /// IEEE float16 -> float32 for `count` values (exact). Uses the F16C instructions when the CPU
 /// has them (checked once at run time), a bit-exact scalar path otherwise.
 void ck_f16_to_f32(const uint16_t *src, float *dst, size_t count);
@@ -19,7 +39,7 @@ void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed)
 /// The inverse of `ck_gemm_pack`.
 void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs);
 /// `c[m, n]` (row stride ldc) = epilogue(a[m, k] (row stride lda) · B + bias), on up to
-/// `omp_get_max_threads()` threads. `ops`: 1 GELU (erf), 2 scale by `args[i]`, 3 accumulate onto
+/// `ck_team_threads()` threads. `ops`: 1 GELU (erf), 2 scale by `args[i]`, 3 accumulate onto
 /// the previous `c` (first only). Returns 0, or -1 for an unsupported epilogue or CPU.
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops);
@@ -46,11 +66,19 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
 /// The patches of one NHWC image `[h, w, c]` for a `kh`×`kw` convolution (zero padding `pad`):
 /// `dst[(oy·wo + ox), (ky·kw + kx)·c + ci]`, one row per output pixel.
 void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst);
+/// A `k`×`k` convolution (groups 1, zero padding `pad`) of one NHWC image `[h, w, c]` into NHWC
+/// `[ho, wo, cout]`, as im2col + GEMM fused per block of output pixels: each team member takes a
+/// share of the pixels and runs blocks whose patches stay in cache. `packed`: the `[k·k·c, cout]`
+/// weights (rows in patch order `(ky·k + kx)·c + ci`) packed by `ck_gemm_pack`. For convolutions
+/// with many more pixels than output channels (CvT's stage-1 patch embedding). Returns 0, or -1
+/// when unsupported or out of memory.
+int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
+                 const float *packed, const float *bias, int cout, float *dst);
 /// Exact-erf GELU in place (AVX2+FMA).
 void ck_gelu(float *x, size_t count);
 /// LayerNorm over the last axis (biased variance, as PyTorch): `dst[r] = (src[r] − mean) /
 /// sqrt(var + eps) · weight + bias` for `rows` rows of `cols` values (AVX2+FMA, on up to
-/// `omp_get_max_threads()` threads), written as float32, or as bfloat16 bits rounded to nearest
+/// `ck_team_threads()` threads), written as float32, or as bfloat16 bits rounded to nearest
 /// even when `dst_bf16`. `src` and `dst` may be the same (float32). Returns -1 without AVX2.
 int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps);
 /// Depthwise convolution of `n` NHWC images `[h, w, c]` (`src_image` floats apart) with
