@@ -33,7 +33,8 @@ public final class Linear: Module {
         // compact storage) with storage and caches untouched; the others (loading, init) turn the
         // layer back into float32 storage.
         if v.readsOnly {
-            var copy = try float32Weight()
+            // (Shape-only visitors skip the widening and unpacking: seconds for cvt-w24.)
+            var copy = v.readsValues ? try float32Weight() : Tensor(uninitialized: [outFeatures, inFeatures])
             try v.visit(joinKey(prefix, "weight"), &copy, kind: .weight(fanIn: inFeatures))
             if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
             return

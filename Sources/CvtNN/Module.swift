@@ -22,10 +22,14 @@ public protocol ParameterVisitor: AnyObject {
     /// True for visitors that never modify the tensors (collectors, counters): layers may then hand
     /// them a float32 copy of a compactly stored weight instead of converting their storage back.
     var readsOnly: Bool { get }
+    /// False for visitors that read only shapes (counters): layers may then hand them an
+    /// uninitialised tensor of the parameter's shape instead of materialising a compact weight.
+    var readsValues: Bool { get }
 }
 
 extension ParameterVisitor {
     public var readsOnly: Bool { false }
+    public var readsValues: Bool { true }
 }
 
 /// Counts parameter elements.
@@ -33,6 +37,7 @@ public final class ParameterCounter: ParameterVisitor {
     public private(set) var count = 0
     public init() {}
     public var readsOnly: Bool { true }
+    public var readsValues: Bool { false }
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws { count += tensor.count }
 }
 
