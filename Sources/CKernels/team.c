@@ -171,7 +171,19 @@ int ck_team_threads(void) {
 
 int ck_team_in_region(void) { return in_region; }
 
+// A forked child has none of the parent's pool threads: it starts its own when it needs them.
+static void team_forked_child(void) {
+    started = 0;
+    atomic_store(&sleeping_workers, 0);
+    atomic_store(&pending, 0);
+    atomic_store(&caller_sleeping, 0);
+    pthread_mutex_init(&region_lock, NULL);
+}
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void team_register_fork(void) { pthread_atfork(NULL, NULL, team_forked_child); }
+
 void ck_parallel(ck_team_fn fn, void *ctx, int members) {
+    pthread_once(&fork_once, team_register_fork);
     int limit = ck_team_threads();
     if (members > limit) members = limit;
     if (members > 1 && ck_team_uses_openmp()) {

@@ -125,6 +125,28 @@ final class TeamTests: XCTestCase {
         var all: [String] { lock.lock(); defer { lock.unlock() }; return list }
     }
 
+    /// A forked child has none of the parent's pool threads: its regions start their own instead
+    /// of waiting forever for the parent's.
+    func testForkedChildRunsRegions() {
+        ck_team_set_openmp(0)
+        ck_team_set_threads(2)
+        assertEveryMemberOnce(region(2), 2, "parent, before the fork")  // the pool is running
+        let pid = fork()
+        if pid == 0 {
+            alarm(10)  // a hang ends the child with SIGALRM
+            let r = region(2)
+            let ok = r.calls.map(\.member).sorted() == [0, 1] && r.calls.allSatisfy { $0.members == 2 }
+            _exit(ok ? 0 : 1)
+        }
+        XCTAssertGreaterThan(pid, 0, "fork failed")
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let signal = status & 0x7f, code = (status >> 8) & 0xff
+        XCTAssertEqual(signal, 0, "child killed by signal \(signal) (SIGALRM \(SIGALRM): its region hung)")
+        XCTAssertEqual(code, 0, "child's region did not run both members")
+        assertEveryMemberOnce(region(2), 2, "parent, after the fork")
+    }
+
     /// Regions started from several threads at once: one runs on the team, the others on their
     /// callers alone; every region still runs all of its work.
     func testConcurrentCallersEachRunTheirWholeRegion() {
