@@ -107,13 +107,14 @@ static long spin_limit_ns(void) {
 
 void ck_team_set_spin_us(long us) { atomic_store(&spin_ns, us < 0 ? -1 : us * 1000); }
 
-// Spins (pausing, then yielding) while `*word == value` for up to the spin limit; returns whether
-// the word changed. The clock is read every 64 checks only.
+// Spins (256 pauses, a few µs, then yielding) while `*word == value` for up to the spin limit;
+// returns whether the word changed. The clock is read every 64 checks only.
 static int spin_while(_Atomic uint32_t *word, uint32_t value) {
     long limit = spin_limit_ns(), start = 0;
     for (unsigned i = 0;; i++) {
         if (atomic_load_explicit(word, memory_order_acquire) != value) return 1;
         if (i < 256) { CPU_RELAX(); continue; }
+        if (limit == 0) return 0;
         if ((i & 63) == 0) {
             long t = now_ns();
             if (start == 0) start = t;
