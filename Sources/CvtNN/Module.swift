@@ -145,12 +145,16 @@ public final class RandomInitializer: ParameterVisitor {
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
         switch kind {
         case .weight, .clsToken:
+            // A local generator: through `self` every draw paid an exclusivity check.
+            var rng = self.rng
+            let std = self.std
             tensor = Tensor(shape: tensor.shape) { _ in
                 while true {
-                    let v = self.rng.nextGaussian() * self.std
+                    let v = rng.nextGaussian() * std
                     if abs(v) <= 2 { return v }
                 }
             }
+            self.rng = rng
         case .bias, .normBias, .runningMean: tensor = Tensor(zeros: tensor.shape)
         case .normWeight, .runningVar: tensor = Tensor(zeros: tensor.shape, value: 1)
         }
@@ -160,6 +164,8 @@ public final class RandomInitializer: ParameterVisitor {
 /// Small, seedable generator so initialisation is reproducible across platforms.
 public struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
+    /// The second value of the last Box–Muller pair, not handed out yet.
+    var spareGaussian: Float?
     public init(seed: UInt64) { state = seed }
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
@@ -168,10 +174,13 @@ public struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
-    /// Standard normal (Box–Muller).
+    /// Standard normal (Box–Muller; both values of a pair are used, in turn).
     public mutating func nextGaussian() -> Float {
+        if let g = spareGaussian { spareGaussian = nil; return g }
         let u1 = max(Double(next() >> 11) / Double(1 << 53), 1e-300)
         let u2 = Double(next() >> 11) / Double(1 << 53)
-        return Float((-2 * log(u1)).squareRoot() * cos(2 * .pi * u2))
+        let r = (-2 * log(u1)).squareRoot(), a = 2 * Double.pi * u2
+        spareGaussian = Float(r * sin(a))
+        return Float(r * cos(a))
     }
 }
