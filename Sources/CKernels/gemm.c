@@ -168,7 +168,7 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_panel(const uint16_t 
     }
 }
 
-// ---- exact-erf GELU, vectorised ----
+// ---- exp (softmax) and exact-erf GELU, vectorised ----
 
 __attribute__((target("avx2,fma"))) static inline __m256 exp_ps(__m256 x) {
     // exp(x) = 2^n · exp(r), r = x − n·ln2 in [−ln2/2, ln2/2]; degree-6 polynomial (< 2 ulp).
@@ -187,21 +187,35 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp_ps(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// GELU(x) = x/2 · (1 + erf(x/√2)); erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7).
+// GELU(x) = x/2 · (1 + erf(x/√2)), with erf(x/√2) ≈ x·P(x²)/Q(x²), a rational fit on |x| ≤ 5.6
+// (Scripts/fit_gelu_erf.py; 2e-8 in float64), and ±1 from |x| ≥ 5.5, where erf(x/√2) is ±1 to
+// within float32's half ulp. Error over [−12, 12] against float64: at most 2.1e-7·max(|x|, 1), as
+// the exp-based Abramowitz & Stegun 7.1.26 it replaced (1.9e-7), in half the time (0.43 vs 0.77
+// ns per value on Zen 3): the first MLP GEMM of stage 1 (K = 64) had spent more time in GELU
+// than in its products.
 __attribute__((target("avx2,fma"))) static inline __m256 gelu_ps(__m256 x) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
-    __m256 az = _mm256_andnot_ps(sign, z);
-    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(az, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
-    __m256 p = _mm256_set1_ps(1.061405429f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
-    p = _mm256_mul_ps(p, t);
-    __m256 erf_abs = _mm256_fnmadd_ps(p, exp_ps(_mm256_mul_ps(_mm256_xor_ps(az, sign), az)), _mm256_set1_ps(1.0f));
-    __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));
-    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(erf, _mm256_set1_ps(1.0f)));
+    const __m256 sign = _mm256_set1_ps(-0.0f), xmax = _mm256_set1_ps(5.5f);
+    __m256 ax = _mm256_min_ps(_mm256_andnot_ps(sign, x), xmax);
+    __m256 xc = _mm256_or_ps(ax, _mm256_and_ps(sign, x));
+    __m256 t = _mm256_mul_ps(xc, xc);
+    __m256 p = _mm256_set1_ps(4.4537735278e-08f);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.2648253687e-05f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(3.4204637632e-04f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(9.3797771260e-03f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(6.8225607276e-02f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(7.9788446426e-01f));
+    p = _mm256_mul_ps(p, xc);
+    __m256 q = _mm256_set1_ps(1.1814304344e-06f);
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(7.4127710832e-05f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.8970174715e-03f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.8786195442e-02f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.5217407942e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.0f));
+    __m256 erf = _mm256_div_ps(p, q);
+    __m256 saturated = _mm256_cmp_ps(ax, xmax, _CMP_GE_OQ);
+    erf = _mm256_blendv_ps(erf, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, x)), saturated);
+    __m256 half = _mm256_mul_ps(x, _mm256_set1_ps(0.5f));
+    return _mm256_fmadd_ps(half, erf, half);
 }
 
 void ck_gelu(float *x, size_t count);

@@ -858,6 +858,13 @@ final class AVX2GemmTests: XCTestCase {
             let want = 0.5 * Double(x) * (1 + erf(Double(x) / 2.squareRoot()))
             XCTAssertLessThanOrEqual(abs(Double(y) - want), 3e-7 * max(1, abs(Double(x))), "gelu(\(x)) = \(y), want \(want)")
         }
+        // As PyTorch: NaN stays NaN, +∞ stays +∞ (and −∞ gives NaN, −∞ · 0).
+        var special: [Float] = [.nan, .infinity, -.infinity, 5.5, -5.5]
+        special.withUnsafeMutableBufferPointer { ck_gelu($0.baseAddress!, $0.count) }
+        XCTAssertTrue(special[0].isNaN && special[2].isNaN, "\(special)")
+        XCTAssertEqual(special[1], .infinity)
+        XCTAssertEqual(special[3], 5.5)
+        XCTAssertEqual(special[4], 0)
     }
 }
 
