@@ -211,8 +211,8 @@ final class BatchSplitTests: XCTestCase {
     }
 
     func testMoreThreadsThanParts() throws {
-        // 4 threads, 3 images: parts of 1 image with 2, 1 and 1 threads (oversubscribed on the
-        // 2-core test machine, which only makes it slower).
+        // 4 threads, 3 images: 3 parts of 1 image, one thread each (the fourth idle; 3 threads
+        // oversubscribe the 2-core test machine, which only makes it slower).
         let whole = try model(config(), splits: false), split = try model(config(), splits: true)
         split.engine.threads = 4
         defer { split.engine.threads = 2 }
