@@ -24,7 +24,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-
 int ck_gemm_supported(void) {
     static int supported = -1;
     if (supported < 0) {

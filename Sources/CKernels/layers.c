@@ -12,7 +12,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-
 // Threads for `work` units of about one float each: memory-bound work below 64k values is not
 // worth a hand-off.
 static int threads_for(double work) {

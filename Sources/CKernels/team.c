@@ -183,6 +183,14 @@ static void team_forked_child(void) {
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void team_register_fork(void) { pthread_atfork(NULL, NULL, team_forked_child); }
 
+// The whole region on the calling thread, as one member.
+static void run_alone(ck_team_fn fn, void *ctx) {
+    int outer = in_region;
+    in_region = 1;
+    fn(ctx, 0, 1);
+    in_region = outer;
+}
+
 void ck_parallel(ck_team_fn fn, void *ctx, int members) {
     pthread_once(&fork_once, team_register_fork);
     int limit = ck_team_threads();
@@ -194,10 +202,7 @@ void ck_parallel(ck_team_fn fn, void *ctx, int members) {
         return;
     }
     if (members <= 1 || in_region || pthread_mutex_trylock(&region_lock) != 0) {
-        int outer = in_region;
-        in_region = 1;
-        fn(ctx, 0, 1);
-        in_region = outer;
+        run_alone(fn, ctx);
         return;
     }
     uint32_t word = atomic_load_explicit(&region_word, memory_order_relaxed);  // changes only under region_lock
@@ -214,9 +219,7 @@ void ck_parallel(ck_team_fn fn, void *ctx, int members) {
     if (members > started + 1) members = started + 1;  // a thread could not be created: fewer members
     if (members <= 1) {
         pthread_mutex_unlock(&region_lock);
-        in_region = 1;
-        fn(ctx, 0, 1);
-        in_region = 0;
+        run_alone(fn, ctx);
         return;
     }
     region_fn = fn;

@@ -149,8 +149,8 @@ public final class Engine: @unchecked Sendable {
 
     /// Runs `body(i, worker)` for `i` in `0..<count` on a team of `min(count, threads)` threads:
     /// each member takes the next free part when done with one and runs it on its thread alone, with
-    /// its own engine, which has this engine's settings; rethrows the first error. Profile times of the workers are added to this
-    /// engine's (CPU time, so they may exceed wall time).
+    /// its own engine, which has this engine's settings; rethrows the first error. Profile times of
+    /// the workers are added to this engine's (CPU time, so they may exceed wall time).
     public func concurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
         if count <= 0 { return }
         let members = min(count, max(1, threads))
