@@ -116,7 +116,7 @@ def main():
         # Which kernels ours ran: the Linear layers' (oneDNN or our AVX2 GEMM), fused attention, and
         # whether bf16 had native kernels or was emulated.
         "ours_kernels": {"linear": ours.get("linear_kernel"), "fused_attention": ours.get("fused_attention"),
-                         "bf16_matmuls": ours_bf16.get("matmul_kernels")},
+                         "bf16_matmuls": ours_bf16.get("matmul_kernels"), "thread_team": ours.get("thread_team")},
         "ours_weights_mb": {"float32": ours["weights_mb"], "bfloat16": ours_bf16["weights_mb"], "float16": ours_f16["weights_mb"]},
     }
     if a.json:
@@ -129,7 +129,8 @@ def main():
         rounds = " ".join(f"{m:.1f}" for m in r["round_medians_ms"])
         print(f"{r['system']:34} {r['median_ms']:16.1f} {r['min_ms']:8.1f} {r['images_per_second']:9.1f} {r['ratio_to_ours']:12.2f}x  {rounds}")
     k = result["ours_kernels"]
-    print(f"swift-cvt kernels: Linear {k['linear']}, fused attention {k['fused_attention']}, bf16 matmuls {k['bf16_matmuls']}")
+    print(f"swift-cvt kernels: Linear {k['linear']}, fused attention {k['fused_attention']}, bf16 matmuls {k['bf16_matmuls']}, "
+          f"thread team {k['thread_team']}")
     for name, key, rss in [("fp32", "float32", ours["peak_rss_mb"]), ("bf16", "bfloat16", ours_bf16["peak_rss_mb"]),
                            ("fp16-stored", "float16", ours_f16["peak_rss_mb"])]:
         print(f"swift-cvt {name}: weights {result['ours_weights_mb'][key]:.1f} MB, peak RSS {rss:.0f} MB")

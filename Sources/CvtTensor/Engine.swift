@@ -105,6 +105,10 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// The team our kernels run on: "own" (`team.c`: waiting threads spin briefly, yielding, then
+    /// sleep) or "openmp" (libgomp's, on AVX-512 CPUs or with `CVT_TEAM=openmp`).
+    public var threadTeam: String { ck_team_uses_openmp() != 0 ? "openmp" : "own" }
+
     // MARK: - kernel choices (used by Engine+PackedMatmul.swift and Engine+Convolution.swift)
 
     /// Whether layers keep their matmul weights packed (`PackedWeights`) instead of plain. On by

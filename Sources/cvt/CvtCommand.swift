@@ -196,7 +196,7 @@ struct Bench: ParsableCommand {
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
-                "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention,
+                "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
                 "output": fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",

@@ -59,10 +59,11 @@ final class CLITests: XCTestCase {
                          "--batch-size", "2", "--iterations", "2", "--threads", "1", "--json"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
-        for key in ["median_ms", "images_per_second", "peak_rss_mb", "batch_size", "threads", "dtype"] {
+        for key in ["median_ms", "images_per_second", "peak_rss_mb", "batch_size", "threads", "dtype", "thread_team"] {
             XCTAssertNotNil(obj[key], "missing \(key) in \(r.stdout)")
         }
         XCTAssertEqual(obj["batch_size"] as? Int, 2)
+        XCTAssertTrue(["own", "openmp"].contains(obj["thread_team"] as? String ?? ""), r.stdout)
     }
 
     /// `--profile` shares out the time of a split batch over its workers, and the layout and
