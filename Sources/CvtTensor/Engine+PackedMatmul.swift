@@ -223,7 +223,9 @@ extension Engine {
         guard status == 0 else { throw TensorError("matmul: the AVX2 GEMM does not support post-ops \(postOps) (accumulate must come first)") }
         if finalDst.type == .bfloat16 {
             let f = dst.raw.assumingMemoryBound(to: Float.self)
-            for r in 0..<m { Kernels.toBFloat16(f + r * n, finalDst.raw + r * finalDst.strides[0] * 2, count: n) }
+            if finalDst.strides[0] == n { Kernels.toBFloat16(f, finalDst.raw, count: m * n) } else {
+                for r in 0..<m { Kernels.toBFloat16(f + r * n, finalDst.raw + r * finalDst.strides[0] * 2, count: n) }
+            }
         }
         if profile { record("matmul", "matmul \([m, k])x\([k, n])", since: t0) }
     }

@@ -116,33 +116,43 @@ public enum Kernels {
         return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
     }
 
-    /// Rounds `count` float32 values to bfloat16 (`dst` holds 2-byte elements).
+    /// Rounds `count` float32 values to bfloat16 (`dst` holds 2-byte elements). Large inputs are
+    /// split across the engine's threads, as in the two conversions below (emulated bf16 runs them
+    /// around every matmul).
     public static func toBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
         let d = dst.assumingMemoryBound(to: UInt16.self)
-        var i = 0
-        while i + 16 <= count {
-            UnsafeMutableRawPointer(d + i).storeBytes(of: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)), as: SIMD16<UInt16>.self)
-            i += 16
+        parallelRows(count, cols: 1) { start, n in
+            var i = start
+            let end = start + n
+            while i + 16 <= end {
+                UnsafeMutableRawPointer(d + i).storeBytes(of: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self)), as: SIMD16<UInt16>.self)
+                i += 16
+            }
+            while i < end { d[i] = bf16Bits(src[i]); i += 1 }
         }
-        while i < count { d[i] = bf16Bits(src[i]); i += 1 }
     }
 
     /// Rounds `count` float32 values to bfloat16 precision, kept as float32 (what a bf16 round
     /// trip gives, in one pass).
     public static func roundToBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
-        var i = 0
-        while i + 16 <= count {
-            let bits = SIMD16<UInt32>(truncatingIfNeeded: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self))) &<< 16
-            UnsafeMutableRawPointer(dst + i).storeBytes(of: bits, as: SIMD16<UInt32>.self)
-            i += 16
+        parallelRows(count, cols: 1) { start, n in
+            var i = start
+            let end = start + n
+            while i + 16 <= end {
+                let bits = SIMD16<UInt32>(truncatingIfNeeded: bf16Bits(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self))) &<< 16
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: bits, as: SIMD16<UInt32>.self)
+                i += 16
+            }
+            while i < end { dst[i] = Float(bitPattern: UInt32(bf16Bits(src[i])) << 16); i += 1 }
         }
-        while i < count { dst[i] = Float(bitPattern: UInt32(bf16Bits(src[i])) << 16); i += 1 }
     }
 
     /// bfloat16 → float32 (exact).
     public static func fromBFloat16(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
         let s = src.assumingMemoryBound(to: UInt16.self)
-        for i in 0..<count { dst[i] = Float(bitPattern: UInt32(s[i]) << 16) }
+        parallelRows(count, cols: 1) { start, n in
+            for i in start..<(start + n) { dst[i] = Float(bitPattern: UInt32(s[i]) << 16) }
+        }
     }
 
     /// Float32 → IEEE float16 (round to nearest even; out-of-range values become ±infinity).

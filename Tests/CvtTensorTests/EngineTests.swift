@@ -200,6 +200,31 @@ final class BFloat16KernelTests: XCTestCase {
         XCTAssertEqual(back, [1, 1, 1 + 0x1p-6])
     }
 
+    /// Large conversions are split across the threads: every value, including the split points and
+    /// an odd tail, converts as the scalar rule says.
+    func testLargeConversionsMatchTheScalarRule() throws {
+        let n = 200_003
+        let src = (0..<n).map { i -> Float in
+            let base = Float(sin(Double(i) * 0.731) * 3)
+            let wiggle: Float = 1 + Float(i % 7) * 0x1p-9
+            return base * wiggle
+        }
+        let want = src.map { x -> UInt16 in
+            let b = x.bitPattern
+            return UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+        }
+        XCTAssertGreaterThan(try Engine.shared().threads, 1, "the split needs more than one thread")
+        var bits = [UInt16](repeating: 0, count: n)
+        src.withUnsafeBufferPointer { s in bits.withUnsafeMutableBytes { Kernels.toBFloat16(s.baseAddress!, $0.baseAddress!, count: n) } }
+        XCTAssertEqual(bits.indices.first { bits[$0] != want[$0] }, nil, "toBFloat16")
+        var rounded = [Float](repeating: 0, count: n)
+        src.withUnsafeBufferPointer { s in rounded.withUnsafeMutableBufferPointer { Kernels.roundToBFloat16(s.baseAddress!, $0.baseAddress!, count: n) } }
+        XCTAssertEqual(rounded.indices.first { rounded[$0].bitPattern != UInt32(want[$0]) << 16 }, nil, "roundToBFloat16")
+        var widened = [Float](repeating: 0, count: n)
+        bits.withUnsafeBytes { b in widened.withUnsafeMutableBufferPointer { Kernels.fromBFloat16(b.baseAddress!, $0.baseAddress!, count: n) } }
+        XCTAssertEqual(widened.indices.first { widened[$0].bitPattern != UInt32(want[$0]) << 16 }, nil, "fromBFloat16")
+    }
+
     func testLayerNormBFloat16IsRoundedLayerNorm() {
         let rows = 3, cols = 37
         let x = Tensor(shape: [rows, cols]) { Float(($0 * 7919) % 101) / 13 - 3 }
