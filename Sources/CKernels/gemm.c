@@ -169,18 +169,23 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_panel(const uint16_t 
 
 // ---- exp (softmax) and exact-erf GELU, vectorised ----
 
+// c0 + t·(c1 + t·(c2 + t·(c3 + t·(c4 + t·c5)))), by Horner's rule with an FMA per step.
+__attribute__((target("avx2,fma"))) static inline __m256 poly5(__m256 t, float c0, float c1, float c2, float c3, float c4, float c5) {
+    __m256 p = _mm256_set1_ps(c5);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c4));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c3));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c2));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c1));
+    return _mm256_fmadd_ps(p, t, _mm256_set1_ps(c0));
+}
+
 __attribute__((target("avx2,fma"))) static inline __m256 exp_ps(__m256 x) {
     // exp(x) = 2^n · exp(r), r = x − n·ln2 in [−ln2/2, ln2/2]; degree-6 polynomial (< 2 ulp).
     x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 p = poly5(r, 5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f, 1.3981999507e-3f, 1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -197,19 +202,10 @@ __attribute__((target("avx2,fma"))) static inline __m256 gelu_ps(__m256 x) {
     __m256 ax = _mm256_min_ps(_mm256_andnot_ps(sign, x), xmax);
     __m256 xc = _mm256_or_ps(ax, _mm256_and_ps(sign, x));
     __m256 t = _mm256_mul_ps(xc, xc);
-    __m256 p = _mm256_set1_ps(4.4537735278e-08f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.2648253687e-05f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(3.4204637632e-04f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(9.3797771260e-03f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(6.8225607276e-02f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(7.9788446426e-01f));
-    p = _mm256_mul_ps(p, xc);
-    __m256 q = _mm256_set1_ps(1.1814304344e-06f);
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(7.4127710832e-05f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.8970174715e-03f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.8786195442e-02f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.5217407942e-01f));
-    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.0f));
+    // Coefficients as Scripts/fit_gelu_erf.py prints them (from x¹ and from x²).
+    __m256 p = _mm256_mul_ps(poly5(t, 7.9788446426e-01f, 6.8225607276e-02f, 9.3797771260e-03f, 3.4204637632e-04f,
+                                   1.2648253687e-05f, 4.4537735278e-08f), xc);
+    __m256 q = poly5(t, 1.0f, 2.5217407942e-01f, 2.8786195442e-02f, 1.8970174715e-03f, 7.4127710832e-05f, 1.1814304344e-06f);
     __m256 erf = _mm256_div_ps(p, q);
     __m256 saturated = _mm256_cmp_ps(ax, xmax, _CMP_GE_OQ);
     erf = _mm256_blendv_ps(erf, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, x)), saturated);
