@@ -290,8 +290,9 @@ micro(int mr, int kc, int packed_a, const float *a, long lda, const float *b, fl
 // Each thread's scratch buffers, kept across calls and freed when the thread ends: packed A
 // (≤ (mc + MR) × KC floats, about 260 KB), the attention kernel's packed K, V and scores (about
 // 530 KB in cvt-13's first stage; allocated per call, they were fresh mappings that page-faulted
-// every time), and one widened micro-panel of half-precision weights (≤ KC × 16 floats).
-enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_B, SCRATCH_SLOTS };
+// every time), one widened micro-panel of half-precision weights (≤ KC × 16 floats), and a block
+// of convolution patches (`ck_conv_nhwc`, about 64 KB).
+enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_B, SCRATCH_PATCHES, SCRATCH_SLOTS };
 typedef struct { float *p[SCRATCH_SLOTS]; size_t cap[SCRATCH_SLOTS]; } scratch_store;
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
@@ -587,7 +588,8 @@ __attribute__((target("avx2,fma"))) static void attention_unit(const attention_j
 }
 
 // Member t of T.
-static void attention_work(attention_job *job, int t, int T) {
+static void attention_work(void *data, int t, int T) {
+    attention_job *job = data;
     long tkpad = (job->tk + 15) / 16 * 16;
     int mb = (int)(32768 / tkpad) / MR * MR;
     if (mb < MR) mb = MR;
@@ -611,8 +613,6 @@ static void attention_work(attention_job *job, int t, int T) {
     }
 }
 
-static void attention_thread(void *data, int t, int T) { attention_work(data, t, T); }
-
 int ck_attention(int batch, int heads, int tq, int tk, int d,
                  const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
                  const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p) {
@@ -621,7 +621,7 @@ int ck_attention(int batch, int heads, int tq, int tk, int d,
                          ctx, c_image, c_row, scale, 0, round_p};
     int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : ck_team_threads();
     if (threads <= 1) attention_work(&job, 0, 1);
-    else ck_parallel(attention_thread, &job, threads);
+    else ck_parallel(attention_work, &job, threads);
     return job.failed ? -1 : 0;
 }
 
@@ -677,7 +677,7 @@ static void conv_thread(void *data, int t, int T) {
     int row = j->patches.kh * j->patches.kw * j->patches.c;
     long block = 16384 / row / MR * MR;  // 64 KB of patches (at least one micro-tile)
     if (block < MR) block = MR;
-    float *buffer = malloc((size_t)block * row * sizeof(float));
+    float *buffer = scratch(SCRATCH_PATCHES, (size_t)block * row);
     if (!buffer) { j->failed = 1; return; }
     for (long p = p0; p < p1; p += block) {
         long n = p1 - p < block ? p1 - p : block;
@@ -685,7 +685,6 @@ static void conv_thread(void *data, int t, int T) {
         if (gemm_run((int)n, j->cout, row, buffer, row, j->packed, NULL, 0, j->bias, j->dst + (size_t)p * j->cout, j->cout,
                      NULL, NULL, 0) != 0) { j->failed = 1; break; }
     }
-    free(buffer);
 }
 
 int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
