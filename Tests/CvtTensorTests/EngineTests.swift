@@ -681,6 +681,38 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
+    /// Scores spread over [−200, 200] (exp's argument down to −400: every power of two the kernel's
+    /// exp builds, and underflow), row lengths with and without a tail of fewer than 8, and a NaN in
+    /// one query: that query's row is NaN (as PyTorch's softmax gives), the others are not touched.
+    func testFusedAttentionWideScoresAndNaN() throws {
+        guard LinearKernel.avx2.isSupported else { return }
+        let d = 8
+        for (tq, tk) in [(13, 8), (13, 16), (7, 45), (30, 197)] {
+            let q = data(tq * d, 4), k = data(tk * d, 5), v = data(tk * d, 6)
+            let scale: Float = 25
+            let want = referenceAttention(q, k, v, b: 1, heads: 1, tq: tq, tk: tk, d: d, scale: scale)
+            let ctx = Tensor(zeros: [tq * d])
+            XCTAssertEqual(ck_attention(1, 1, Int32(tq), Int32(tk), Int32(d), q.unsafePointer, tq * d, d, k.unsafePointer, tk * d, d,
+                                        v.unsafePointer, tk * d, d, ctx.unsafePointer, tq * d, d, scale, 0), 0)
+            let err = zip(ctx.scalars, want).map { abs(Double($0) - $1) }.max() ?? .infinity
+            XCTAssertLessThan(err, 2e-6, "wide scores, tq \(tq), tk \(tk): max abs error \(err); first \(Array(ctx.scalars.prefix(3))) vs \(Array(want.prefix(3)))")
+
+            let row = tq / 2
+            q.unsafePointer[row * d + 3] = .nan
+            let withNaN = Tensor(zeros: [tq * d])
+            XCTAssertEqual(ck_attention(1, 1, Int32(tq), Int32(tk), Int32(d), q.unsafePointer, tq * d, d, k.unsafePointer, tk * d, d,
+                                        v.unsafePointer, tk * d, d, withNaN.unsafePointer, tq * d, d, scale, 0), 0)
+            for r in 0..<tq {
+                let values = Array(withNaN.scalars[(r * d)..<((r + 1) * d)])
+                if r == row {
+                    XCTAssertTrue(values.allSatisfy { $0.isNaN }, "tk \(tk): the NaN query's row must be NaN, got \(values)")
+                } else {
+                    XCTAssertEqual(values, Array(ctx.scalars[(r * d)..<((r + 1) * d)]), "tk \(tk): row \(r) changed by another row's NaN")
+                }
+            }
+        }
+    }
+
     /// Emulated bf16 attention: with `round_p` the kernel's P·V uses the probabilities rounded to
     /// bfloat16 (as a bf16 softmax output stores them), and only then; and the engine's typed entry
     /// point runs it for bf16 tokens in emulated bf16 precision.
