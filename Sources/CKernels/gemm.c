@@ -526,8 +526,8 @@ typedef struct {
 // pass over the scores, but moves the results away from PyTorch's: the spec §10.2 cvt-13 vector's
 // hidden_states.2 sum drifted by 2.5e-3, past its 2e-3 tolerance.)
 // Two accumulators per pass, masked tails and the exp above: 7–17% less time than one accumulator,
-// a scalar tail through a stack copy and a rounding exp, at 785 columns (stage 1's rows), 25–28% at
-// 197, 35–43% at 50 (stage 3's). A NaN score makes its row NaN, as in PyTorch.
+// a scalar tail through a stack copy and a rounding exp, at 785 columns (stage 1's rows), 24–28% at
+// 197, 34–43% at 50 (stage 3's). A NaN score makes its row NaN, as in PyTorch.
 __attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld, int round_p) {
     int full = cols & ~7, rem = cols - full;
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
