@@ -19,6 +19,11 @@ public enum ParameterKind: Sendable, Equatable {
 /// initialisation are all visitors, so the tree's shape is written down exactly once.
 public protocol ParameterVisitor: AnyObject {
     func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws
+    /// A trainable parameter with its gradient (same shape; zero-sized until a backward pass
+    /// accumulated into it). Optimizers and gradient collectors implement this; the default
+    /// forwards to `visit(_:_:kind:)`. Buffers (running statistics) have no gradient and arrive
+    /// through the plain `visit`.
+    func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws
     /// True for visitors that never modify the tensors (collectors, counters): layers may then hand
     /// them a float32 copy of a compactly stored weight instead of converting their storage back.
     var readsOnly: Bool { get }
@@ -28,6 +33,9 @@ public protocol ParameterVisitor: AnyObject {
 }
 
 extension ParameterVisitor {
+    public func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
+        try visit(key, &tensor, kind: kind)
+    }
     public var readsOnly: Bool { false }
     public var readsValues: Bool { true }
 }
