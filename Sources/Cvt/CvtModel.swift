@@ -285,6 +285,8 @@ public final class CvtStage: Module {
     /// `cls_token` `[1, 1, C_s]`. Beyond the reference: the original CvT gives a CLS to any stage with
     /// that stage's width (transformers uses `embed_dim[-1]` and breaks for non-last stages).
     public var clsToken: Tensor?
+    /// Gradient of `clsToken`, accumulated by `backward` (zero-sized until then).
+    public var clsTokenGrad = Tensor(zeros: [0])
     public let embedding: CvtConvEmbeddings
     public let layers: [CvtLayer]
 
@@ -297,7 +299,7 @@ public final class CvtStage: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
-        if clsToken != nil { try v.visit(joinKey(prefix, "cls_token"), &clsToken!, kind: .clsToken) }
+        if clsToken != nil { try v.visit(joinKey(prefix, "cls_token"), &clsToken!, gradient: &clsTokenGrad, kind: .clsToken) }
         try embedding.visitParameters(v, prefix: joinKey(prefix, "embedding.convolution_embeddings"))
         for (l, layer) in layers.enumerated() { try layer.visitParameters(v, prefix: joinKey(prefix, "layers.\(l)")) }
     }

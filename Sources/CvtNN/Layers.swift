@@ -9,6 +9,8 @@ public final class Linear: Module {
     /// visitors always see the float32 values.
     public var weight: Tensor
     public var bias: Tensor?
+    /// Gradients of `weight` `[out, in]` and `bias`, accumulated by `backward` (zero-sized until then).
+    public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
     /// Element type the weight is kept in: float32, or float16 / bfloat16 for half the memory.
     public private(set) var weightStorage: ElementType = .float32
     /// Wᵀ as dense `[in, out]` in `weightStorage` when that is not float32.
@@ -40,8 +42,8 @@ public final class Linear: Module {
             return
         }
         try convertStorage(to: .float32)
-        try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inFeatures))
-        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+        try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .weight(fanIn: inFeatures))
+        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, gradient: &biasGrad, kind: .bias) }
         constant = nil
         // Loading layer by layer into compact storage keeps only one float32 weight alive at a time.
         do { try convertStorage(to: preferredStorage) } catch {
@@ -202,6 +204,8 @@ public final class Conv2d: Module {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int
     public var weight: Tensor
     public var bias: Tensor?
+    /// Gradients of `weight` and `bias`, accumulated by `backward` (zero-sized until then).
+    public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
     private var packed: ConvWeights?
     private let lock = NSLock()
 
@@ -213,8 +217,8 @@ public final class Conv2d: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
-        try v.visit(joinKey(prefix, "weight"), &weight, kind: .weight(fanIn: inChannels / groups * kernel * kernel))
-        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, kind: .bias) }
+        try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .weight(fanIn: inChannels / groups * kernel * kernel))
+        if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, gradient: &biasGrad, kind: .bias) }
         if !v.readsOnly { packed = nil }
     }
 
@@ -261,6 +265,8 @@ public final class LayerNorm: Module {
     public let eps: Float
     public var weight: Tensor
     public var bias: Tensor
+    /// Gradients, accumulated by `backward` (zero-sized until then).
+    public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
 
     public init(_ dim: Int, eps: Float = 1e-5) {
         self.dim = dim; self.eps = eps
@@ -268,8 +274,8 @@ public final class LayerNorm: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
-        try v.visit(joinKey(prefix, "weight"), &weight, kind: .normWeight)
-        try v.visit(joinKey(prefix, "bias"), &bias, kind: .normBias)
+        try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .normWeight)
+        try v.visit(joinKey(prefix, "bias"), &bias, gradient: &biasGrad, kind: .normBias)
     }
 
     public func parametersDidChange() {}
@@ -294,6 +300,10 @@ public final class BatchNorm2d: Module {
     public let dim: Int
     public let eps: Double = 1e-5
     public var weight: Tensor, bias: Tensor, runningMean: Tensor, runningVar: Tensor
+    /// `num_batches_tracked`: training-mode forward passes so far (saved with the checkpoint).
+    public var numBatchesTracked = 0
+    /// Gradients, accumulated by `backward` (zero-sized until then).
+    public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
 
     public init(_ dim: Int) {
         self.dim = dim
@@ -302,8 +312,8 @@ public final class BatchNorm2d: Module {
     }
 
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
-        try v.visit(joinKey(prefix, "weight"), &weight, kind: .normWeight)
-        try v.visit(joinKey(prefix, "bias"), &bias, kind: .normBias)
+        try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .batchNormWeight)
+        try v.visit(joinKey(prefix, "bias"), &bias, gradient: &biasGrad, kind: .batchNormBias)
         try v.visit(joinKey(prefix, "running_mean"), &runningMean, kind: .runningMean)
         try v.visit(joinKey(prefix, "running_var"), &runningVar, kind: .runningVar)
     }

@@ -6,10 +6,15 @@ public enum ParameterKind: Sendable, Equatable {
     /// Conv or linear weight; `fanIn` = elements per output channel.
     case weight(fanIn: Int)
     case bias
-    /// LayerNorm / BatchNorm scale (γ).
+    /// LayerNorm scale (γ).
     case normWeight
-    /// LayerNorm / BatchNorm shift (β).
+    /// LayerNorm shift (β).
     case normBias
+    /// BatchNorm scale (γ). Kept apart from LayerNorm's: transformers' Trainer exempts LayerNorm
+    /// modules from weight decay but not BatchNorm ones.
+    case batchNormWeight
+    /// BatchNorm shift (β).
+    case batchNormBias
     case runningMean
     case runningVar
     case clsToken
@@ -163,8 +168,8 @@ public final class RandomInitializer: ParameterVisitor {
                 }
             }
             self.rng = rng
-        case .bias, .normBias, .runningMean: tensor = Tensor(zeros: tensor.shape)
-        case .normWeight, .runningVar: tensor = Tensor(zeros: tensor.shape, value: 1)
+        case .bias, .normBias, .batchNormBias, .runningMean: tensor = Tensor(zeros: tensor.shape)
+        case .normWeight, .batchNormWeight, .runningVar: tensor = Tensor(zeros: tensor.shape, value: 1)
         }
     }
 }
