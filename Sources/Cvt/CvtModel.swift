@@ -423,7 +423,7 @@ public final class CvtModel: Module {
     }
 
     /// The input checks of every forward pass.
-    private func checkInput(_ pixelValues: Tensor) throws {
+    func checkInput(_ pixelValues: Tensor) throws {
         guard pixelValues.rank == 4 else {
             throw CvtInputError("pixel_values must be [batch, channels, height, width], got shape \(pixelValues.shape)")
         }

@@ -107,6 +107,30 @@ extension CvtForImageClassification {
         try dtype?.apply(to: self)
         let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
+        if let file = weights as? SafetensorsFile { try loadBatchNormCounters(from: file) }
+    }
+
+    /// Each BatchNorm's `num_batches_tracked`, where the file has it (the counters are unused at
+    /// inference; training continues counting from them).
+    public func loadBatchNormCounters(from file: SafetensorsFile) throws {
+        for (key, bn) in namedBatchNorms {
+            let name = "\(key).num_batches_tracked"
+            guard file.info(name) != nil, let v = try file.int64s(name).first else { continue }
+            bn.numBatchesTracked = Int(v)
+        }
+    }
+
+    /// Every BatchNorm of the Q/K/V projections with its checkpoint key (without the last segment).
+    public var namedBatchNorms: [(key: String, module: BatchNorm2d)] {
+        cvt.stages.enumerated().flatMap { s, stage in
+            stage.layers.enumerated().flatMap { l, layer -> [(key: String, module: BatchNorm2d)] in
+                let a = layer.attention
+                return [("query", a.convolutionProjectionQuery), ("key", a.convolutionProjectionKey), ("value", a.convolutionProjectionValue)]
+                    .compactMap { name, p in
+                        p.normalization.map { ("cvt.encoder.stages.\(s).layers.\(l).attention.attention.convolution_projection_\(name).convolution_projection.normalization", $0) }
+                    }
+            }
+        }
     }
 
     /// Writes `config.json` and `model.safetensors` (weights in `dtype`), as `save_pretrained` does.
@@ -116,11 +140,9 @@ extension CvtForImageClassification {
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
         let sd = try stateDict()
         for key in sd.order { if let t = sd.tensors[key] { try writer.add(key, t, as: dtype) } }
-        // transformers' state_dict also holds each BatchNorm's step counter; write it so a strict
-        // load there sees no missing keys (the value is unused at inference).
-        for key in sd.order where key.hasSuffix(".normalization.running_mean") && key.contains("convolution_projection") {
-            let counter = String(key.dropLast("running_mean".count)) + "num_batches_tracked"
-            try writer.add(counter, int64s: [0], shape: [])
+        // transformers' state_dict also holds each BatchNorm's step counter (training-mode passes).
+        for (key, bn) in namedBatchNorms {
+            try writer.add("\(key).num_batches_tracked", int64s: [Int64(bn.numBatchesTracked)], shape: [])
         }
         try writer.write(to: url.appendingPathComponent("model.safetensors"))
     }

@@ -44,4 +44,45 @@ public enum Losses {
         }
         return Float(s / Double(x.count))
     }
+
+    // Gradients with respect to the logits, for the same mean reductions (computed in double).
+
+    /// d`crossEntropy`/dlogits: `(softmax − onehot) / counted` on rows whose label is not −100.
+    public static func crossEntropyGradient(logits: Tensor, labels: [Int], into g: UnsafeMutablePointer<Float>) throws {
+        guard logits.rank == 2, logits.shape[0] == labels.count else {
+            throw TensorError("cross-entropy: logits \(logits.shape) do not fit \(labels.count) labels")
+        }
+        let l = logits.shape[1]
+        let counted = labels.filter { $0 != -100 }.count
+        logits.withUnsafeBufferPointer { p in
+            for (b, y) in labels.enumerated() {
+                let row = p.baseAddress! + b * l
+                if y == -100 || counted == 0 { for j in 0..<l { g[b * l + j] = 0 }; continue }
+                var m = -Double.infinity
+                for j in 0..<l { m = max(m, Double(row[j])) }
+                var sum = 0.0
+                for j in 0..<l { sum += exp(Double(row[j]) - m) }
+                for j in 0..<l {
+                    let pj = exp(Double(row[j]) - m) / sum
+                    g[b * l + j] = Float((pj - (j == y ? 1 : 0)) / Double(counted))
+                }
+            }
+        }
+    }
+
+    /// d`mse`/da: `2·(a − b) / n`.
+    public static func mseGradient(_ a: [Float], _ b: [Float], into g: UnsafeMutablePointer<Float>) throws {
+        guard a.count == b.count else { throw TensorError("mse: \(a.count) predictions vs \(b.count) targets") }
+        for i in 0..<a.count { g[i] = Float(2 * (Double(a[i]) - Double(b[i])) / Double(a.count)) }
+    }
+
+    /// d`bceWithLogits`/dx: `(sigmoid(x) − y) / n`.
+    public static func bceWithLogitsGradient(_ x: [Float], _ y: [Float], into g: UnsafeMutablePointer<Float>) throws {
+        guard x.count == y.count else { throw TensorError("bce: \(x.count) logits vs \(y.count) targets") }
+        for i in 0..<x.count {
+            let xi = Double(x[i])
+            let s = xi >= 0 ? 1 / (1 + exp(-xi)) : exp(xi) / (1 + exp(xi))
+            g[i] = Float((s - Double(y[i])) / Double(x.count))
+        }
+    }
 }

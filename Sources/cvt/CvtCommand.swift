@@ -31,7 +31,7 @@ struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
-        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Convert.self, Bench.self, BenchPreprocess.self])
+        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Convert.self, Bench.self, BenchPreprocess.self])
 }
 
 struct ThreadOptions: ParsableArguments {

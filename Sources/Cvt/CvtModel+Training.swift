@@ -1,0 +1,443 @@
+import CvtNN
+import CvtTensor
+import Foundation
+
+// Training mode of transformers' CvT (`modeling_cvt.py`): the forward pass with dropout, drop
+// path and batch-statistics BatchNorm, and its backward, module by module. Token buffers are
+// `[B, T, C]` with the CLS (when present) in row 0; grids are NHWC `[B, H, W, C]`.
+
+// MARK: - Q/K/V projection
+
+extension CvtSelfAttentionProjection {
+    public struct Saved {
+        let input: Tensor
+        let bn: BatchNorm2d.Saved?
+        let b: Int, h: Int, w: Int
+    }
+
+    /// Patch grid `[B, H, W, C]` → projected grid `[B, Ho, Wo, C]` (`linear`: the grid itself).
+    func forwardTraining(_ x: Tensor, b: Int, h: Int, w: Int, c: Int) throws -> (Tensor, Saved) {
+        let ho = outputSize(h), wo = outputSize(w)
+        guard ho > 0, wo > 0 else {
+            throw CvtInputError("the \(h)×\(w) token grid is too small for a \(kernel)×\(kernel) Q/K/V projection with stride \(stride) and padding \(padding)")
+        }
+        switch method {
+        case .dwBN:
+            guard let conv = convolution, let bn = normalization else { throw CvtInputError("internal: dw_bn projection without its layers") }
+            let y = conv.depthwiseForward(x, n: b, h: h, w: w)
+            let (z, saved) = bn.forwardTraining(y)
+            // The running statistics moved: the folded inference weights are stale.
+            parametersDidChange()
+            return (z, Saved(input: x, bn: saved, b: b, h: h, w: w))
+        case .avg:
+            let y = Tensor(uninitialized: [b, ho, wo, c])
+            Kernels.avgPool2dNHWC(x.unsafePointer, n: b, h: h, w: w, c: c, kernel: kernel, stride: stride, padding: padding,
+                                  y.unsafePointer, ho: ho, wo: wo)
+            return (y, Saved(input: x, bn: nil, b: b, h: h, w: w))
+        case .linear:
+            return (x, Saved(input: x, bn: nil, b: b, h: h, w: w))
+        }
+    }
+
+    /// Gradient of the patch grid from the projected grid's gradient.
+    func backward(_ s: Saved, dy: Tensor, c: Int) -> Tensor {
+        switch method {
+        case .dwBN:
+            guard let conv = convolution, let bn = normalization, let bnSaved = s.bn else { return dy }
+            let dconv = bn.backward(bnSaved, dy: dy)
+            return conv.depthwiseBackward(x: s.input, dy: dconv, n: s.b, h: s.h, w: s.w)
+        case .avg:
+            let dx = Tensor(uninitialized: [s.b, s.h, s.w, c])
+            Kernels.avgPoolBackwardNHWC(dy: dy.unsafePointer, n: s.b, h: s.h, w: s.w, c: c, kernel: kernel, stride: stride,
+                                        padding: padding, ho: outputSize(s.h), wo: outputSize(s.w), dx: dx.unsafePointer)
+            return dx
+        case .linear:
+            return dy
+        }
+    }
+}
+
+// MARK: - self-attention
+
+/// `[B, T, heads·d]` ↔ `[B, heads, T, d]` (identity for one head).
+func splitHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
+    if heads == 1 { return x }
+    let y = Tensor(uninitialized: [b, heads, t, d])
+    let c = heads * d
+    for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
+        (y.unsafePointer + ((i * heads + hd) * t + r) * d).update(from: x.unsafePointer + (i * t + r) * c + hd * d, count: d)
+    } } }
+    return y
+}
+
+func mergeHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
+    let c = heads * d
+    if heads == 1 { return (try? x.reshaped([b, t, c])) ?? x }
+    let y = Tensor(uninitialized: [b, t, c])
+    for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
+        (y.unsafePointer + (i * t + r) * c + hd * d).update(from: x.unsafePointer + ((i * heads + hd) * t + r) * d, count: d)
+    } } }
+    return y
+}
+
+extension CvtSelfAttention {
+    public struct Saved {
+        let b: Int, h: Int, w: Int, tq: Int, tk: Int
+        /// Inputs of the three Linear projections `[B, T', C]` and what their conv projections kept.
+        let tokens: [Tensor]
+        let projections: [CvtSelfAttentionProjection.Saved]
+        /// Head-major `[B, heads, T, d]`.
+        let q: Tensor, k: Tensor, v: Tensor
+        /// Softmax output `[B, heads, Tq, Tk]`, and the attention-dropout mask (scaled) if any.
+        let probs: Tensor
+        let dropMask: Tensor?
+    }
+
+    /// `n` `[B, 1? + H·W, C]` → context `[B, Tq, C]` (heads merged).
+    func forwardTraining(_ ctx: TrainingContext, _ n: Tensor, b: Int, h: Int, w: Int, attentionDropRate: Double) throws -> (Tensor, Saved) {
+        let engine = ctx.engine, c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
+        // Patch tokens as the NHWC grid [B, H, W, C] (rows 1… of each image when there is a CLS).
+        let grid: Tensor
+        if cls == 0 { grid = n } else {
+            grid = Tensor(uninitialized: [b, h, w, c])
+            Kernels.copyRows(n.unsafePointer + c, srcPitch: t * c, grid.unsafePointer, dstPitch: h * w * c, rows: b, cols: h * w * c)
+        }
+        var tokens: [Tensor] = [], saved: [CvtSelfAttentionProjection.Saved] = [], outs: [Tensor] = []
+        for (proj, linear) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
+                               (convolutionProjectionValue, projectionValue)] {
+            let (z, s) = try proj.forwardTraining(grid, b: b, h: h, w: w, c: c)
+            let tp = cls + proj.outputSize(h) * proj.outputSize(w)
+            // The CLS skips the conv projection and is prepended to its output: [B, 1 + Ho·Wo, C].
+            var x = z
+            if cls == 1 {
+                x = Tensor(uninitialized: [b, tp, c])
+                for i in 0..<b {
+                    (x.unsafePointer + i * tp * c).update(from: n.unsafePointer + i * t * c, count: c)
+                    (x.unsafePointer + (i * tp + 1) * c).update(from: z.unsafePointer + i * (tp - 1) * c, count: (tp - 1) * c)
+                }
+            }
+            x = try x.reshaped([b, tp, c])
+            tokens.append(x); saved.append(s)
+            outs.append(try linear.forward(engine, x))
+        }
+        let tq = outs[0].shape[1], tk = outs[1].shape[1], heads = numHeads, d = c / heads
+        let q = splitHeads(outs[0], b: b, t: tq, heads: heads, d: d)
+        let k = splitHeads(outs[1], b: b, t: tk, heads: heads, d: d)
+        let v = splitHeads(outs[2], b: b, t: tk, heads: heads, d: d)
+        // scores = (Q·Kᵀ)·scale per image and head; softmax over the keys.
+        let probs = Tensor(uninitialized: [b, heads, tq, tk])
+        try engine.gemm(m: tq, n: tk, k: d, a: q.unsafePointer, b: k.unsafePointer, transposeB: true, c: probs.unsafePointer,
+                        batch: b * heads, scale: scale)
+        Kernels.softmaxForward(probs.unsafePointer, probs.unsafePointer, rows: b * heads * tq, cols: tk)
+        let (dropped, mask) = Dropout.forward(ctx, probs, p: attentionDropRate)
+        let context = Tensor(uninitialized: [b, heads, tq, d])
+        try engine.gemm(m: tq, n: d, k: tk, a: dropped.unsafePointer, b: v.unsafePointer, c: context.unsafePointer, batch: b * heads)
+        return (mergeHeads(context, b: b, t: tq, heads: heads, d: d),
+                Saved(b: b, h: h, w: w, tq: tq, tk: tk, tokens: tokens, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask))
+    }
+
+    /// Context gradient `[B, Tq, C]` → gradient of the normalized tokens `[B, 1? + H·W, C]`.
+    func backward(_ ctx: TrainingContext, _ s: Saved, dContext: Tensor) throws -> Tensor {
+        let engine = ctx.engine, c = dim, heads = numHeads, d = c / heads, b = s.b, tq = s.tq, tk = s.tk
+        let dctx = splitHeads(dContext, b: b, t: tq, heads: heads, d: d)
+        let dropped = s.dropMask.map { Dropout.multiply(s.probs, $0) } ?? s.probs
+        // ctx = P·V: dP = dctx·Vᵀ, dV = Pᵀ·dctx.
+        var dp = Tensor(uninitialized: [b, heads, tq, tk])
+        try engine.gemm(m: tq, n: tk, k: d, a: dctx.unsafePointer, b: s.v.unsafePointer, transposeB: true, c: dp.unsafePointer, batch: b * heads)
+        let dv = Tensor(uninitialized: [b, heads, tk, d])
+        try engine.gemm(m: tk, n: d, k: tq, a: dropped.unsafePointer, transposeA: true, b: dctx.unsafePointer, c: dv.unsafePointer,
+                        batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
+        dp = Dropout.backward(s.dropMask, dy: dp)
+        // Softmax and the scale: dS = scale·P·(dP − Σ P·dP).
+        dp.makeUnique()
+        Kernels.softmaxBackward(p: s.probs.unsafePointer, dp: dp.unsafePointer, ds: dp.unsafePointer, rows: b * heads * tq, cols: tk, scale: scale)
+        let dq = Tensor(uninitialized: [b, heads, tq, d]), dk = Tensor(uninitialized: [b, heads, tk, d])
+        try engine.gemm(m: tq, n: d, k: tk, a: dp.unsafePointer, b: s.k.unsafePointer, c: dq.unsafePointer, batch: b * heads,
+                        batchStrides: (tq * tk, tk * d, tq * d))
+        try engine.gemm(m: tk, n: d, k: tq, a: dp.unsafePointer, transposeA: true, b: s.q.unsafePointer, c: dk.unsafePointer,
+                        batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
+        let grads = [mergeHeads(dq, b: b, t: tq, heads: heads, d: d), mergeHeads(dk, b: b, t: tk, heads: heads, d: d),
+                     mergeHeads(dv, b: b, t: tk, heads: heads, d: d)]
+        let cls = withClsToken ? 1 : 0, h = s.h, w = s.w, t = cls + h * w
+        let dn = Tensor(zeros: [b, t, c])
+        let dgrid = Tensor(zeros: [b, h, w, c])
+        for (i, (proj, linear)) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
+                                    (convolutionProjectionValue, projectionValue)].enumerated() {
+            guard let dx = try linear.backward(engine, x: s.tokens[i], dy: grads[i]) else { continue }
+            let tp = dx.shape[1]
+            var dz = dx
+            if cls == 1 {
+                // Row 0 is the CLS's gradient; the rest belongs to the projected grid.
+                dz = Tensor(uninitialized: [b, proj.outputSize(h), proj.outputSize(w), c])
+                for j in 0..<b {
+                    let row = dx.unsafePointer + j * tp * c, dst = dn.unsafePointer + j * t * c
+                    for k in 0..<c { dst[k] += row[k] }
+                    (dz.unsafePointer + j * (tp - 1) * c).update(from: row + c, count: (tp - 1) * c)
+                }
+            } else {
+                dz = try dx.reshaped([b, proj.outputSize(h), proj.outputSize(w), c])
+            }
+            let dg = proj.backward(s.projections[i], dy: dz, c: c)
+            Kernels.add(dg.unsafePointer, into: dgrid.unsafePointer, count: dgrid.count)
+        }
+        if cls == 0 { return try dgrid.reshaped([b, t, c]) }
+        for j in 0..<b { (dn.unsafePointer + (j * t + 1) * c).update(from: dgrid.unsafePointer + j * h * w * c, count: h * w * c) }
+        return dn
+    }
+}
+
+// MARK: - layer
+
+extension CvtLayer {
+    public struct Saved {
+        let ln1: LayerNorm.Saved, attention: CvtSelfAttention.Saved, context: Tensor
+        let attentionDrop: Tensor?, path1: [Float]?
+        let ln2: LayerNorm.Saved, normed2: Tensor, preActivation: Tensor, activation: Tensor
+        let outputDrop: Tensor?, path2: [Float]?
+    }
+
+    /// `CvtLayer.forward` in training mode. quirk: the second drop path covers the MLP output
+    /// plus the residual, as in transformers (the original CvT drops the MLP branch only).
+    func forwardTraining(_ ctx: TrainingContext, _ t: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates) throws -> (Tensor, Saved) {
+        let engine = ctx.engine
+        let (n, ln1) = layernormBefore.forward(t)
+        let (context, attn) = try attention.forwardTraining(ctx, n, b: b, h: h, w: w, attentionDropRate: rates.attentionDrop)
+        var a = try attentionOutput.forward(engine, context)
+        let (a1, drop1) = Dropout.forward(ctx, a, p: rates.drop)
+        let (a2, path1) = DropPath.forward(ctx, a1, p: rates.dropPath)
+        a = a2
+        let t1 = adding(a, t)
+        let (m, ln2) = layernormAfter.forward(t1)
+        let pre = try intermediate.forward(engine, m)
+        let act = GELU.forward(pre)
+        let o = try output.forward(engine, act)
+        let (o1, drop2) = Dropout.forward(ctx, o, p: rates.drop)
+        let (t2, path2) = DropPath.forward(ctx, adding(o1, t1), p: rates.dropPath)
+        return (t2, Saved(ln1: ln1, attention: attn, context: context, attentionDrop: drop1, path1: path1, ln2: ln2,
+                          normed2: m, preActivation: pre, activation: act, outputDrop: drop2, path2: path2))
+    }
+
+    func backward(_ ctx: TrainingContext, _ s: Saved, dy: Tensor) throws -> Tensor {
+        let engine = ctx.engine
+        // t2 = path2(dropout(output(GELU(intermediate(LN2(t1))))) + t1)
+        let g = DropPath.backward(s.path2, dy: dy)
+        var dt1 = g
+        dt1.makeUnique()
+        let dOut = Dropout.backward(s.outputDrop, dy: g)
+        guard let dAct = try output.backward(engine, x: s.activation, dy: dOut) else { throw CvtInputError("internal: no gradient") }
+        let dPre = GELU.backward(x: s.preActivation, dy: dAct)
+        guard let dm = try intermediate.backward(engine, x: s.normed2, dy: dPre) else { throw CvtInputError("internal: no gradient") }
+        layernormAfter.backward(s.ln2, dy: dm, into: dt1)
+        // t1 = t + path1(dropout(dense(attention(LN1(t)))))
+        let da = Dropout.backward(s.attentionDrop, dy: DropPath.backward(s.path1, dy: dt1))
+        guard let dContext = try attentionOutput.backward(engine, x: s.context, dy: da) else { throw CvtInputError("internal: no gradient") }
+        let dn = try attention.backward(ctx, s.attention, dContext: dContext)
+        layernormBefore.backward(s.ln1, dy: dn, into: dt1)
+        return dt1
+    }
+}
+
+/// One stage's dropout rates in training.
+struct CvtStageRates {
+    var drop: Double, attentionDrop: Double, dropPath: Double
+}
+
+// MARK: - stage
+
+extension CvtStage {
+    public struct Saved {
+        let b: Int, h: Int, w: Int, ho: Int, wo: Int
+        let conv: Conv2d.Saved, ln: LayerNorm.Saved, drop: Tensor?
+        let layers: [CvtLayer.Saved]
+    }
+
+    /// NHWC input `[B, H, W, Cin]` → tokens `[B, 1? + Ho·Wo, C]`.
+    func forwardTraining(_ ctx: TrainingContext, _ x: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates) throws -> (Tensor, Saved) {
+        let conv = embedding.projection
+        let ho = conv.outputSize(h), wo = conv.outputSize(w)
+        guard ho > 0, wo > 0 else {
+            throw CvtInputError("stage \(index): a \(h)×\(w) input is too small for the \(conv.kernel)×\(conv.kernel) patch embedding with stride \(conv.stride) and padding \(conv.padding)")
+        }
+        let (patches, convSaved) = try conv.forward(ctx.engine, x, n: b, h: h, w: w)
+        let (normed, lnSaved) = embedding.normalization.forward(patches)
+        let (embedded, drop) = Dropout.forward(ctx, normed, p: rates.drop)
+        let hw = ho * wo, cls = clsToken == nil ? 0 : 1, t = cls + hw
+        var tokens = try embedded.reshaped([b, hw, dim])
+        if let clsToken {
+            // [B, H·W, C] → [B, 1 + H·W, C], the learned CLS in row 0 of every image.
+            tokens = Tensor(uninitialized: [b, t, dim])
+            for i in 0..<b {
+                (tokens.unsafePointer + i * t * dim).update(from: clsToken.unsafePointer, count: dim)
+                (tokens.unsafePointer + (i * t + 1) * dim).update(from: embedded.unsafePointer + i * hw * dim, count: hw * dim)
+            }
+        }
+        var saved: [CvtLayer.Saved] = []
+        for layer in layers {
+            let (next, s) = try layer.forwardTraining(ctx, tokens, b: b, h: ho, w: wo, rates: rates)
+            tokens = next; saved.append(s)
+        }
+        return (tokens, Saved(b: b, h: h, w: w, ho: ho, wo: wo, conv: convSaved, ln: lnSaved, drop: drop, layers: saved))
+    }
+
+    /// Tokens' gradient → the NHWC input's gradient (nil when `inputGradient` is false: pixels).
+    func backward(_ ctx: TrainingContext, _ s: Saved, dTokens: Tensor, inputGradient: Bool) throws -> Tensor? {
+        var dt = dTokens
+        for (layer, saved) in zip(layers, s.layers).reversed() { dt = try layer.backward(ctx, saved, dy: dt) }
+        let hw = s.ho * s.wo, b = s.b
+        var dEmbedded = dt
+        if clsToken != nil {
+            let t = 1 + hw
+            let grad = gradientStorage(&clsTokenGrad, [1, 1, dim])
+            dEmbedded = Tensor(uninitialized: [b, hw, dim])
+            for i in 0..<b {
+                let row = dt.unsafePointer + i * t * dim
+                for k in 0..<dim { grad[k] += row[k] }
+                (dEmbedded.unsafePointer + i * hw * dim).update(from: row + dim, count: hw * dim)
+            }
+        }
+        let dNormed = Dropout.backward(s.drop, dy: try dEmbedded.reshaped([b, s.ho, s.wo, dim]))
+        let dPatches = embedding.normalization.backward(s.ln, dy: dNormed)
+        return try embedding.projection.backward(ctx.engine, s.conv, dy: dPatches, inputGradient: inputGradient)
+    }
+}
+
+// MARK: - model
+
+extension CvtModel {
+    public struct Saved {
+        let stages: [CvtStage.Saved]
+    }
+
+    /// Per-stage rates; quirk: every layer of stage s gets element s of `linspace(0, rate, depth)`
+    /// (transformers indexes by the stage, not the layer). Where the reference fails (depth ≤ s)
+    /// the last element is used.
+    func rates(_ s: Int) -> CvtStageRates {
+        let depth = config.depth[s], rate = config.dropPathRate[s]
+        let i = min(s, depth - 1)
+        let dropPath = depth > 1 ? Double(Float(rate) * Float(i) / Float(depth - 1)) : 0
+        return CvtStageRates(drop: config.dropRate[s], attentionDrop: config.attentionDropRate[s], dropPath: dropPath)
+    }
+
+    /// Pixels `[B, C, H, W]` → the last stage's tokens `[B, 1? + H·W, C]`.
+    func forwardTraining(_ ctx: TrainingContext, _ pixelValues: Tensor) throws -> (Tensor, Saved) {
+        try checkInput(pixelValues)
+        let b = pixelValues.shape[0]
+        var h = pixelValues.shape[2], w = pixelValues.shape[3]
+        var x = Tensor(uninitialized: [b, h, w, config.numChannels])
+        Kernels.nchwToNHWC(pixelValues.unsafePointer, x.unsafePointer, n: b, c: config.numChannels, h: h, w: w)
+        var saved: [CvtStage.Saved] = [], tokens = x
+        for stage in stages {
+            let (t, s) = try stage.forwardTraining(ctx, x, b: b, h: h, w: w, rates: rates(stage.index))
+            saved.append(s); tokens = t
+            h = s.ho; w = s.wo
+            if stage.clsToken == nil { x = t } else {
+                // The next stage sees the patch tokens only, as the grid [B, H, W, C].
+                x = Tensor(uninitialized: [b, h, w, stage.dim])
+                Kernels.copyRows(t.unsafePointer + stage.dim, srcPitch: t.shape[1] * stage.dim, x.unsafePointer,
+                                 dstPitch: h * w * stage.dim, rows: b, cols: h * w * stage.dim)
+            }
+        }
+        return (tokens, Saved(stages: saved))
+    }
+
+    /// The last stage's token gradient → every parameter's gradient (the pixels get none).
+    func backward(_ ctx: TrainingContext, _ s: Saved, dTokens: Tensor) throws {
+        var dt = dTokens
+        for (stage, saved) in zip(stages, s.stages).reversed() {
+            guard let dx = try stage.backward(ctx, saved, dTokens: dt, inputGradient: stage.index > 0) else { break }
+            let prev = stages[stage.index - 1]
+            if prev.clsToken == nil { dt = dx } else {
+                // The previous stage's CLS row left the stream there: its gradient is zero.
+                let t = 1 + saved.h * saved.w
+                dt = Tensor(zeros: [saved.b, t, prev.dim])
+                for i in 0..<saved.b {
+                    (dt.unsafePointer + (i * t + 1) * prev.dim).update(from: dx.unsafePointer + i * (t - 1) * prev.dim, count: (t - 1) * prev.dim)
+                }
+            }
+        }
+    }
+}
+
+// MARK: - classifier
+
+/// The result of one training forward and backward.
+public struct TrainingStepOutput {
+    public var loss: Float
+    /// `[B, num_labels]`
+    public var logits: Tensor
+}
+
+extension CvtForImageClassification {
+    /// Forward in training mode, the loss of `labels` (transformers' choice of loss; or, with
+    /// `lossFunction`, that function of the logits), and the backward: every parameter's gradient
+    /// is ADDED to its gradient tensor, times `lossScale` (1/K for K accumulated micro-batches).
+    /// BatchNorm running statistics move as in PyTorch's `train()` mode.
+    public func forwardBackward(_ pixelValues: Tensor, labels: Labels, context: TrainingContext, lossScale: Float = 1,
+                                lossFunction: ((Tensor) throws -> (loss: Float, gradient: Tensor))? = nil) throws -> TrainingStepOutput {
+        let (tokens, saved) = try cvt.forwardTraining(context, pixelValues)
+        let b = tokens.shape[0], c = layernorm.dim, cls = cvt.hasFinalCLS
+        // Head: LayerNorm of the final CLS, or of every token then their mean (spec of `CvtForImageClassification`).
+        let rows: Tensor
+        if cls {
+            rows = Tensor(uninitialized: [b, c])
+            Kernels.copyRows(tokens.unsafePointer, srcPitch: tokens.shape[1] * c, rows.unsafePointer, dstPitch: c, rows: b, cols: c)
+        } else {
+            rows = tokens
+        }
+        let (normed, lnSaved) = layernorm.forward(rows)
+        let t = cls ? 1 : tokens.shape[1]
+        let pooled = Tensor(zeros: [b, c])
+        for i in 0..<b {
+            let dst = pooled.unsafePointer + i * c
+            for r in 0..<t { let row = normed.unsafePointer + (i * t + r) * c; for k in 0..<c { dst[k] += row[k] } }
+            if t > 1 { for k in 0..<c { dst[k] /= Float(t) } }
+        }
+        let logits = try classifier?.forward(context.engine, pooled) ?? pooled
+        let (loss, gradient) = try lossFunction?(logits) ?? lossAndGradient(logits: logits, labels: labels)
+        guard loss.isFinite else { return TrainingStepOutput(loss: loss, logits: logits) }
+        var dLogits = gradient
+        if lossScale != 1 { dLogits.makeUnique(); Kernels.scale(dLogits.unsafePointer, count: dLogits.count, by: lossScale) }
+        let dPooled = try classifier?.backward(context.engine, x: pooled, dy: dLogits) ?? dLogits
+        let dNormed = Tensor(uninitialized: [b * t, c])
+        for i in 0..<b { for r in 0..<t {
+            let dst = dNormed.unsafePointer + (i * t + r) * c, src = dPooled.unsafePointer + i * c
+            for k in 0..<c { dst[k] = t > 1 ? src[k] / Float(t) : src[k] }
+        } }
+        let dRows = layernorm.backward(lnSaved, dy: dNormed)
+        var dTokens = dRows
+        if cls {
+            dTokens = Tensor(zeros: tokens.shape)
+            Kernels.copyRows(dRows.unsafePointer, srcPitch: c, dTokens.unsafePointer, dstPitch: tokens.shape[1] * c, rows: b, cols: c)
+        }
+        try cvt.backward(context, saved, dTokens: try dTokens.reshaped(tokens.shape))
+        return TrainingStepOutput(loss: loss, logits: logits)
+    }
+
+    /// transformers' loss for `labels` (problem type inferred and kept, as `computeLoss`) and its
+    /// gradient with respect to the logits.
+    public func lossAndGradient(logits: Tensor, labels: Labels) throws -> (loss: Float, gradient: Tensor) {
+        let loss = try computeLoss(logits: logits, labels: labels)
+        let n = config.numLabels, b = logits.shape[0]
+        let g = Tensor(uninitialized: logits.shape)
+        switch config.problemType {
+        case "regression":
+            let y = try labelValues(labels)
+            try Losses.mseGradient(logits.scalars, y, into: g.unsafePointer)
+        case "single_label_classification":
+            guard case .classIndices(let idx) = labels else { throw CvtInputError("single_label_classification needs integer class labels") }
+            try Losses.crossEntropyGradient(logits: logits, labels: idx, into: g.unsafePointer)
+        default:
+            let y = try labelValues(labels)
+            try Losses.bceWithLogitsGradient(logits.scalars, y, into: g.unsafePointer)
+        }
+        _ = (n, b)
+        return (loss, g)
+    }
+
+    private func labelValues(_ labels: Labels) throws -> [Float] {
+        switch labels {
+        case .classIndices(let v): return v.map(Float.init)
+        case .values(let t): return t.scalars
+        }
+    }
+}

@@ -1,0 +1,326 @@
+import CvtTensor
+import Foundation
+
+// Training forward and backward of each layer, side by side. A forward returns its output and
+// what its backward needs (`Saved`); a backward takes that and the output's gradient, adds the
+// parameters' gradients into `weightGrad` / `biasGrad` (allocated on first use) and returns the
+// input's gradient. Activations are dense row-major float32; matmuls run on the engine in its
+// precision (bfloat16 operands with float32 accumulation in mixed precision, as PyTorch's CPU
+// autocast runs linear layers and convolutions).
+
+/// Randomness and switches of one training forward pass.
+public final class TrainingContext {
+    public let engine: Engine
+    /// Dropout, attention dropout and drop path active (off: deterministic, as for gradient checks).
+    public let stochastic: Bool
+    var rng: SplitMix64
+
+    public init(engine: Engine, stochastic: Bool, seed: UInt64 = 0) {
+        self.engine = engine; self.stochastic = stochastic; rng = SplitMix64(seed: seed)
+    }
+
+    /// Uniform in [0, 1) with 24 random bits, as float32 (PyTorch's `rand` resolution).
+    func uniform() -> Float { Float(rng.next() >> 40) / Float(1 << 24) }
+}
+
+/// Makes `grad` a zero tensor of `shape` if it is not allocated yet; returns its writable storage.
+@inline(__always)
+public func gradientStorage(_ grad: inout Tensor, _ shape: [Int]) -> UnsafeMutablePointer<Float> {
+    if grad.shape != shape { grad = Tensor(zeros: shape) }
+    grad.makeUnique()
+    return grad.unsafePointer
+}
+
+extension Engine {
+    /// `c[m, n] (+)= op(a)·op(b)` on dense row-major buffers, `op` transposing when asked
+    /// (`a` is stored `[k, m]` when `transposeA`, `b` is stored `[n, k]` when `transposeB`).
+    public func gemm(m: Int, n: Int, k: Int, a: UnsafeMutablePointer<Float>, transposeA: Bool = false,
+                     b: UnsafeMutablePointer<Float>, transposeB: Bool = false, c: UnsafeMutablePointer<Float>,
+                     accumulate: Bool = false, bias: UnsafePointer<Float>? = nil, batch: Int = 1,
+                     batchStrides: (a: Int, b: Int, c: Int)? = nil, scale: Float? = nil) throws {
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            if !accumulate { c.update(repeating: 0, count: batch * m * n) }
+            return
+        }
+        let sa = transposeA ? [1, m] : [k, 1], sb = transposeB ? [1, k] : [n, 1]
+        var ops: [PostOp] = []
+        if let scale { ops.append(.scale(scale)) }
+        if accumulate { ops.append(.accumulate) }
+        if batch == 1 {
+            try matmul(src: StridedView(a, dims: [m, k], strides: sa), weights: StridedView(b, dims: [k, n], strides: sb),
+                       bias: bias, dst: StridedView(dense: c, dims: [m, n]), postOps: ops)
+        } else {
+            let st = batchStrides ?? (m * k, k * n, m * n)
+            try matmul(src: StridedView(a, dims: [batch, m, k], strides: [st.a] + sa),
+                       weights: StridedView(b, dims: [batch, k, n], strides: [st.b] + sb),
+                       bias: bias, dst: StridedView(c, dims: [batch, m, n], strides: [st.c, n, 1]), postOps: ops)
+        }
+    }
+}
+
+// MARK: - Linear
+
+extension Linear {
+    /// The float32 `[out, in]` weight, unpacked and widened if inference had packed or compacted it.
+    public func trainableWeight() throws -> Tensor {
+        if weightStorage != .float32 || isPacked { try storeWeight(as: .float32) }
+        return weight
+    }
+
+    /// `y[rows, out] = x[rows, in]·Wᵀ + b` (`x` is any shape ending in `in`).
+    public func forward(_ engine: Engine, _ x: Tensor) throws -> Tensor {
+        let w = try trainableWeight()
+        let rows = x.count / inFeatures
+        let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
+        try engine.gemm(m: rows, n: outFeatures, k: inFeatures, a: x.unsafePointer, b: w.unsafePointer, transposeB: true,
+                        c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) })
+        return y
+    }
+
+    /// `dW += dyᵀ·x`, `db += Σ_rows dy`; returns `dx = dy·W` unless `inputGradient` is false.
+    public func backward(_ engine: Engine, x: Tensor, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
+        let w = try trainableWeight()
+        let rows = x.count / inFeatures
+        let dw = gradientStorage(&weightGrad, [outFeatures, inFeatures])
+        try engine.gemm(m: outFeatures, n: inFeatures, k: rows, a: dy.unsafePointer, transposeA: true, b: x.unsafePointer,
+                        c: dw, accumulate: true)
+        if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outFeatures, into: gradientStorage(&biasGrad, [outFeatures])) }
+        guard inputGradient else { return nil }
+        let dx = Tensor(uninitialized: x.shape)
+        try engine.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.unsafePointer, b: w.unsafePointer, c: dx.unsafePointer)
+        return dx
+    }
+}
+
+// MARK: - Conv2d (dense, as im2col + GEMM)
+
+extension Conv2d {
+    public struct Saved {
+        /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order.
+        let columns: Tensor
+        let n: Int, h: Int, w: Int, ho: Int, wo: Int
+    }
+
+    /// The weight `[out, in, k, k]` reordered to `[out, (ky·k + kx)·in + ci]` (the patch order).
+    func patchOrderWeight() -> Tensor {
+        let cin = inChannels, kk = kernel * kernel
+        let wp = Tensor(uninitialized: [outChannels, kk * cin])
+        let src = weight.unsafePointer, dst = wp.unsafePointer
+        for o in 0..<outChannels { for ci in 0..<cin { for p in 0..<kk { dst[(o * kk + p) * cin + ci] = src[(o * cin + ci) * kk + p] } } }
+        return wp
+    }
+
+    /// NHWC `x` `[B, H, W, Cin]` → NHWC `[B, Ho, Wo, Cout]` (groups 1).
+    public func forward(_ engine: Engine, _ x: Tensor, n: Int, h: Int, w: Int) throws -> (Tensor, Saved) {
+        precondition(groups == 1, "Conv2d.forward trains dense convolutions; depthwise ones go through depthwiseForward")
+        let ho = outputSize(h), wo = outputSize(w), patch = kernel * kernel * inChannels
+        let columns = Tensor(uninitialized: [n * ho * wo, patch])
+        Kernels.im2colNHWC(x.unsafePointer, n: n, h: h, w: w, c: inChannels, kernel: kernel, stride: stride, padding: padding,
+                           ho: ho, wo: wo, columns.unsafePointer)
+        let y = Tensor(uninitialized: [n, ho, wo, outChannels])
+        let wp = patchOrderWeight()
+        try withExtendedLifetime(wp) { try engine.gemm(m: n * ho * wo, n: outChannels, k: patch, a: columns.unsafePointer, b: wp.unsafePointer, transposeB: true,
+                        c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) }) }
+        return (y, Saved(columns: columns, n: n, h: h, w: w, ho: ho, wo: wo))
+    }
+
+    /// Weight and bias gradients from `dy` `[B, Ho, Wo, Cout]`; the input's NHWC gradient unless
+    /// `inputGradient` is false (the pixels need none).
+    public func backward(_ engine: Engine, _ s: Saved, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
+        let rows = s.n * s.ho * s.wo, kk = kernel * kernel, patch = kk * inChannels
+        let dwp = Tensor(uninitialized: [outChannels, patch])
+        try engine.gemm(m: outChannels, n: patch, k: rows, a: dy.unsafePointer, transposeA: true, b: s.columns.unsafePointer,
+                        c: dwp.unsafePointer)
+        let dw = gradientStorage(&weightGrad, weight.shape)
+        let src = dwp.unsafePointer, cin = inChannels
+        for o in 0..<outChannels { for ci in 0..<cin { for p in 0..<kk { dw[(o * cin + ci) * kk + p] += src[(o * kk + p) * cin + ci] } } }
+        if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outChannels, into: gradientStorage(&biasGrad, [outChannels])) }
+        guard inputGradient else { return nil }
+        let dcols = Tensor(uninitialized: [rows, patch]), wp = patchOrderWeight()
+        try withExtendedLifetime(wp) {
+            try engine.gemm(m: rows, n: patch, k: outChannels, a: dy.unsafePointer, b: wp.unsafePointer, c: dcols.unsafePointer)
+        }
+        let dx = Tensor(uninitialized: [s.n, s.h, s.w, inChannels])
+        Kernels.col2imNHWC(dcols.unsafePointer, n: s.n, h: s.h, w: s.w, c: inChannels, kernel: kernel, stride: stride,
+                           padding: padding, ho: s.ho, wo: s.wo, dx.unsafePointer)
+        return dx
+    }
+
+    /// The depthwise taps `[(ky·k + kx)·C + ch]` of a `[C, 1, k, k]` weight.
+    func depthwiseTaps() -> Tensor {
+        let c = outChannels, kk = kernel * kernel
+        let taps = Tensor(uninitialized: [kk * c])
+        for ch in 0..<c { for p in 0..<kk { taps.unsafePointer[p * c + ch] = weight.unsafePointer[ch * kk + p] } }
+        return taps
+    }
+
+    /// Depthwise (groups == channels, no bias) NHWC `[B, H, W, C]` → `[B, Ho, Wo, C]`.
+    public func depthwiseForward(_ x: Tensor, n: Int, h: Int, w: Int) -> Tensor {
+        let ho = outputSize(h), wo = outputSize(w)
+        let y = Tensor(uninitialized: [n, ho, wo, outChannels]), taps = depthwiseTaps()
+        withExtendedLifetime(taps) {
+            Kernels.depthwiseForward(x.unsafePointer, n: n, h: h, w: w, c: outChannels, taps: taps.unsafePointer,
+                                     kernel: kernel, stride: stride, padding: padding, ho: ho, wo: wo, y.unsafePointer)
+        }
+        return y
+    }
+
+    /// Tap gradients from input `x` and `dy`; returns the input's gradient `[B, H, W, C]`.
+    public func depthwiseBackward(x: Tensor, dy: Tensor, n: Int, h: Int, w: Int) -> Tensor {
+        let ho = outputSize(h), wo = outputSize(w), c = outChannels, kk = kernel * kernel
+        let dtaps = Tensor(zeros: [kk * c])
+        Kernels.depthwiseBackwardWeight(x: x.unsafePointer, dy: dy.unsafePointer, n: n, h: h, w: w, c: c, kernel: kernel,
+                                        stride: stride, padding: padding, ho: ho, wo: wo, dtaps: dtaps.unsafePointer)
+        let dw = gradientStorage(&weightGrad, weight.shape)
+        for ch in 0..<c { for p in 0..<kk { dw[ch * kk + p] += dtaps.unsafePointer[p * c + ch] } }
+        let dx = Tensor(uninitialized: [n, h, w, c]), taps = depthwiseTaps()
+        withExtendedLifetime(taps) {
+            Kernels.depthwiseBackwardData(dy: dy.unsafePointer, n: n, h: h, w: w, c: c, taps: taps.unsafePointer,
+                                          kernel: kernel, stride: stride, padding: padding, ho: ho, wo: wo, dx: dx.unsafePointer)
+        }
+        return dx
+    }
+}
+
+// MARK: - LayerNorm
+
+extension LayerNorm {
+    public struct Saved {
+        let x: Tensor, mean: Tensor, rstd: Tensor
+    }
+
+    /// Normalizes each row of `x` (any shape ending in `dim`).
+    public func forward(_ x: Tensor) -> (Tensor, Saved) {
+        let rows = x.count / dim
+        let y = Tensor(uninitialized: x.shape), mean = Tensor(uninitialized: [rows]), rstd = Tensor(uninitialized: [rows])
+        Kernels.layerNormForward(x.unsafePointer, y.unsafePointer, rows: rows, cols: dim, weight: weight.unsafePointer,
+                                 bias: bias.unsafePointer, eps: eps, mean: mean.unsafePointer, rstd: rstd.unsafePointer)
+        return (y, Saved(x: x, mean: mean, rstd: rstd))
+    }
+
+    /// Accumulates the weight and bias gradients; writes the input's gradient into `dx` (adding to
+    /// it when `accumulate`, e.g. onto a residual stream's gradient) or into a new tensor.
+    @discardableResult
+    public func backward(_ s: Saved, dy: Tensor, into dx: Tensor? = nil) -> Tensor {
+        let rows = s.x.count / dim
+        let out = dx ?? Tensor(uninitialized: s.x.shape)
+        Kernels.layerNormBackward(dy: dy.unsafePointer, x: s.x.unsafePointer, mean: s.mean.unsafePointer, rstd: s.rstd.unsafePointer,
+                                  weight: weight.unsafePointer, rows: rows, cols: dim, dx: out.unsafePointer, accumulate: dx != nil,
+                                  dweight: gradientStorage(&weightGrad, [dim]), dbias: gradientStorage(&biasGrad, [dim]))
+        return out
+    }
+}
+
+// MARK: - BatchNorm2d (training mode)
+
+extension BatchNorm2d {
+    public struct Saved {
+        let x: Tensor, mean: Tensor, rstd: Tensor
+    }
+
+    /// PyTorch's training-mode BatchNorm on NHWC rows `[N·H·W, C]`: normalizes with the batch mean
+    /// and biased variance, and moves the running statistics by momentum 0.1 towards the batch
+    /// mean and the unbiased variance; counts the batch in `numBatchesTracked`.
+    public func forwardTraining(_ x: Tensor) -> (Tensor, Saved) {
+        let rows = x.count / dim
+        let mean = Tensor(uninitialized: [dim]), variance = Tensor(uninitialized: [dim]), rstd = Tensor(uninitialized: [dim])
+        Kernels.batchNormStatistics(x.unsafePointer, rows: rows, channels: dim, mean: mean.unsafePointer, variance: variance.unsafePointer)
+        let momentum: Float = 0.1
+        runningMean.makeUnique(); runningVar.makeUnique()
+        // quirk: the running variance uses the unbiased estimate (n / (n − 1)), the normalization the biased one.
+        let unbias = rows > 1 ? Float(Double(rows) / Double(rows - 1)) : Float.nan
+        for c in 0..<dim {
+            let v = variance.unsafePointer[c]
+            rstd.unsafePointer[c] = 1 / (v + Float(eps)).squareRoot()
+            runningMean.unsafePointer[c] = (1 - momentum) * runningMean.unsafePointer[c] + momentum * mean.unsafePointer[c]
+            runningVar.unsafePointer[c] = (1 - momentum) * runningVar.unsafePointer[c] + momentum * (v * unbias)
+        }
+        numBatchesTracked += 1
+        let y = Tensor(uninitialized: x.shape)
+        Kernels.batchNormForward(x.unsafePointer, y.unsafePointer, rows: rows, channels: dim, mean: mean.unsafePointer,
+                                 rstd: rstd.unsafePointer, weight: weight.unsafePointer, bias: bias.unsafePointer)
+        return (y, Saved(x: x, mean: mean, rstd: rstd))
+    }
+
+    public func backward(_ s: Saved, dy: Tensor) -> Tensor {
+        let rows = s.x.count / dim
+        let dx = Tensor(uninitialized: s.x.shape)
+        Kernels.batchNormBackward(dy: dy.unsafePointer, x: s.x.unsafePointer, mean: s.mean.unsafePointer, rstd: s.rstd.unsafePointer,
+                                  weight: weight.unsafePointer, rows: rows, channels: dim, dx: dx.unsafePointer,
+                                  dweight: gradientStorage(&weightGrad, [dim]), dbias: gradientStorage(&biasGrad, [dim]))
+        return dx
+    }
+}
+
+// MARK: - GELU, dropout, drop path
+
+/// Exact-erf GELU (`nn.GELU()`).
+public enum GELU {
+    public static func forward(_ x: Tensor) -> Tensor {
+        let y = Tensor(uninitialized: x.shape)
+        Kernels.gelu(x.unsafePointer, y.unsafePointer, count: x.count)
+        return y
+    }
+
+    /// `dx = dy·GELU'(x)`, written over `dy`'s storage when it is not shared.
+    public static func backward(x: Tensor, dy: Tensor) -> Tensor {
+        var dx = dy
+        dx.makeUnique()
+        Kernels.geluBackward(x: x.unsafePointer, dy: dx.unsafePointer, dx: dx.unsafePointer, count: x.count)
+        return dx
+    }
+}
+
+/// `nn.Dropout(p)`: zeroes each value with probability `p` and scales the rest by `1/(1 − p)`.
+/// The mask (already scaled) is what the backward multiplies by; nil when inactive.
+public enum Dropout {
+    public static func forward(_ ctx: TrainingContext, _ x: Tensor, p: Double) -> (Tensor, Tensor?) {
+        guard ctx.stochastic, p > 0 else { return (x, nil) }
+        let scale = p >= 1 ? 0 : Float(1 / (1 - p))
+        let mask = Tensor(shape: x.shape) { _ in ctx.uniform() < Float(p) ? 0 : scale }
+        return (multiply(x, mask), mask)
+    }
+
+    public static func backward(_ mask: Tensor?, dy: Tensor) -> Tensor {
+        guard let mask else { return dy }
+        return multiply(dy, mask)
+    }
+
+    public static func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let y = Tensor(uninitialized: a.shape)
+        for i in 0..<a.count { y.unsafePointer[i] = a.unsafePointer[i] * b.unsafePointer[i] }
+        return y
+    }
+}
+
+/// transformers' `CvtDropPath` (stochastic depth per sample): each image of `x` `[B, …]` is kept
+/// with probability `1 − p` and then divided by `1 − p`, or zeroed. Returns the per-image factors.
+public enum DropPath {
+    public static func forward(_ ctx: TrainingContext, _ x: Tensor, p: Double) -> (Tensor, [Float]?) {
+        guard ctx.stochastic, p > 0 else { return (x, nil) }
+        let keep = Float(1 - p)
+        // As the reference: floor(keep + U[0,1)) is 1 with probability keep.
+        let factors = (0..<x.shape[0]).map { _ in (keep + ctx.uniform()).rounded(.down) / keep }
+        return (scale(x, factors), factors)
+    }
+
+    public static func backward(_ factors: [Float]?, dy: Tensor) -> Tensor {
+        guard let factors else { return dy }
+        return scale(dy, factors)
+    }
+
+    static func scale(_ x: Tensor, _ factors: [Float]) -> Tensor {
+        let y = Tensor(uninitialized: x.shape), per = x.count / max(1, factors.count)
+        for (b, f) in factors.enumerated() { for i in b * per..<(b + 1) * per { y.unsafePointer[i] = x.unsafePointer[i] * f } }
+        return y
+    }
+}
+
+/// `a + b` as a new tensor (residual adds).
+public func adding(_ a: Tensor, _ b: Tensor) -> Tensor {
+    var y = a
+    y.makeUnique()
+    Kernels.add(b.unsafePointer, into: y.unsafePointer, count: y.count)
+    return y
+}
