@@ -159,8 +159,8 @@ extension CvtSelfAttention {
         let grads = [mergeHeads(dq, b: b, t: tq, heads: heads, d: d), mergeHeads(dk, b: b, t: tk, heads: heads, d: d),
                      mergeHeads(dv, b: b, t: tk, heads: heads, d: d)]
         let cls = withClsToken ? 1 : 0, h = s.h, w = s.w, t = cls + h * w
-        let dn = Tensor(zeros: [b, t, c])
-        let dgrid = Tensor(zeros: [b, h, w, c])
+        let dn = Tensor(pooledZeros: [b, t, c])
+        let dgrid = Tensor(pooledZeros: [b, h, w, c])
         for (i, (proj, linear)) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
                                     (convolutionProjectionValue, projectionValue)].enumerated() {
             guard let dx = try linear.backward(engine, x: s.tokens[i], dy: grads[i]) else { continue }
@@ -221,8 +221,7 @@ extension CvtLayer {
         let engine = ctx.engine
         // t2 = path2(dropout(output(GELU(intermediate(LN2(t1))))) + t1)
         let g = DropPath.backward(s.path2, dy: dy)
-        var dt1 = g
-        dt1.makeUnique()
+        let dt1 = g.pooledCopy()
         let dOut = Dropout.backward(s.outputDrop, dy: g)
         guard let dAct = try output.backward(engine, x: s.activation, dy: dOut) else { throw CvtInputError("internal: no gradient") }
         let dPre = GELU.backward(x: s.preActivation, dy: dAct)
@@ -349,7 +348,7 @@ extension CvtModel {
             if prev.clsToken == nil { dt = dx } else {
                 // The previous stage's CLS row left the stream there: its gradient is zero.
                 let t = 1 + saved.h * saved.w
-                dt = Tensor(zeros: [saved.b, t, prev.dim])
+                dt = Tensor(pooledZeros: [saved.b, t, prev.dim])
                 for i in 0..<saved.b {
                     (dt.unsafePointer + (i * t + 1) * prev.dim).update(from: dx.unsafePointer + i * (t - 1) * prev.dim, count: (t - 1) * prev.dim)
                 }
@@ -406,7 +405,7 @@ extension CvtForImageClassification {
         let dRows = layernorm.backward(lnSaved, dy: dNormed)
         var dTokens = dRows
         if cls {
-            dTokens = Tensor(zeros: tokens.shape)
+            dTokens = Tensor(pooledZeros: tokens.shape)
             Kernels.copyRows(dRows.unsafePointer, srcPitch: c, dTokens.unsafePointer, dstPitch: tokens.shape[1] * c, rows: b, cols: c)
         }
         try cvt.backward(context, saved, dTokens: try dTokens.reshaped(tokens.shape))

@@ -263,11 +263,10 @@ public enum GELU {
         return y
     }
 
-    /// `dx = dy·GELU'(x)`, written over `dy`'s storage when it is not shared.
+    /// `dx = dy·GELU'(x)`.
     public static func backward(x: Tensor, dy: Tensor) -> Tensor {
-        var dx = dy
-        dx.makeUnique()
-        Kernels.geluBackward(x: x.unsafePointer, dy: dx.unsafePointer, dx: dx.unsafePointer, count: x.count)
+        let dx = Tensor(uninitialized: x.shape)
+        Kernels.geluBackward(x: x.unsafePointer, dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
         return dx
     }
 }
@@ -319,8 +318,7 @@ public enum DropPath {
 
 /// `a + b` as a new tensor (residual adds).
 public func adding(_ a: Tensor, _ b: Tensor) -> Tensor {
-    var y = a
-    y.makeUnique()
+    let y = a.pooledCopy()
     Kernels.add(b.unsafePointer, into: y.unsafePointer, count: y.count)
     return y
 }

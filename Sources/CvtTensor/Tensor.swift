@@ -185,6 +185,20 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         storage = TensorStorage(count: Tensor.elementCount(shape), pooled: true)
     }
 
+    /// A zero-filled tensor whose storage is recycled through `BufferPool` (activations and
+    /// their gradients: a fresh mapping per call would page-fault on every training step).
+    public init(pooledZeros shape: [Int]) {
+        self.init(uninitialized: shape)
+        storage.pointer.update(repeating: 0, count: storage.count)
+    }
+
+    /// A copy with its own pooled storage.
+    public func pooledCopy() -> Tensor {
+        let t = Tensor(uninitialized: shape)
+        t.storage.pointer.update(from: storage.pointer, count: count)
+        return t
+    }
+
     public init(shape: [Int], scalars: [Float]) throws {
         guard shape.allSatisfy({ $0 >= 0 }) else { throw TensorError("negative dimension in shape \(shape)") }
         let n = Tensor.elementCount(shape)
