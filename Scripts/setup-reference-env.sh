@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates the Python reference environment (transformers + torch + onnxruntime) used to generate
+# Creates the Python reference environment (transformers + torch + onnxruntime; accelerate for
+# transformers' Trainer) used to generate
 # parity fixtures and to run peer benchmarks. Not used by CI: the fixtures are committed.
 # Usage: Scripts/setup-reference-env.sh [VENV_DIR]   (default: .venv-reference)
 set -euo pipefail
@@ -18,5 +19,6 @@ else
   "$venv/bin/pip" install -q "torch==${TORCH_VERSION}"
 fi
 "$venv/bin/pip" install -q "transformers==${TRANSFORMERS_VERSION}" "safetensors==0.8.0" \
-  "pillow==13.0.0" "numpy<3" "onnx==1.23.2" "onnxruntime==1.31.1" "onnxscript"
+  "pillow==13.0.0" "numpy<3" "onnx==1.23.2" "onnxruntime==1.31.1" "onnxscript" \
+  "accelerate==1.15.0"
 "$venv/bin/python" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
