@@ -31,7 +31,7 @@ struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
-        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Convert.self, Bench.self, BenchPreprocess.self])
+        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Train.self, Convert.self, Bench.self, BenchPreprocess.self])
 }
 
 struct ThreadOptions: ParsableArguments {
@@ -95,7 +95,7 @@ struct Forward: ParsableCommand {
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Time forward passes of a CvT model on random input (random-init preset or a checkpoint).")
+        abstract: "Time forward passes (or, with --mode train, training steps) of a CvT model on random input (random-init preset or a checkpoint).")
 
     @Option(help: "Preset: \(CvtConfig.presetNames.joined(separator: ", ")).") var preset = "cvt-13"
     @Option(help: "Checkpoint folder to time instead of a random-init preset.") var model: String?
@@ -104,6 +104,8 @@ struct Bench: ParsableCommand {
     @Option(help: "float32, bfloat16 (bf16 matmuls with float32 accumulation, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
     var dtype = "float32"
     @Option(help: "Timed iterations (after 2 warm-up passes).") var iterations = 10
+    @Option(name: .customLong("mode"), help: "inference (forward passes) or train (optimizer steps: forward, loss, backward, clipping, AdamW).")
+    var runMode = "inference"
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
     @Flag(help: "Keep matmul weights in their plain layout instead of oneDNN's blocked one (for comparison).")
@@ -128,6 +130,11 @@ struct Bench: ParsableCommand {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
         let engine = try threadOptions.engine()
+        if runMode == "train" {
+            guard dtype != "float16" else { throw ValidationError("--mode train runs float32 or bfloat16") }
+            return try runTrain(engine, precision: dtype == "bfloat16" ? .bfloat16 : .float32)
+        }
+        guard runMode == "inference" else { throw ValidationError("--mode must be inference or train, got \(runMode)") }
         engine.packsWeights = !plainWeights
         engine.splitsBatches = !noBatchSplit
         engine.allowsFusedAttention = !noFusedAttention

@@ -1,0 +1,60 @@
+import Foundation
+
+/// Calls `body` with every non-empty gradient of `model` (a zero-sized gradient means the
+/// parameter has none yet, as `.grad is None` in PyTorch).
+final class GradientVisitor: ParameterVisitor {
+    let body: (String, inout Tensor) throws -> Void
+    init(_ body: @escaping (String, inout Tensor) throws -> Void) { self.body = body }
+    func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {}
+    func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
+        if gradient.count > 0 { try body(key, &gradient) }
+    }
+}
+
+/// `torch.nn.utils.clip_grad_norm_(model.parameters(), maxNorm)` as transformers' Trainer calls
+/// it (through accelerate; torch/nn/utils/clip_grad.py): the total 2-norm over all gradients (the
+/// norm of the per-tensor norms), then every gradient times `min(maxNorm / (total + 1e-6), 1)`,
+/// also when that is 1. Returns the total norm before clipping, which the Trainer logs as
+/// `grad_norm`. `maxNorm` infinity only measures (what the Trainer does when `max_grad_norm` is 0).
+///
+/// torch computes the norms in float32 with its own summation order; here each tensor's norm is
+/// summed in double and rounded to float, so the total can differ from torch's by an ulp.
+@discardableResult
+public func clipGradNorm(_ model: Module, maxNorm: Double) throws -> Double {
+    guard !maxNorm.isNaN, maxNorm >= 0 else { throw OptimizerError("clip_grad_norm: max_norm must not be negative or NaN, got \(maxNorm)") }
+    var norms: [Float] = []
+    try model.visitParameters(GradientVisitor { _, g in
+        norms.append(g.withUnsafeBufferPointer { b in
+            var s = 0.0
+            for x in b { let d = Double(x); s += d * d }
+            return Float(s.squareRoot())
+        })
+    }, prefix: "")
+    // No gradients: torch returns 0 and scales nothing.
+    guard !norms.isEmpty else { return 0 }
+    let total = Float(norms.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot())
+    // `max_norm / (total_norm + 1e-6)` on a float32 tensor: Tensor.__rtruediv__ is
+    // `reciprocal() * max_norm`; clamp keeps NaN.
+    let coef = (1 / (total + Float(1e-6))) * Float(maxNorm)
+    let clamped = coef > 1 ? Float(1) : coef
+    try scaleGradients(model, by: clamped)
+    return Double(total)
+}
+
+/// Sets every gradient to zero in place, keeping its allocation. (PyTorch's `zero_grad()` sets
+/// them to None instead; for a model whose every parameter gets a gradient in each backward pass
+/// the next step sees the same values.)
+public func zeroGradients(_ model: Module) throws {
+    try model.visitParameters(GradientVisitor { _, g in
+        g.withUnsafeMutableBufferPointer { b in b.update(repeating: 0) }
+    }, prefix: "")
+}
+
+/// Multiplies every gradient by `factor` in float32 (`torch._foreach_mul_`).
+public func scaleGradients(_ model: Module, by factor: Float) throws {
+    try model.visitParameters(GradientVisitor { _, g in
+        g.withUnsafeMutableBufferPointer { b in
+            for i in b.indices { b[i] = b[i] * factor }
+        }
+    }, prefix: "")
+}

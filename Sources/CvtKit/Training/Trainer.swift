@@ -1,0 +1,191 @@
+import Foundation
+
+/// A training run that cannot go on, with what the user needs to act on it.
+public enum TrainingError: Error, CustomStringConvertible, LocalizedError {
+    /// The loss or the gradient norm of optimizer step `step` (1-based) is not finite. The
+    /// model holds the weights and BatchNorm statistics from before that step.
+    case nonFinite(step: Int, what: String, value: Double)
+    case invalidArguments(String)
+    case outputNotWritable(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .nonFinite(step, what, value):
+            return "the \(what) became \(value) at optimizer step \(step); training stopped, the model keeps the weights from before that step (lower the learning rate or check the data)"
+        case let .invalidArguments(m): return m
+        case let .outputNotWritable(path, reason): return "\(path): the output folder cannot be written (\(reason))"
+        }
+    }
+    public var errorDescription: String? { description }
+}
+
+/// One optimizer step as transformers' `Trainer` logs it (`log_history` with `logging_steps=1`).
+public struct TrainingLogEntry: Codable, Sendable, Equatable {
+    /// Sum of the micro-batch losses of the step (quirk: see `Trainer.step`).
+    public var loss: Double
+    /// Global 2-norm of the gradients before clipping.
+    public var gradNorm: Double
+    /// The learning rate this step used.
+    public var learningRate: Double
+    public var epoch: Double
+    public var step: Int
+
+    enum CodingKeys: String, CodingKey {
+        case loss, epoch, step
+        case gradNorm = "grad_norm"
+        case learningRate = "learning_rate"
+    }
+}
+
+/// transformers' `Trainer` training loop for CvT: batches of `per_device_train_batch_size` (in
+/// order, or shuffled per epoch with our seeded generator), `gradient_accumulation_steps`
+/// micro-batches per optimizer step, clipping, AdamW with Trainer's decay groups, the learning
+/// rate schedule, BatchNorm in training mode, dropout and drop path on.
+public final class Trainer {
+    public let model: CvtForImageClassification
+    public let args: TrainingArguments
+    public let optimizer: AdamW
+    public let scheduler: LRScheduler
+    public let trainData: TrainingTensors
+    /// Batches in data order (`--no-shuffle`), else a seeded permutation per epoch.
+    public var shuffle: Bool
+    /// Dropout, attention dropout and drop path as configured (off: deterministic steps).
+    public var stochastic = true
+    public private(set) var globalStep = 0
+    public private(set) var logHistory: [TrainingLogEntry] = []
+    /// Optimizer steps the run takes (`max_steps`, or epochs × steps per epoch).
+    public let totalSteps: Int
+    public var batchesPerEpoch: Int {
+        let b = args.perDeviceTrainBatchSize
+        return args.dataloaderDropLast ? trainData.count / b : (trainData.count + b - 1) / b
+    }
+
+    public init(model: CvtForImageClassification, args: TrainingArguments, trainData: TrainingTensors, shuffle: Bool = true) throws {
+        try args.validate()
+        try trainData.validate(for: model.config, source: "training data")
+        self.model = model; self.args = args; self.trainData = trainData; self.shuffle = shuffle
+        totalSteps = try args.numTrainingSteps(numExamples: trainData.count)
+        guard totalSteps > 0 else { throw TrainingError.invalidArguments("the run has no optimizer steps (max_steps \(args.maxSteps), num_train_epochs \(args.numTrainEpochs))") }
+        optimizer = try AdamW(model: model, arguments: args)
+        scheduler = LRScheduler(arguments: args, numTrainingSteps: totalSteps)
+        // Activations of a step are freed together and needed again next step: keep them pooled.
+        BufferPool.shared.capacityBytes = max(BufferPool.shared.capacityBytes, 64 << 30)
+    }
+
+    /// Image indices of `epoch`, in batches.
+    func batches(epoch: Int) -> [[Int]] {
+        var order = Array(0..<trainData.count)
+        if shuffle {
+            var rng = SplitMix64(seed: UInt64(truncatingIfNeeded: args.seed) &+ UInt64(epoch) &* 0x9E37_79B9)
+            order.shuffle(using: &rng)
+        }
+        let b = args.perDeviceTrainBatchSize
+        return (0..<batchesPerEpoch).map { Array(order[$0 * b..<min($0 * b + b, order.count)]) }
+    }
+
+    /// Runs to `totalSteps`, calling `onLog` after every optimizer step.
+    public func train(onLog: (TrainingLogEntry) throws -> Void = { _ in }) throws {
+        let perEpoch = batchesPerEpoch, k = args.gradientAccumulationSteps
+        var epoch = 0
+        while globalStep < totalSteps {
+            let batches = self.batches(epoch: epoch)
+            var i = 0
+            while i < batches.count && globalStep < totalSteps {
+                // The last update of an epoch takes the remaining micro-batches (fewer than K).
+                let group = Array(batches[i..<min(i + k, batches.count)])
+                i += group.count
+                var entry = try step(group.map { try trainData.batch($0) })
+                entry.epoch = Double(epoch) + Double(i) / Double(perEpoch)
+                logHistory[logHistory.count - 1] = entry
+                try onLog(entry)
+            }
+            epoch += 1
+        }
+    }
+
+    /// One optimizer step over `microBatches`: forward and backward of each (gradients add up),
+    /// clipping, AdamW at the scheduled learning rate. quirk: transformers does not divide the
+    /// loss by the accumulation steps for CvT (its forward takes `**kwargs`, so Trainer counts it
+    /// as scaling the loss itself): the step's gradient is the SUM of the micro-batch gradients,
+    /// and the logged loss the sum of their losses. With label smoothing (`LabelSmoother`) the
+    /// sum is divided by the labels of the whole step instead.
+    @discardableResult
+    public func step(_ microBatches: [(Tensor, Labels)]) throws -> TrainingLogEntry {
+        let stepNumber = globalStep + 1
+        let saved = batchNormState()
+        try model.visitParameters(GradientZeroer(), prefix: "")
+        var loss = 0.0
+        let smoothing = args.labelSmoothingFactor
+        let labelCount = microBatches.reduce(0) { n, mb in
+            if case .classIndices(let v) = mb.1 { return n + v.filter { $0 != -100 }.count }
+            return n + mb.0.shape[0]
+        }
+        for (j, (x, y)) in microBatches.enumerated() {
+            let context = TrainingContext(engine: model.engine, stochastic: stochastic,
+                                          seed: UInt64(truncatingIfNeeded: args.seed) &* 1_000_003 &+ UInt64(globalStep * 64 + j))
+            var lossFunction: ((Tensor) throws -> (loss: Float, gradient: Tensor))?
+            if smoothing != 0, model.config.problemType != "multi_label_classification" {
+                guard case .classIndices(let idx) = y else {
+                    throw TrainingError.invalidArguments("label smoothing needs integer class labels")
+                }
+                lossFunction = { logits in
+                    try LabelSmoother(epsilon: smoothing)(logits: logits, labels: idx, numItemsInBatch: labelCount)
+                }
+            }
+            let out = try model.forwardBackward(x, labels: y, context: context, lossFunction: lossFunction)
+            guard out.loss.isFinite else {
+                restoreBatchNormState(saved)
+                throw TrainingError.nonFinite(step: stepNumber, what: "loss", value: Double(out.loss))
+            }
+            loss += Double(out.loss)
+        }
+        let gradNorm = try clipGradNorm(model, maxNorm: args.maxGradNorm > 0 ? args.maxGradNorm : .infinity)
+        guard gradNorm.isFinite else {
+            restoreBatchNormState(saved)
+            throw TrainingError.nonFinite(step: stepNumber, what: "gradient norm", value: gradNorm)
+        }
+        let lr = scheduler.learningRate(atStep: globalStep)
+        try optimizer.step(model, learningRate: lr)
+        try model.visitParameters(GradientZeroer(), prefix: "")
+        globalStep += 1
+        let entry = TrainingLogEntry(loss: loss, gradNorm: gradNorm, learningRate: lr, epoch: 0, step: globalStep)
+        logHistory.append(entry)
+        return entry
+    }
+
+    /// BatchNorm running statistics and counters, to undo a failed step's forward passes.
+    func batchNormState() -> [(Tensor, Tensor, Int)] {
+        model.namedBatchNorms.map { ($0.module.runningMean, $0.module.runningVar, $0.module.numBatchesTracked) }
+    }
+
+    func restoreBatchNormState(_ s: [(Tensor, Tensor, Int)]) {
+        for ((_, bn), (m, v, n)) in zip(model.namedBatchNorms, s) {
+            bn.runningMean = m; bn.runningVar = v; bn.numBatchesTracked = n
+        }
+        model.parametersDidChange()
+    }
+
+    /// Writes `config.json`, `model.safetensors` and `trainer_state.json` (log history) into
+    /// `url`, each atomically.
+    public func save(to url: URL) throws {
+        try model.savePretrained(to: url)
+        let state: [String: Any] = [
+            "global_step": globalStep, "max_steps": totalSteps,
+            "log_history": logHistory.map { ["loss": $0.loss, "grad_norm": $0.gradNorm, "learning_rate": $0.learningRate, "epoch": $0.epoch, "step": $0.step] },
+        ]
+        let data = try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: url.appendingPathComponent("trainer_state.json"), options: .atomic)
+    }
+
+    /// Fails early, before any step, if `url` cannot hold the results.
+    public static func checkWritable(_ url: URL) throws {
+        do {
+            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+            let probe = url.appendingPathComponent(".cvt-write-check-\(getpid())")
+            try Data().write(to: probe)
+            try FileManager.default.removeItem(at: probe)
+        } catch {
+            throw TrainingError.outputNotWritable(path: url.path, reason: (error as NSError).localizedDescription)
+        }
+    }
+}
