@@ -87,4 +87,77 @@ int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols,
 int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int c, const float *taps, const float *bias,
                       int kh, int kw, int stride, int pad, int ho, int wo, float *dst, long dst_image);
 
+// ==== Training (train.c) ====
+// Float32 kernels of the training step: AVX2+FMA where the CPU has it (checked at run time), scalar
+// otherwise; on up to `ck_team_threads()` threads when the work is large. Arrays are dense and
+// row-major, with no alignment required. Gradient reductions over rows are summed in float over
+// short blocks, then in double, per team member, and the members' partials added in member order:
+// deterministic for a given thread count. Functions returning int return 0, or -1 when out of memory
+// (nothing written then).
+
+/// Test hook: 1 forces the scalar paths (as on a CPU without AVX2), 0 restores the default. Not
+/// for concurrent use with the kernels.
+void ck_train_set_scalar(int scalar);
+/// PyTorch LayerNorm over the last axis (biased variance) of `rows` rows of `cols` values, also
+/// storing each row's mean and rstd = 1/sqrt(var + eps). `x` and `y` may be the same.
+void ck_layernorm_forward(const float *x, float *y, long rows, int cols, const float *weight, const float *bias, float eps,
+                          float *mean, float *rstd);
+/// LayerNorm backward: xhat = (x − mean)·rstd, g = dy·weight; dx = rstd·(g − mean_row(g) −
+/// xhat·mean_row(g·xhat)), written (or added when `accumulate`); dweight += Σ_rows dy·xhat,
+/// dbias += Σ_rows dy. `dx` may be `dy` or `x` (each row is read before it is written).
+int ck_layernorm_backward(const float *dy, const float *x, const float *mean, const float *rstd, const float *weight,
+                          long rows, int cols, float *dx, int accumulate, float *dweight, float *dbias);
+/// Exact-erf GELU, y = x·Φ(x), out of place or in place, within float32 rounding of the true value.
+void ck_gelu_forward(const float *x, float *y, long count);
+/// GELU backward: dx = dy·(Φ(x) + x·φ(x)). `dx` may be `dy` or `x`.
+void ck_gelu_backward(const float *x, const float *dy, float *dx, long count);
+/// Softmax over the last axis (max subtracted; exp within 2 ulp). `p` may be `x`. A row containing
+/// NaN, or all −inf, gives NaN.
+void ck_softmax_forward(const float *x, float *p, long rows, int cols);
+/// Softmax backward: ds = scale·p·(dp − Σ_row p·dp). `ds` may be `dp`.
+void ck_softmax_backward(const float *p, const float *dp, float *ds, long rows, int cols, float scale);
+/// Per-channel mean and biased variance of `x` [rows, channels] (NHWC flattened), accumulated in
+/// double. rows = 0 gives NaN.
+int ck_batchnorm_statistics(const float *x, long rows, int channels, float *mean, float *variance);
+/// y = (x − mean)·rstd·weight + bias per channel of [rows, channels]. `y` may be `x`.
+void ck_batchnorm_forward(const float *x, float *y, long rows, int channels, const float *mean, const float *rstd,
+                          const float *weight, const float *bias);
+/// Training-mode BatchNorm backward, N = rows, xhat = (x − mean)·rstd, sdy = Σ dy, sdyx = Σ dy·xhat
+/// per channel (double): dx = weight·rstd·(dy − sdy/N − xhat·sdyx/N) (written); dweight += sdyx,
+/// dbias += sdy. `dx` may be `dy` or `x`.
+int ck_batchnorm_backward(const float *dy, const float *x, const float *mean, const float *rstd, const float *weight,
+                          long rows, int channels, float *dx, float *dweight, float *dbias);
+/// Depthwise k×k convolution of `n` dense NHWC images [h, w, c] into [ho, wo, c], no bias, taps
+/// `[(ky·k + kx)·c + ch]`, zero padding `pad` (ck_depthwise_nhwc where it runs).
+void ck_depthwise_forward(const float *x, int n, int h, int w, int c, const float *taps, int k, int stride, int pad,
+                          int ho, int wo, float *y);
+/// Its gradient with respect to the input: dx [n, h, w, c] written.
+void ck_depthwise_backward_data(const float *dy, int n, int h, int w, int c, const float *taps, int k, int stride, int pad,
+                                int ho, int wo, float *dx);
+/// Its gradient with respect to the taps: dtaps `[(ky·k + kx)·c + ch]` +=.
+int ck_depthwise_backward_weight(const float *x, const float *dy, int n, int h, int w, int c, int k, int stride, int pad,
+                                 int ho, int wo, float *dtaps);
+/// `ck_im2col_nhwc` for `n` dense images: row img·ho·wo + oy·wo + ox of `cols` holds that output
+/// pixel's patch, `[(ky·k + kx)·c + ci]` (zeros outside the image).
+void ck_im2col_nhwc_batch(const float *x, int n, int h, int w, int c, int k, int stride, int pad, int ho, int wo, float *cols);
+/// The adjoint of `ck_im2col_nhwc_batch`: dx [n, h, w, c] written with the sum of every patch
+/// entry that copied each input value (rows of dx gathered independently, in a fixed order).
+void ck_col2im_nhwc_batch(const float *cols, int n, int h, int w, int c, int k, int stride, int pad, int ho, int wo, float *dx);
+/// The adjoint of PyTorch's AvgPool2d (ceil_mode, count_include_pad; divisor as Kernels.avgPool2dNHWC)
+/// on dense NHWC: dx [n, h, w, c] written.
+void ck_avgpool_backward_nhwc(const float *dy, int n, int h, int w, int c, int kernel, int stride, int pad, int ho, int wo, float *dx);
+/// out[j] += Σ_rows x[r, j] (bias gradients).
+int ck_column_sums(const float *x, long rows, int cols, float *out);
+/// Σ x², in double.
+double ck_sum_of_squares(const float *x, long count);
+/// x *= s.
+void ck_scale(float *x, long count, float s);
+/// dst += src (`src` may be `dst`).
+void ck_add(const float *src, float *dst, long count);
+/// One torch.optim.AdamW step (CPU, single-tensor, float32), `step` counted from 1, in torch 2.13's
+/// rounding: param *= 1 − lr·wd; exp_avg = lerp(exp_avg, grad, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ +
+/// (1 − β₂)·grad·grad; param += (−lr/(1 − β₁^step))·exp_avg / (sqrt(exp_avg_sq)/sqrt(1 − β₂^step) + eps).
+void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
+              double beta2, double eps, double weight_decay, long step);
+
 #endif

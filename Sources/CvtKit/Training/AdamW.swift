@@ -15,7 +15,8 @@ public struct OptimizerError: Error, CustomStringConvertible, LocalizedError, Eq
 /// - `fused == false` (`optim="adamw_torch"`): `_single_tensor_adam` in torch/optim/adam.py, one
 ///   tensor op at a time. Every rounding matches except `exp_avg_sq.sqrt()`, which torch's CPU build
 ///   routes through MKL's vector sqrt (not correctly rounded: about 1 value in 6 is 1 ulp off); the
-///   denominator here uses the exact square root, so a few parameters can differ by an ulp.
+///   denominator here uses the exact square root, so some parameters (up to ~10% at large learning
+///   rates) end up an ulp away from torch's.
 /// - `fused == true` (`optim="adamw_torch_fused"`, transformers' default with torch ≥ 2.8):
 ///   ATen's fused CPU kernel (native/cpu/FusedAdamKernel.cpp), bit for bit on AVX2/AVX-512 builds.
 public final class AdamW {
@@ -233,7 +234,7 @@ public final class AdamW {
         for (name, s) in state {
             d[name + ".exp_avg"] = s.expAvg
             d[name + ".exp_avg_sq"] = s.expAvgSq
-            d[name + ".step"] = try? Tensor(shape: [], scalars: [Float(s.step)])
+            d[name + ".step"] = Tensor(zeros: [], value: Float(s.step))
         }
         return d
     }

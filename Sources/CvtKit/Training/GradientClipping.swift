@@ -17,22 +17,23 @@ final class GradientVisitor: ParameterVisitor {
 /// also when that is 1. Returns the total norm before clipping, which the Trainer logs as
 /// `grad_norm`. `maxNorm` infinity only measures (what the Trainer does when `max_grad_norm` is 0).
 ///
-/// torch computes the norms in float32 with its own summation order; here each tensor's norm is
-/// summed in double and rounded to float, so the total can differ from torch's by an ulp.
+/// torch sums the squares in float32 (per tensor, then over the tensors' norms), so its total can
+/// be an ulp off the one here, which sums every square in double and rounds once.
 @discardableResult
 public func clipGradNorm(_ model: Module, maxNorm: Double) throws -> Double {
     guard !maxNorm.isNaN, maxNorm >= 0 else { throw OptimizerError("clip_grad_norm: max_norm must not be negative or NaN, got \(maxNorm)") }
-    var norms: [Float] = []
+    var sumOfSquares = 0.0, any = false
     try model.visitParameters(GradientVisitor { _, g in
-        norms.append(g.withUnsafeBufferPointer { b in
+        any = true
+        sumOfSquares += g.withUnsafeBufferPointer { b in
             var s = 0.0
             for x in b { let d = Double(x); s += d * d }
-            return Float(s.squareRoot())
-        })
+            return s
+        }
     }, prefix: "")
     // No gradients: torch returns 0 and scales nothing.
-    guard !norms.isEmpty else { return 0 }
-    let total = Float(norms.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot())
+    guard any else { return 0 }
+    let total = Float(sumOfSquares.squareRoot())
     // `max_norm / (total_norm + 1e-6)` on a float32 tensor: Tensor.__rtruediv__ is
     // `reciprocal() * max_norm`; clamp keeps NaN.
     let coef = (1 / (total + Float(1e-6))) * Float(maxNorm)
