@@ -167,57 +167,8 @@ __attribute__((target("avx2,fma,f16c"))) static void widen_panel(const uint16_t 
     }
 }
 
-// ---- exp (softmax) and exact-erf GELU, vectorised ----
 
-// c0 + t·(c1 + t·(c2 + t·(c3 + t·(c4 + t·c5)))), by Horner's rule with an FMA per step.
-__attribute__((target("avx2,fma"))) static inline __m256 poly5(__m256 t, float c0, float c1, float c2, float c3, float c4, float c5) {
-    __m256 p = _mm256_set1_ps(c5);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c4));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c3));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c2));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c1));
-    return _mm256_fmadd_ps(p, t, _mm256_set1_ps(c0));
-}
-
-// exp(x) for x ≤ 0 (a score minus its row's maximum): 2^n · exp(r), r = x − n·ln2 in [−ln2/2, ln2/2],
-// degree-6 polynomial (< 2 ulp). n is rounded to nearest by adding 1.5·2²³ (its bits then hold n,
-// so no round or convert instruction: 0.30 instead of 0.32–0.43 ns per value on Zen 3, the same
-// results). Below −87 the result is exp(−87) (≈ 1.6e-38, as before), and NaN stays NaN.
-__attribute__((target("avx2,fma"))) static inline __m256 exp_nonpositive_ps(__m256 x) {
-    x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // max(a, b) returns b when either is NaN
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), magic);
-    __m256 n = _mm256_sub_ps(t, magic);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = poly5(r, 5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f, 1.3981999507e-3f, 1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    // t's bits are 0x4B400000 + n (n in [−126, 0]): 2^n's exponent field is n + 127.
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127 - 0x4B400000)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-// GELU(x) = x/2 · (1 + erf(x/√2)), with erf(x/√2) ≈ x·P(x²)/Q(x²), a rational fit on |x| ≤ 5.6
-// (Scripts/fit_gelu_erf.py; 2e-8 in float64), and ±1 from |x| ≥ 5.5, where erf(x/√2) is ±1 to
-// within float32's half ulp. Error over [−12, 12] against float64: at most 2.1e-7·max(|x|, 1), as
-// the exp-based Abramowitz & Stegun 7.1.26 it replaced (1.9e-7), in half the time (0.43 vs 0.77
-// ns per value on Zen 3): the first MLP GEMM of stage 1 (K = 64) had spent more time in GELU
-// than in its products.
-__attribute__((target("avx2,fma"))) static inline __m256 gelu_ps(__m256 x) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), xmax = _mm256_set1_ps(5.5f);
-    __m256 ax = _mm256_min_ps(_mm256_andnot_ps(sign, x), xmax);
-    __m256 xc = _mm256_or_ps(ax, _mm256_and_ps(sign, x));
-    __m256 t = _mm256_mul_ps(xc, xc);
-    // Coefficients as Scripts/fit_gelu_erf.py prints them (from x¹ and from x²).
-    __m256 p = _mm256_mul_ps(poly5(t, 7.9788446426e-01f, 6.8225607276e-02f, 9.3797771260e-03f, 3.4204637632e-04f,
-                                   1.2648253687e-05f, 4.4537735278e-08f), xc);
-    __m256 q = poly5(t, 1.0f, 2.5217407942e-01f, 2.8786195442e-02f, 1.8970174715e-03f, 7.4127710832e-05f, 1.1814304344e-06f);
-    __m256 erf = _mm256_div_ps(p, q);
-    __m256 saturated = _mm256_cmp_ps(ax, xmax, _CMP_GE_OQ);
-    erf = _mm256_blendv_ps(erf, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, x)), saturated);
-    __m256 half = _mm256_mul_ps(x, _mm256_set1_ps(0.5f));
-    return _mm256_fmadd_ps(half, erf, half);
-}
+#include "vecmath.h"
 
 void ck_gelu(float *x, size_t count);
 __attribute__((target("avx2,fma"))) void ck_gelu(float *x, size_t count) {

@@ -13,6 +13,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "vecmath.h"
 #define CK_X86 1
 #else
 #define CK_X86 0
@@ -363,95 +364,18 @@ int ck_layernorm_backward(const float *dy, const float *x, const float *mean, co
 
 // ==== GELU (exact erf) ====
 //
-// Φ(x) = 0.5·erfc(−x/√2) from Q(a) = Φ(−a) = exp(−a²/2)·F(u)/(1 + √(2π)·a), a = |x|, u = (a − 5)/(a + 5),
-// F a degree-12 polynomial (least-squares Chebyshev fit against mpmath on a in [0, 16]; relative
-// error of Q below 3e-11), evaluated in double: a² of a float is exact in double, so the
-// exponential needs no argument splitting, and both GELU and its derivative come out within
-// float32's rounding for every x, including x·Φ(x) ≈ 1e-40 at x = −13 (erfc's tail, where a
-// 1 + erf form loses all digits). Beyond |x| = 16, Φ is 0 or 1 and φ is 0.
+// The vector path uses vecmath.h's erf fit (the inference GEMM epilogue's, so training and
+// inference compute the same activations): GELU within 2.1e-7·max(|x|, 1), GELU' within about
+// 3e-7·max(|x|, 1) against float64. The scalar fallback computes in double through erfc.
 
-#define GELU_K 5.0
-#define SQRT_2PI 2.5066282746310002
 #define INV_SQRT_2PI 0.3989422804014327
 
 #if CK_X86
-// exp(x) for x in [−130, 0]: 2^n·exp(r), |r| ≤ ln2/2, Taylor to degree 9 (error below 1e-11, far
-// under float32's rounding). n is rounded by adding 1.5·2⁵², whose low bits then hold it.
-__attribute__((target("avx2,fma"))) static inline __m256d exp_pd(__m256d x) {
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634), magic);
-    __m256d n = _mm256_sub_pd(t, magic);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), x);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    __m256d p = _mm256_set1_pd(1.0 / 362880.0);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 40320.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 5040.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 720.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 120.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 24.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0 / 6.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(1.0));
-    // t's bits are those of 1.5·2⁵² plus n (two's complement in the low bits): n + 1023 in the exponent field.
-    __m256i e = _mm256_slli_epi64(_mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023 - 0x4338000000000000LL)), 52);
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(e));
-}
-
-// Φ(x) and exp(−x²/2) for 4 doubles holding float values.
-__attribute__((target("avx2,fma"))) static inline __m256d phi_pd(__m256d x, __m256d *gauss) {
-    const __m256d sign = _mm256_set1_pd(-0.0), amax = _mm256_set1_pd(16.0), k = _mm256_set1_pd(GELU_K);
-    __m256d a = _mm256_andnot_pd(sign, x);
-    __m256d big = _mm256_cmp_pd(a, amax, _CMP_GT_OQ);
-    __m256d ac = _mm256_min_pd(a, amax);
-    __m256d e = exp_pd(_mm256_mul_pd(_mm256_mul_pd(ac, ac), _mm256_set1_pd(-0.5)));
-    e = _mm256_andnot_pd(big, e);
-    // One reciprocal serves u and the final quotient: 1/((a + K)(1 + √(2π)·a)), from the float
-    // estimate by two Newton steps (≈ 2⁻⁴⁶ relative), cheaper than a double division.
-    __m256d s = _mm256_add_pd(ac, k), t = _mm256_fmadd_pd(_mm256_set1_pd(SQRT_2PI), ac, _mm256_set1_pd(1.0));
-    __m256d d = _mm256_mul_pd(s, t);
-    __m256d y = _mm256_cvtps_pd(_mm_rcp_ps(_mm256_cvtpd_ps(d)));
-    const __m256d one = _mm256_set1_pd(1.0);
-    y = _mm256_fmadd_pd(y, _mm256_fnmadd_pd(d, y, one), y);
-    y = _mm256_fmadd_pd(y, _mm256_fnmadd_pd(d, y, one), y);
-    __m256d u = _mm256_mul_pd(_mm256_mul_pd(_mm256_sub_pd(ac, k), t), y);
-    __m256d f = _mm256_set1_pd(-6.72762984279855544e-05);
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-1.35567505920650545e-04));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(5.71857178413728178e-04));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-1.73655290707737034e-04));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-4.53815369627330514e-03));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(1.99286916824119274e-02));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-5.15726043055605640e-02));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(9.67816199033077196e-02));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-1.38277852219920672e-01));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(1.46934084468398674e-01));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-9.70909547020272490e-02));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(-1.33503287626425410e-02));
-    f = _mm256_fmadd_pd(f, u, _mm256_set1_pd(1.04095982855102132e+00));
-    __m256d q = _mm256_mul_pd(_mm256_mul_pd(e, f), _mm256_mul_pd(s, y));  // Φ(−a)
-    __m256d positive = _mm256_cmp_pd(x, _mm256_setzero_pd(), _CMP_GT_OQ);
-    *gauss = e;
-    return _mm256_blendv_pd(q, _mm256_sub_pd(one, q), positive);
-}
-
-__attribute__((target("avx2,fma"))) static inline __m256 gelu8(__m256 v) {
-    __m256d g, x0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), x1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    __m128 y0 = _mm256_cvtpd_ps(_mm256_mul_pd(x0, phi_pd(x0, &g)));
-    __m128 y1 = _mm256_cvtpd_ps(_mm256_mul_pd(x1, phi_pd(x1, &g)));
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(y0), y1, 1);
-}
+__attribute__((target("avx2,fma"))) static inline __m256 gelu8(__m256 v) { return gelu_ps(v); }
 
 // dy·(Φ(x) + x·φ(x)).
-__attribute__((target("avx2,fma"))) static inline __m128 gelu_grad4(__m256d x, __m256d dy) {
-    __m256d g, p = phi_pd(x, &g);
-    __m256d d = _mm256_fmadd_pd(_mm256_mul_pd(x, g), _mm256_set1_pd(INV_SQRT_2PI), p);
-    return _mm256_cvtpd_ps(_mm256_mul_pd(dy, d));
-}
-
 __attribute__((target("avx2,fma"))) static inline __m256 gelu_grad8(__m256 x, __m256 dy) {
-    __m128 lo = gelu_grad4(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_castps256_ps128(dy)));
-    __m128 hi = gelu_grad4(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(dy, 1)));
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+    return _mm256_mul_ps(dy, gelu_derivative_ps(x));
 }
 
 // Loads the `n` < 8 values at p, zero-padded (tails).
@@ -1392,13 +1316,15 @@ static void adam_range(void *ctx, long b, long e, int member) {
 }
 
 void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
-              double beta2, double eps, double weight_decay, long step) {
+              double beta2, double eps, double weight_decay, long step, int fused) {
     // The scalars as torch forms them: Python doubles, each converted to float where it meets a tensor.
     double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
     double stepSize = lr / bc1;
     float w1 = (float)(1.0 - beta1);
     adam_job j = {param, grad, exp_avg, exp_avg_sq,
-                  (float)(1.0 - lr * weight_decay), w1, (float)beta2, (float)(1.0 - beta2), (float)pow(bc2, 0.5),
+                  (float)(1.0 - lr * weight_decay), w1, (float)beta2, (float)(1.0 - beta2),
+                  // adam.py takes `bias_correction2 ** 0.5`, the fused kernel std::sqrt (they can differ in the last bit).
+                  (float)(fused ? sqrt(bc2) : pow(bc2, 0.5)),
                   (float)eps, (float)(-stepSize), weight_decay != 0.0, fabsf(w1) < 0.5f, vector_path()};
     run_ranges(adam_range, &j, count, 64, threads_for((double)count * 4, (count + 63) / 64));
 }

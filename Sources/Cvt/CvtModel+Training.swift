@@ -63,9 +63,9 @@ extension CvtSelfAttentionProjection {
 func splitHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
     if heads == 1 { return x }
     let y = Tensor(uninitialized: [b, heads, t, d])
-    let c = heads * d
+    let c = heads * d, src = x.unsafePointer, dst = y.unsafePointer
     for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
-        (y.unsafePointer + ((i * heads + hd) * t + r) * d).update(from: x.unsafePointer + (i * t + r) * c + hd * d, count: d)
+        (dst + ((i * heads + hd) * t + r) * d).update(from: src + (i * t + r) * c + hd * d, count: d)
     } } }
     return y
 }
@@ -73,9 +73,9 @@ func splitHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
 func mergeHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
     let c = heads * d
     if heads == 1 { return (try? x.reshaped([b, t, c])) ?? x }
-    let y = Tensor(uninitialized: [b, t, c])
+    let y = Tensor(uninitialized: [b, t, c]), src = x.unsafePointer, dst = y.unsafePointer
     for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
-        (y.unsafePointer + (i * t + r) * c + hd * d).update(from: x.unsafePointer + ((i * heads + hd) * t + r) * d, count: d)
+        (dst + (i * t + r) * c + hd * d).update(from: src + ((i * heads + hd) * t + r) * d, count: d)
     } } }
     return y
 }

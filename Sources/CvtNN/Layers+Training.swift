@@ -107,6 +107,7 @@ extension Conv2d {
         let cin = inChannels, kk = kernel * kernel
         let wp = Tensor(uninitialized: [outChannels, kk * cin])
         let src = weight.unsafePointer, dst = wp.unsafePointer
+        if kk == 1 { dst.update(from: src, count: wp.count); return wp }
         for o in 0..<outChannels { for ci in 0..<cin { for p in 0..<kk { dst[(o * kk + p) * cin + ci] = src[(o * cin + ci) * kk + p] } } }
         return wp
     }
@@ -150,8 +151,8 @@ extension Conv2d {
     /// The depthwise taps `[(ky·k + kx)·C + ch]` of a `[C, 1, k, k]` weight.
     func depthwiseTaps() -> Tensor {
         let c = outChannels, kk = kernel * kernel
-        let taps = Tensor(uninitialized: [kk * c])
-        for ch in 0..<c { for p in 0..<kk { taps.unsafePointer[p * c + ch] = weight.unsafePointer[ch * kk + p] } }
+        let taps = Tensor(uninitialized: [kk * c]), t = taps.unsafePointer, w = weight.unsafePointer
+        for ch in 0..<c { for p in 0..<kk { t[p * c + ch] = w[ch * kk + p] } }
         return taps
     }
 
@@ -172,8 +173,8 @@ extension Conv2d {
         let dtaps = Tensor(zeros: [kk * c])
         Kernels.depthwiseBackwardWeight(x: x.unsafePointer, dy: dy.unsafePointer, n: n, h: h, w: w, c: c, kernel: kernel,
                                         stride: stride, padding: padding, ho: ho, wo: wo, dtaps: dtaps.unsafePointer)
-        let dw = gradientStorage(&weightGrad, weight.shape)
-        for ch in 0..<c { for p in 0..<kk { dw[ch * kk + p] += dtaps.unsafePointer[p * c + ch] } }
+        let dw = gradientStorage(&weightGrad, weight.shape), dt = dtaps.unsafePointer
+        for ch in 0..<c { for p in 0..<kk { dw[ch * kk + p] += dt[p * c + ch] } }
         let dx = Tensor(uninitialized: [n, h, w, c]), taps = depthwiseTaps()
         withExtendedLifetime(taps) {
             Kernels.depthwiseBackwardData(dy: dy.unsafePointer, n: n, h: h, w: w, c: c, taps: taps.unsafePointer,
@@ -277,7 +278,8 @@ public enum Dropout {
     public static func forward(_ ctx: TrainingContext, _ x: Tensor, p: Double) -> (Tensor, Tensor?) {
         guard ctx.stochastic, p > 0 else { return (x, nil) }
         let scale = p >= 1 ? 0 : Float(1 / (1 - p))
-        let mask = Tensor(shape: x.shape) { _ in ctx.uniform() < Float(p) ? 0 : scale }
+        let mask = Tensor(uninitialized: x.shape), m = mask.unsafePointer, threshold = Float(p)
+        for i in 0..<mask.count { m[i] = ctx.uniform() < threshold ? 0 : scale }
         return (multiply(x, mask), mask)
     }
 
@@ -288,7 +290,8 @@ public enum Dropout {
 
     public static func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
         let y = Tensor(uninitialized: a.shape)
-        for i in 0..<a.count { y.unsafePointer[i] = a.unsafePointer[i] * b.unsafePointer[i] }
+        let yp = y.unsafePointer, ap = a.unsafePointer, bp = b.unsafePointer
+        for i in 0..<a.count { yp[i] = ap[i] * bp[i] }
         return y
     }
 }
@@ -310,8 +313,8 @@ public enum DropPath {
     }
 
     static func scale(_ x: Tensor, _ factors: [Float]) -> Tensor {
-        let y = Tensor(uninitialized: x.shape), per = x.count / max(1, factors.count)
-        for (b, f) in factors.enumerated() { for i in b * per..<(b + 1) * per { y.unsafePointer[i] = x.unsafePointer[i] * f } }
+        let y = x.pooledCopy(), per = x.count / max(1, factors.count)
+        for (b, f) in factors.enumerated() where f != 1 { Kernels.scale(y.unsafePointer + b * per, count: per, by: f) }
         return y
     }
 }

@@ -145,7 +145,7 @@ extension Kernels {
     /// single-tensor AdamW (see `ck_adamw`).
     public static func adamW(param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
                              expAvgSq: UnsafeMutablePointer<Float>, count: Int, lr: Double, beta1: Double, beta2: Double,
-                             eps: Double, weightDecay: Double, step: Int) {
-        ck_adamw(param, grad, expAvg, expAvgSq, count, lr, beta1, beta2, eps, weightDecay, step)
+                             eps: Double, weightDecay: Double, step: Int, fused: Bool = false) {
+        ck_adamw(param, grad, expAvg, expAvgSq, count, lr, beta1, beta2, eps, weightDecay, step, fused ? 1 : 0)
     }
 }

@@ -184,8 +184,8 @@ final class TrainingKernelTests: XCTestCase {
                 let ref = x.map { Double($0) * phi(Double($0)) }
                 let y = Buf(zeros: n)
                 Kernels.gelu(x, y.p, count: n)
-                // Within float32 rounding (half an ulp is at most 6e-8 relative); subnormals absolutely.
-                expectClose(name, y.values, ref, rtol: 1.2e-7, atolAll: 1e-44)
+                // The vector path's erf fit: within 2.1e-7·max(|x|, 1) (the scalar path is exact to rounding).
+                expectClose(name, y.values, ref, rtol: 1.2e-7, atol: x.map { 2.5e-7 * max(abs(Double($0)), 1) })
                 let inPlace = Buf(x)
                 Kernels.gelu(inPlace.p, inPlace.p, count: n)
                 expectEqualBits(name + " in place", inPlace.values, y.values)
@@ -203,7 +203,7 @@ final class TrainingKernelTests: XCTestCase {
                 for i in 0..<n {
                     let xv = Double(x[i]), p = phi(xv), g = exp(-0.5 * xv * xv) / (2 * Double.pi).squareRoot()
                     ref.append(Double(dy[i]) * (p + xv * g))
-                    tol.append(2e-7 * abs(Double(dy[i])) * (p + abs(xv) * g) + 1e-44)
+                    tol.append(4e-7 * abs(Double(dy[i])) * max(abs(xv), 1) + 1e-44)
                 }
                 let dyb = Buf(dy), dx = alias ? dyb : Buf(zeros: n)
                 Kernels.geluBackward(x: x, dy: dyb.p, dx: dx.p, count: n)

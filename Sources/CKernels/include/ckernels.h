@@ -157,7 +157,9 @@ void ck_add(const float *src, float *dst, long count);
 /// One torch.optim.AdamW step (CPU, single-tensor, float32), `step` counted from 1, in torch 2.13's
 /// rounding: param *= 1 − lr·wd; exp_avg = lerp(exp_avg, grad, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ +
 /// (1 − β₂)·grad·grad; param += (−lr/(1 − β₁^step))·exp_avg / (sqrt(exp_avg_sq)/sqrt(1 − β₂^step) + eps).
+/// `fused`: the fused kernel's square root of the bias correction (its vectorised body; see AdamW.swift
+/// for its last `count % 8` elements).
 void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
-              double beta2, double eps, double weight_decay, long step);
+              double beta2, double eps, double weight_decay, long step, int fused);
 
 #endif

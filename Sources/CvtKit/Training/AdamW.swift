@@ -134,11 +134,18 @@ public final class AdamW {
         let wd = decayParameterNames.contains(key) ? weightDecay : 0
         let c = Coefficients(lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: wd, step: s.step, fused: fused)
         let n = param.count
+        // The C kernel (vectorised, threaded) runs the same operations; the fused kernel's last
+        // `n % 8` elements round differently and run here.
+        let body = fused ? n - n % 8 : n
         param.withUnsafeMutableBufferPointer { p in
             s.expAvg.withUnsafeMutableBufferPointer { m in
                 s.expAvgSq.withUnsafeMutableBufferPointer { v in
                     gradient.withUnsafeBufferPointer { g in
-                        if fused { Self.fusedUpdate(p, m, v, g, n, c) } else { Self.singleTensorUpdate(p, m, v, g, n, c) }
+                        if body > 0 {
+                            Kernels.adamW(param: p.baseAddress!, grad: g.baseAddress!, expAvg: m.baseAddress!, expAvgSq: v.baseAddress!,
+                                          count: body, lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: wd, step: s.step, fused: fused)
+                        }
+                        if body < n { Self.fusedUpdate(p, m, v, g, body..<n, n, c) }
                     }
                 }
             }
@@ -184,34 +191,15 @@ public final class AdamW {
         abs(w) < 0.5 ? m.addingProduct(w, g - m) : g.addingProduct(w - 1, g - m)
     }
 
-    /// `_single_tensor_adam` with decoupled decay, op by op:
-    /// `param.mul_(1 - lr·wd)`; `exp_avg.lerp_(grad, 1 - β1)`; `exp_avg_sq.mul_(β2)`;
-    /// `exp_avg_sq.addcmul_(grad, grad, 1 - β2)` (ATen's kernel contracts `s + (c·g)·g` into one FMA);
-    /// `denom = (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)`; `param.addcdiv_(exp_avg, denom, -step_size)`
-    /// (computed `p + (value·m) / denom`).
-    static func singleTensorUpdate(_ p: UnsafeMutableBufferPointer<Float>, _ m: UnsafeMutableBufferPointer<Float>,
-                                   _ v: UnsafeMutableBufferPointer<Float>, _ g: UnsafeBufferPointer<Float>, _ n: Int, _ c: Coefficients) {
-        for i in 0..<n {
-            let gi = g[i]
-            var pi = p[i]
-            if c.hasDecay { pi = pi * c.decayFactor }
-            let mi = lerp(m[i], gi, c.lerpWeight)
-            let vi = (v[i] * c.beta2).addingProduct(c.sqWeight * gi, gi)
-            let denom = vi.squareRoot() / c.biasCorrection2Sqrt + c.eps
-            p[i] = pi + (c.negStepSize * mi) / denom
-            m[i] = mi
-            v[i] = vi
-        }
-    }
-
     /// ATen's fused CPU kernel (`adam_math`, float32, ADAMW mode): the same operations, except that
     /// `exp_avg_sq * β2 + (1 - β2)·g·g` is compiled into one FMA over `(c·g)·g` in the vectorised
     /// body but into one over `exp_avg_sq * β2` in the last `n % 8` elements (the scalar epilogue
     /// the compiler leaves after vectorising the tail loop by 8).
     static func fusedUpdate(_ p: UnsafeMutableBufferPointer<Float>, _ m: UnsafeMutableBufferPointer<Float>,
-                            _ v: UnsafeMutableBufferPointer<Float>, _ g: UnsafeBufferPointer<Float>, _ n: Int, _ c: Coefficients) {
+                            _ v: UnsafeMutableBufferPointer<Float>, _ g: UnsafeBufferPointer<Float>, _ range: Range<Int>, _ n: Int,
+                            _ c: Coefficients) {
         let body = n - n % 8
-        for i in 0..<n {
+        for i in range {
             let gi = g[i]
             var pi = p[i]
             if c.hasDecay { pi = pi * c.decayFactor }
