@@ -39,6 +39,13 @@ extension CvtSelfAttentionProjection {
         }
     }
 
+    /// Allocates (zero) gradients for a projection whose output no loss reads.
+    func zeroGradients() {
+        guard let conv = convolution, let bn = normalization else { return }
+        _ = gradientStorage(&conv.weightGrad, conv.weight.shape)
+        _ = gradientStorage(&bn.weightGrad, [bn.dim]); _ = gradientStorage(&bn.biasGrad, [bn.dim])
+    }
+
     /// Gradient of the patch grid from the projected grid's gradient.
     func backward(_ s: Saved, dy: Tensor, c: Int) -> Tensor {
         switch method {
@@ -91,10 +98,16 @@ extension CvtSelfAttention {
         /// Softmax output `[B, heads, Tq, Tk]`, and the attention-dropout mask (scaled) if any.
         let probs: Tensor
         let dropMask: Tensor?
+        /// Only the CLS token's query ran (`forwardTraining(clsQueryOnly:)`).
+        let clsQueryOnly: Bool
     }
 
-    /// `n` `[B, 1? + H·W, C]` → context `[B, Tq, C]` (heads merged).
-    func forwardTraining(_ ctx: TrainingContext, _ n: Tensor, b: Int, h: Int, w: Int, attentionDropRate: Double) throws -> (Tensor, Saved) {
+    /// `n` `[B, 1? + H·W, C]` → context `[B, Tq, C]` (heads merged). With `clsQueryOnly`, only the
+    /// CLS token's context `[B, 1, C]`: its query is the Linear of its normalized value (the CLS
+    /// skips the conv projection); the query's conv projection still runs for its BatchNorm's
+    /// running statistics, as in the reference, but nothing downstream reads it.
+    func forwardTraining(_ ctx: TrainingContext, _ n: Tensor, b: Int, h: Int, w: Int, attentionDropRate: Double,
+                         clsQueryOnly: Bool = false) throws -> (Tensor, Saved) {
         let engine = ctx.engine, c = dim, cls = withClsToken ? 1 : 0, t = cls + h * w
         // Patch tokens as the NHWC grid [B, H, W, C] (rows 1… of each image when there is a CLS).
         let grid: Tensor
@@ -116,7 +129,12 @@ extension CvtSelfAttention {
                     (x.unsafePointer + (i * tp + 1) * c).update(from: z.unsafePointer + i * (tp - 1) * c, count: (tp - 1) * c)
                 }
             }
-            x = try x.reshaped([b, tp, c])
+            if clsQueryOnly && proj === convolutionProjectionQuery {
+                // [B, 1, C]: the CLS rows only.
+                x = Tensor(uninitialized: [b, 1, c])
+                Kernels.copyRows(n.unsafePointer, srcPitch: t * c, x.unsafePointer, dstPitch: c, rows: b, cols: c)
+            }
+            x = try x.reshaped([b, x.count / (b * c), c])
             tokens.append(x); saved.append(s)
             outs.append(try linear.forward(engine, x))
         }
@@ -133,7 +151,7 @@ extension CvtSelfAttention {
         let context = Tensor(uninitialized: [b, heads, tq, d])
         try engine.gemm(m: tq, n: d, k: tk, a: dropped.unsafePointer, b: v.unsafePointer, c: context.unsafePointer, batch: b * heads)
         return (mergeHeads(context, b: b, t: tq, heads: heads, d: d),
-                Saved(b: b, h: h, w: w, tq: tq, tk: tk, tokens: tokens, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask))
+                Saved(b: b, h: h, w: w, tq: tq, tk: tk, tokens: tokens, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask, clsQueryOnly: clsQueryOnly))
     }
 
     /// Context gradient `[B, Tq, C]` → gradient of the normalized tokens `[B, 1? + H·W, C]`.
@@ -164,6 +182,16 @@ extension CvtSelfAttention {
         for (i, (proj, linear)) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
                                     (convolutionProjectionValue, projectionValue)].enumerated() {
             guard let dx = try linear.backward(engine, x: s.tokens[i], dy: grads[i]) else { continue }
+            if i == 0, s.clsQueryOnly {
+                // CLS-only query: its gradient goes to the CLS rows; the conv projection gets none
+                // (zero gradients, as PyTorch's for outputs nothing reads).
+                for j in 0..<b {
+                    let row = dx.unsafePointer + j * c, dst = dn.unsafePointer + j * t * c
+                    for k in 0..<c { dst[k] += row[k] }
+                }
+                proj.zeroGradients()
+                continue
+            }
             let tp = dx.shape[1]
             var dz = dx
             if cls == 1 {
@@ -194,33 +222,58 @@ extension CvtLayer {
         let attentionDrop: Tensor?, path1: [Float]?
         let ln2: LayerNorm.Saved, normed2: Tensor, preActivation: Tensor, activation: Tensor
         let outputDrop: Tensor?, path2: [Float]?
+        let clsOnly: Bool
     }
 
     /// `CvtLayer.forward` in training mode. quirk: the second drop path covers the MLP output
     /// plus the residual, as in transformers (the original CvT drops the MLP branch only).
-    func forwardTraining(_ ctx: TrainingContext, _ t: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates) throws -> (Tensor, Saved) {
+    /// With `clsOnly` (the model's last layer, when the head reads only the CLS token), the query,
+    /// attention output and MLP run on the CLS rows alone and only those rows of the result are
+    /// updated: the other rows' outputs reach no loss, so their gradients are exactly zero.
+    func forwardTraining(_ ctx: TrainingContext, _ t: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates,
+                         clsOnly: Bool = false) throws -> (Tensor, Saved) {
         let engine = ctx.engine
         let (n, ln1) = layernormBefore.forward(t)
-        let (context, attn) = try attention.forwardTraining(ctx, n, b: b, h: h, w: w, attentionDropRate: rates.attentionDrop)
+        let (context, attn) = try attention.forwardTraining(ctx, n, b: b, h: h, w: w, attentionDropRate: rates.attentionDrop,
+                                                            clsQueryOnly: clsOnly)
+        let tokens = t.shape[1], c = t.shape[2]
+        // The residual stream this layer updates: [B, T, C], or the CLS rows [B, 1, C].
+        var residual = t
+        if clsOnly {
+            residual = Tensor(uninitialized: [b, 1, c])
+            Kernels.copyRows(t.unsafePointer, srcPitch: tokens * c, residual.unsafePointer, dstPitch: c, rows: b, cols: c)
+        }
         var a = try attentionOutput.forward(engine, context)
         let (a1, drop1) = Dropout.forward(ctx, a, p: rates.drop)
         let (a2, path1) = DropPath.forward(ctx, a1, p: rates.dropPath)
         a = a2
-        let t1 = adding(a, t)
+        let t1 = adding(a, residual)
         let (m, ln2) = layernormAfter.forward(t1)
         let pre = try intermediate.forward(engine, m)
         let act = GELU.forward(pre)
         let o = try output.forward(engine, act)
         let (o1, drop2) = Dropout.forward(ctx, o, p: rates.drop)
-        let (t2, path2) = DropPath.forward(ctx, adding(o1, t1), p: rates.dropPath)
+        var (t2, path2) = DropPath.forward(ctx, adding(o1, t1), p: rates.dropPath)
+        if clsOnly {
+            // The other rows keep their input values (nothing reads them).
+            let full = t.pooledCopy()
+            Kernels.copyRows(t2.unsafePointer, srcPitch: c, full.unsafePointer, dstPitch: tokens * c, rows: b, cols: c)
+            t2 = full
+        }
         return (t2, Saved(ln1: ln1, attention: attn, context: context, attentionDrop: drop1, path1: path1, ln2: ln2,
-                          normed2: m, preActivation: pre, activation: act, outputDrop: drop2, path2: path2))
+                          normed2: m, preActivation: pre, activation: act, outputDrop: drop2, path2: path2, clsOnly: clsOnly))
     }
 
     func backward(_ ctx: TrainingContext, _ s: Saved, dy: Tensor) throws -> Tensor {
         let engine = ctx.engine
+        let b = dy.shape[0], tokens = dy.shape[1], c = dy.shape[2]
+        var dOutput = dy
+        if s.clsOnly {
+            dOutput = Tensor(uninitialized: [b, 1, c])
+            Kernels.copyRows(dy.unsafePointer, srcPitch: tokens * c, dOutput.unsafePointer, dstPitch: c, rows: b, cols: c)
+        }
         // t2 = path2(dropout(output(GELU(intermediate(LN2(t1))))) + t1)
-        let g = DropPath.backward(s.path2, dy: dy)
+        let g = DropPath.backward(s.path2, dy: dOutput)
         let dt1 = g.pooledCopy()
         let dOut = Dropout.backward(s.outputDrop, dy: g)
         guard let dAct = try output.backward(engine, x: s.activation, dy: dOut) else { throw CvtInputError("internal: no gradient") }
@@ -231,8 +284,13 @@ extension CvtLayer {
         let da = Dropout.backward(s.attentionDrop, dy: DropPath.backward(s.path1, dy: dt1))
         guard let dContext = try attentionOutput.backward(engine, x: s.context, dy: da) else { throw CvtInputError("internal: no gradient") }
         let dn = try attention.backward(ctx, s.attention, dContext: dContext)
-        layernormBefore.backward(s.ln1, dy: dn, into: dt1)
-        return dt1
+        guard s.clsOnly else {
+            layernormBefore.backward(s.ln1, dy: dn, into: dt1)
+            return dt1
+        }
+        let dt = layernormBefore.backward(s.ln1, dy: dn)
+        for i in 0..<b { Kernels.add(dt1.unsafePointer + i * c, into: dt.unsafePointer + i * tokens * c, count: c) }
+        return dt
     }
 }
 
@@ -250,8 +308,10 @@ extension CvtStage {
         let layers: [CvtLayer.Saved]
     }
 
-    /// NHWC input `[B, H, W, Cin]` → tokens `[B, 1? + Ho·Wo, C]`.
-    func forwardTraining(_ ctx: TrainingContext, _ x: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates) throws -> (Tensor, Saved) {
+    /// NHWC input `[B, H, W, Cin]` → tokens `[B, 1? + Ho·Wo, C]`. With `clsOnlyInLastLayer`, the
+    /// last layer updates only the CLS rows (see `CvtLayer.forwardTraining`).
+    func forwardTraining(_ ctx: TrainingContext, _ x: Tensor, b: Int, h: Int, w: Int, rates: CvtStageRates,
+                         clsOnlyInLastLayer: Bool = false) throws -> (Tensor, Saved) {
         let conv = embedding.projection
         let ho = conv.outputSize(h), wo = conv.outputSize(w)
         guard ho > 0, wo > 0 else {
@@ -271,8 +331,9 @@ extension CvtStage {
             }
         }
         var saved: [CvtLayer.Saved] = []
-        for layer in layers {
-            let (next, s) = try layer.forwardTraining(ctx, tokens, b: b, h: ho, w: wo, rates: rates)
+        for (l, layer) in layers.enumerated() {
+            let (next, s) = try layer.forwardTraining(ctx, tokens, b: b, h: ho, w: wo, rates: rates,
+                                                      clsOnly: clsOnlyInLastLayer && clsToken != nil && l == layers.count - 1)
             tokens = next; saved.append(s)
         }
         return (tokens, Saved(b: b, h: h, w: w, ho: ho, wo: wo, conv: convSaved, ln: lnSaved, drop: drop, layers: saved))
@@ -326,7 +387,9 @@ extension CvtModel {
         Kernels.nchwToNHWC(pixelValues.unsafePointer, x.unsafePointer, n: b, c: config.numChannels, h: h, w: w)
         var saved: [CvtStage.Saved] = [], tokens = x
         for stage in stages {
-            let (t, s) = try stage.forwardTraining(ctx, x, b: b, h: h, w: w, rates: rates(stage.index))
+            // The head reads only the last stage's CLS token, when it has one.
+            let (t, s) = try stage.forwardTraining(ctx, x, b: b, h: h, w: w, rates: rates(stage.index),
+                                                   clsOnlyInLastLayer: stage.index == stages.count - 1)
             saved.append(s); tokens = t
             h = s.ho; w = s.wo
             if stage.clsToken == nil { x = t } else {
