@@ -205,6 +205,34 @@ int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int
     return 0;
 }
 
+// ---- float32 → bfloat16 (matmul operands in bf16 precision) ----
+
+typedef struct { const float *src; uint16_t *dst; size_t count; } bf16_job;
+
+__attribute__((target("avx2,fma"))) static void bf16_span(const bf16_job *j, size_t b, size_t e) {
+    size_t i = b;
+    for (; i + 8 <= e; i += 8) _mm_storeu_si128((__m128i *)(j->dst + i), bf16_bits(_mm256_loadu_ps(j->src + i)));
+    for (; i < e; i++) j->dst[i] = bf16_bits_scalar(j->src[i]);
+}
+
+static void bf16_thread(void *data, int t, int T) {
+    const bf16_job *j = data;
+    // Whole cache lines per member.
+    size_t lines = (j->count + 15) / 16;
+    size_t b = lines * t / T * 16, e = lines * (t + 1) / T * 16;
+    if (e > j->count) e = j->count;
+    if (b < e) bf16_span(j, b, e);
+}
+
+int ck_to_bf16(const float *src, uint16_t *dst, size_t count) {
+    if (!ck_gemm_supported()) return -1;
+    bf16_job j = {src, dst, count};
+    int threads = threads_for((double)count);
+    if (threads <= 1) bf16_span(&j, 0, count);
+    else ck_parallel(bf16_thread, &j, threads);
+    return 0;
+}
+
 #else
 int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps) {
     (void)src; (void)dst; (void)dst_bf16; (void)rows; (void)cols; (void)weight; (void)bias; (void)eps;
@@ -214,6 +242,10 @@ int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int
                       int kh, int kw, int stride, int pad, int ho, int wo, float *dst, long dst_image) {
     (void)src; (void)src_image; (void)n; (void)h; (void)w; (void)c; (void)taps; (void)bias; (void)kh; (void)kw;
     (void)stride; (void)pad; (void)ho; (void)wo; (void)dst; (void)dst_image;
+    return -1;
+}
+int ck_to_bf16(const float *src, uint16_t *dst, size_t count) {
+    (void)src; (void)dst; (void)count;
     return -1;
 }
 #endif

@@ -390,6 +390,15 @@ public final class Engine: @unchecked Sendable {
     func kernelOperand(_ v: StridedView, scratch: inout [(UnsafeMutableRawPointer, Int)]) throws
         -> (md: dnnl_memory_desc_t, pointer: UnsafeMutableRawPointer) {
         if !needsConversion(v) { return (try md(v.dims, strides: v.strides, type: v.type.dnnl), v.raw) }
+        if !emulatesBFloat16, kernelOperandType == .bfloat16, v.type == .float32, let count = permutedDenseCount(v) {
+            // One linear rounding pass in the same layout (training's float32 activations): far
+            // cheaper than a reorder primitive per call.
+            let bytes = max(1, count) * 2
+            let ptr = BufferPool.shared.take(bytes: bytes)
+            scratch.append((ptr, bytes))
+            Kernels.toBFloat16(v.raw.assumingMemoryBound(to: Float.self), ptr, count: count)
+            return (try md(v.dims, strides: v.strides, type: dnnl_bf16), ptr)
+        }
         if emulatesBFloat16, v.type != .float16, let count = permutedDenseCount(v) {
             // One linear pass, keeping the layout (attention's head views are such permutations).
             let bytes = count * 4

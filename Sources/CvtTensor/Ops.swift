@@ -121,6 +121,7 @@ public enum Kernels {
     /// around every matmul).
     public static func toBFloat16(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
         let d = dst.assumingMemoryBound(to: UInt16.self)
+        if ck_to_bf16(src, d, count) == 0 { return }
         parallelRows(count, cols: 1) { start, n in
             var i = start
             let end = start + n
