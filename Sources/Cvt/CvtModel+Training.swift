@@ -90,8 +90,8 @@ func mergeHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
 extension CvtSelfAttention {
     public struct Saved {
         let b: Int, h: Int, w: Int, tq: Int, tk: Int
-        /// Inputs of the three Linear projections `[B, T', C]` and what their conv projections kept.
-        let tokens: [Tensor]
+        /// What the three Linear projections and their conv projections kept.
+        let linears: [Linear.Saved]
         let projections: [CvtSelfAttentionProjection.Saved]
         /// Head-major `[B, heads, T, d]`.
         let q: Tensor, k: Tensor, v: Tensor
@@ -115,7 +115,7 @@ extension CvtSelfAttention {
             grid = Tensor(uninitialized: [b, h, w, c])
             Kernels.copyRows(n.unsafePointer + c, srcPitch: t * c, grid.unsafePointer, dstPitch: h * w * c, rows: b, cols: h * w * c)
         }
-        var tokens: [Tensor] = [], saved: [CvtSelfAttentionProjection.Saved] = [], outs: [Tensor] = []
+        var linears: [Linear.Saved] = [], saved: [CvtSelfAttentionProjection.Saved] = [], outs: [Tensor] = []
         for (proj, linear) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
                                (convolutionProjectionValue, projectionValue)] {
             let (z, s) = try proj.forwardTraining(grid, b: b, h: h, w: w, c: c)
@@ -135,8 +135,8 @@ extension CvtSelfAttention {
                 Kernels.copyRows(n.unsafePointer, srcPitch: t * c, x.unsafePointer, dstPitch: c, rows: b, cols: c)
             }
             x = try x.reshaped([b, x.count / (b * c), c])
-            tokens.append(x); saved.append(s)
-            outs.append(try linear.forward(engine, x))
+            let (y, ls) = try linear.forward(engine, x)
+            outs.append(y); linears.append(ls); saved.append(s)
         }
         let tq = outs[0].shape[1], tk = outs[1].shape[1], heads = numHeads, d = c / heads
         let q = splitHeads(outs[0], b: b, t: tq, heads: heads, d: d)
@@ -151,7 +151,7 @@ extension CvtSelfAttention {
         let context = Tensor(uninitialized: [b, heads, tq, d])
         try engine.gemm(m: tq, n: d, k: tk, a: dropped.unsafePointer, b: v.unsafePointer, c: context.unsafePointer, batch: b * heads)
         return (mergeHeads(context, b: b, t: tq, heads: heads, d: d),
-                Saved(b: b, h: h, w: w, tq: tq, tk: tk, tokens: tokens, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask, clsQueryOnly: clsQueryOnly))
+                Saved(b: b, h: h, w: w, tq: tq, tk: tk, linears: linears, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask, clsQueryOnly: clsQueryOnly))
     }
 
     /// Context gradient `[B, Tq, C]` → gradient of the normalized tokens `[B, 1? + H·W, C]`.
@@ -181,7 +181,7 @@ extension CvtSelfAttention {
         let dgrid = Tensor(pooledZeros: [b, h, w, c])
         for (i, (proj, linear)) in [(convolutionProjectionQuery, projectionQuery), (convolutionProjectionKey, projectionKey),
                                     (convolutionProjectionValue, projectionValue)].enumerated() {
-            guard let dx = try linear.backward(engine, x: s.tokens[i], dy: grads[i]) else { continue }
+            guard let dx = try linear.backward(engine, s.linears[i], dy: grads[i]) else { continue }
             if i == 0, s.clsQueryOnly {
                 // CLS-only query: its gradient goes to the CLS rows; the conv projection gets none
                 // (zero gradients, as PyTorch's for outputs nothing reads).
@@ -218,9 +218,9 @@ extension CvtSelfAttention {
 
 extension CvtLayer {
     public struct Saved {
-        let ln1: LayerNorm.Saved, attention: CvtSelfAttention.Saved, context: Tensor
+        let ln1: LayerNorm.Saved, attention: CvtSelfAttention.Saved, attentionOutput: Linear.Saved
         let attentionDrop: Tensor?, path1: [Float]?
-        let ln2: LayerNorm.Saved, normed2: Tensor, preActivation: Tensor, activation: Tensor
+        let ln2: LayerNorm.Saved, intermediate: Linear.Saved, preActivation: Tensor, output: Linear.Saved
         let outputDrop: Tensor?, path2: [Float]?
         let clsOnly: Bool
     }
@@ -243,15 +243,14 @@ extension CvtLayer {
             residual = Tensor(uninitialized: [b, 1, c])
             Kernels.copyRows(t.unsafePointer, srcPitch: tokens * c, residual.unsafePointer, dstPitch: c, rows: b, cols: c)
         }
-        var a = try attentionOutput.forward(engine, context)
+        var (a, aoSaved) = try attentionOutput.forward(engine, context)
         let (a1, drop1) = Dropout.forward(ctx, a, p: rates.drop)
         let (a2, path1) = DropPath.forward(ctx, a1, p: rates.dropPath)
         a = a2
         let t1 = adding(a, residual)
         let (m, ln2) = layernormAfter.forward(t1)
-        let pre = try intermediate.forward(engine, m)
-        let act = GELU.forward(pre)
-        let o = try output.forward(engine, act)
+        let (pre, imSaved) = try intermediate.forward(engine, m)
+        let (o, outSaved) = try output.forward(engine, GELU.forward(pre))
         let (o1, drop2) = Dropout.forward(ctx, o, p: rates.drop)
         var (t2, path2) = DropPath.forward(ctx, adding(o1, t1), p: rates.dropPath)
         if clsOnly {
@@ -260,8 +259,8 @@ extension CvtLayer {
             Kernels.copyRows(t2.unsafePointer, srcPitch: c, full.unsafePointer, dstPitch: tokens * c, rows: b, cols: c)
             t2 = full
         }
-        return (t2, Saved(ln1: ln1, attention: attn, context: context, attentionDrop: drop1, path1: path1, ln2: ln2,
-                          normed2: m, preActivation: pre, activation: act, outputDrop: drop2, path2: path2, clsOnly: clsOnly))
+        return (t2, Saved(ln1: ln1, attention: attn, attentionOutput: aoSaved, attentionDrop: drop1, path1: path1, ln2: ln2,
+                          intermediate: imSaved, preActivation: pre, output: outSaved, outputDrop: drop2, path2: path2, clsOnly: clsOnly))
     }
 
     func backward(_ ctx: TrainingContext, _ s: Saved, dy: Tensor) throws -> Tensor {
@@ -276,13 +275,13 @@ extension CvtLayer {
         let g = DropPath.backward(s.path2, dy: dOutput)
         let dt1 = g.pooledCopy()
         let dOut = Dropout.backward(s.outputDrop, dy: g)
-        guard let dAct = try output.backward(engine, x: s.activation, dy: dOut) else { throw CvtInputError("internal: no gradient") }
+        guard let dAct = try output.backward(engine, s.output, dy: dOut) else { throw CvtInputError("internal: no gradient") }
         let dPre = GELU.backward(x: s.preActivation, dy: dAct)
-        guard let dm = try intermediate.backward(engine, x: s.normed2, dy: dPre) else { throw CvtInputError("internal: no gradient") }
+        guard let dm = try intermediate.backward(engine, s.intermediate, dy: dPre) else { throw CvtInputError("internal: no gradient") }
         layernormAfter.backward(s.ln2, dy: dm, into: dt1)
         // t1 = t + path1(dropout(dense(attention(LN1(t)))))
         let da = Dropout.backward(s.attentionDrop, dy: DropPath.backward(s.path1, dy: dt1))
-        guard let dContext = try attentionOutput.backward(engine, x: s.context, dy: da) else { throw CvtInputError("internal: no gradient") }
+        guard let dContext = try attentionOutput.backward(engine, s.attentionOutput, dy: da) else { throw CvtInputError("internal: no gradient") }
         let dn = try attention.backward(ctx, s.attention, dContext: dContext)
         guard s.clsOnly else {
             layernormBefore.backward(s.ln1, dy: dn, into: dt1)
@@ -454,12 +453,17 @@ extension CvtForImageClassification {
             for r in 0..<t { let row = normed.unsafePointer + (i * t + r) * c; for k in 0..<c { dst[k] += row[k] } }
             if t > 1 { for k in 0..<c { dst[k] /= Float(t) } }
         }
-        let logits = try classifier?.forward(context.engine, pooled) ?? pooled
+        let head = try classifier.map { try $0.forward(context.engine, pooled) }
+        let logits = head?.0 ?? pooled
         let (loss, gradient) = try lossFunction?(logits) ?? lossAndGradient(logits: logits, labels: labels)
         guard loss.isFinite else { return TrainingStepOutput(loss: loss, logits: logits) }
         var dLogits = gradient
         if lossScale != 1 { dLogits.makeUnique(); Kernels.scale(dLogits.unsafePointer, count: dLogits.count, by: lossScale) }
-        let dPooled = try classifier?.backward(context.engine, x: pooled, dy: dLogits) ?? dLogits
+        var dPooled = dLogits
+        if let classifier, let saved = head?.1 {
+            guard let d = try classifier.backward(context.engine, saved, dy: dLogits) else { throw CvtInputError("internal: no gradient") }
+            dPooled = d
+        }
         let dNormed = Tensor(uninitialized: [b * t, c])
         for i in 0..<b { for r in 0..<t {
             let dst = dNormed.unsafePointer + (i * t + r) * c, src = dPooled.unsafePointer + i * c

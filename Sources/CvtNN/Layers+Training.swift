@@ -32,11 +32,10 @@ public func gradientStorage(_ grad: inout Tensor, _ shape: [Int]) -> UnsafeMutab
 }
 
 extension Engine {
-    /// `c[m, n] (+)= op(a)·op(b)` on dense row-major buffers, `op` transposing when asked
-    /// (`a` is stored `[k, m]` when `transposeA`, `b` is stored `[n, k]` when `transposeB`).
-    public func gemm(m: Int, n: Int, k: Int, a: UnsafeMutablePointer<Float>, transposeA: Bool = false,
-                     b: UnsafeMutablePointer<Float>, transposeB: Bool = false, c: UnsafeMutablePointer<Float>,
-                     accumulate: Bool = false, bias: UnsafePointer<Float>? = nil, batch: Int = 1,
+    /// `c[m, n] (+)= op(a)·op(b)` on dense row-major buffers of float32 or bfloat16 (`a` is stored
+    /// `[k, m]` when `transposeA`, `b` is stored `[n, k]` when `transposeB`), float32 `c`.
+    public func gemm(m: Int, n: Int, k: Int, a: TypedOperand, transposeA: Bool = false, b: TypedOperand, transposeB: Bool = false,
+                     c: UnsafeMutablePointer<Float>, accumulate: Bool = false, bias: UnsafePointer<Float>? = nil, batch: Int = 1,
                      batchStrides: (a: Int, b: Int, c: Int)? = nil, scale: Float? = nil) throws {
         if m == 0 || n == 0 { return }
         if k == 0 {
@@ -48,20 +47,55 @@ extension Engine {
         if let scale { ops.append(.scale(scale)) }
         if accumulate { ops.append(.accumulate) }
         if batch == 1 {
-            try matmul(src: StridedView(a, dims: [m, k], strides: sa), weights: StridedView(b, dims: [k, n], strides: sb),
+            try matmul(src: StridedView(raw: a.raw, type: a.type, dims: [m, k], strides: sa),
+                       weights: StridedView(raw: b.raw, type: b.type, dims: [k, n], strides: sb),
                        bias: bias, dst: StridedView(dense: c, dims: [m, n]), postOps: ops)
         } else {
             let st = batchStrides ?? (m * k, k * n, m * n)
-            try matmul(src: StridedView(a, dims: [batch, m, k], strides: [st.a] + sa),
-                       weights: StridedView(b, dims: [batch, k, n], strides: [st.b] + sb),
+            try matmul(src: StridedView(raw: a.raw, type: a.type, dims: [batch, m, k], strides: [st.a] + sa),
+                       weights: StridedView(raw: b.raw, type: b.type, dims: [batch, k, n], strides: [st.b] + sb),
                        bias: bias, dst: StridedView(c, dims: [batch, m, n], strides: [st.c, n, 1]), postOps: ops)
         }
     }
+
+    /// The same on float32 buffers.
+    public func gemm(m: Int, n: Int, k: Int, a: UnsafeMutablePointer<Float>, transposeA: Bool = false,
+                     b: UnsafeMutablePointer<Float>, transposeB: Bool = false, c: UnsafeMutablePointer<Float>,
+                     accumulate: Bool = false, bias: UnsafePointer<Float>? = nil, batch: Int = 1,
+                     batchStrides: (a: Int, b: Int, c: Int)? = nil, scale: Float? = nil) throws {
+        try gemm(m: m, n: n, k: k, a: TypedOperand(a), transposeA: transposeA, b: TypedOperand(b), transposeB: transposeB,
+                 c: c, accumulate: accumulate, bias: bias, batch: batch, batchStrides: batchStrides, scale: scale)
+    }
+
+    /// `x` as this engine's matmuls take it: itself in float32 precision; in bfloat16 precision a
+    /// bfloat16 copy, rounded once, which the forward and backward matmuls then share (and which
+    /// halves what a layer keeps for its backward, as PyTorch's autocast keeps bf16 inputs).
+    public func matmulOperand(_ x: Tensor) -> TypedBuffer {
+        guard precision == .bfloat16 else { return TypedBuffer(x) }
+        let b = TypedBuffer(type: .bfloat16, count: x.count)
+        Kernels.toBFloat16(x.unsafePointer, b.raw, count: x.count)
+        return b
+    }
+}
+
+/// A dense matmul operand: a pointer and its element type.
+public struct TypedOperand {
+    public let raw: UnsafeMutableRawPointer
+    public let type: ElementType
+    public init(_ p: UnsafeMutablePointer<Float>) { raw = UnsafeMutableRawPointer(p); type = .float32 }
+    public init(_ b: TypedBuffer) { raw = b.raw; type = b.type }
 }
 
 // MARK: - Linear
 
 extension Linear {
+    /// What the backward needs: the input and the weight as the matmuls read them (bfloat16
+    /// copies in bf16 precision).
+    public struct Saved {
+        let x: TypedBuffer, w: TypedBuffer
+        let shape: [Int]
+    }
+
     /// The float32 `[out, in]` weight, unpacked and widened if inference had packed or compacted it.
     public func trainableWeight() throws -> Tensor {
         if weightStorage != .float32 || isPacked { try storeWeight(as: .float32) }
@@ -69,26 +103,26 @@ extension Linear {
     }
 
     /// `y[rows, out] = x[rows, in]·Wᵀ + b` (`x` is any shape ending in `in`).
-    public func forward(_ engine: Engine, _ x: Tensor) throws -> Tensor {
-        let w = try trainableWeight()
+    public func forward(_ engine: Engine, _ x: Tensor) throws -> (Tensor, Saved) {
+        let w = engine.matmulOperand(try trainableWeight()), xs = engine.matmulOperand(x)
         let rows = x.count / inFeatures
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
-        try engine.gemm(m: rows, n: outFeatures, k: inFeatures, a: x.unsafePointer, b: w.unsafePointer, transposeB: true,
+        try engine.gemm(m: rows, n: outFeatures, k: inFeatures, a: TypedOperand(xs), b: TypedOperand(w), transposeB: true,
                         c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) })
-        return y
+        return (y, Saved(x: xs, w: w, shape: x.shape))
     }
 
     /// `dW += dyᵀ·x`, `db += Σ_rows dy`; returns `dx = dy·W` unless `inputGradient` is false.
-    public func backward(_ engine: Engine, x: Tensor, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
-        let w = try trainableWeight()
-        let rows = x.count / inFeatures
+    public func backward(_ engine: Engine, _ s: Saved, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
+        let rows = s.x.count / inFeatures
+        let g = engine.matmulOperand(dy)
         let dw = gradientStorage(&weightGrad, [outFeatures, inFeatures])
-        try engine.gemm(m: outFeatures, n: inFeatures, k: rows, a: dy.unsafePointer, transposeA: true, b: x.unsafePointer,
+        try engine.gemm(m: outFeatures, n: inFeatures, k: rows, a: TypedOperand(g), transposeA: true, b: TypedOperand(s.x),
                         c: dw, accumulate: true)
         if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outFeatures, into: gradientStorage(&biasGrad, [outFeatures])) }
         guard inputGradient else { return nil }
-        let dx = Tensor(uninitialized: x.shape)
-        try engine.gemm(m: rows, n: inFeatures, k: outFeatures, a: dy.unsafePointer, b: w.unsafePointer, c: dx.unsafePointer)
+        let dx = Tensor(uninitialized: s.shape)
+        try engine.gemm(m: rows, n: inFeatures, k: outFeatures, a: TypedOperand(g), b: TypedOperand(s.w), c: dx.unsafePointer)
         return dx
     }
 }
@@ -97,8 +131,8 @@ extension Linear {
 
 extension Conv2d {
     public struct Saved {
-        /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order.
-        let columns: Tensor
+        /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order, as the matmuls read them.
+        let columns: TypedBuffer
         let n: Int, h: Int, w: Int, ho: Int, wo: Int
     }
 
@@ -116,13 +150,14 @@ extension Conv2d {
     public func forward(_ engine: Engine, _ x: Tensor, n: Int, h: Int, w: Int) throws -> (Tensor, Saved) {
         precondition(groups == 1, "Conv2d.forward trains dense convolutions; depthwise ones go through depthwiseForward")
         let ho = outputSize(h), wo = outputSize(w), patch = kernel * kernel * inChannels
-        let columns = Tensor(uninitialized: [n * ho * wo, patch])
+        let patches = Tensor(uninitialized: [n * ho * wo, patch])
         Kernels.im2colNHWC(x.unsafePointer, n: n, h: h, w: w, c: inChannels, kernel: kernel, stride: stride, padding: padding,
-                           ho: ho, wo: wo, columns.unsafePointer)
+                           ho: ho, wo: wo, patches.unsafePointer)
+        let columns = engine.matmulOperand(patches)
         let y = Tensor(uninitialized: [n, ho, wo, outChannels])
-        let wp = patchOrderWeight()
-        try withExtendedLifetime(wp) { try engine.gemm(m: n * ho * wo, n: outChannels, k: patch, a: columns.unsafePointer, b: wp.unsafePointer, transposeB: true,
-                        c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) }) }
+        let wp = engine.matmulOperand(patchOrderWeight())
+        try engine.gemm(m: n * ho * wo, n: outChannels, k: patch, a: TypedOperand(columns), b: TypedOperand(wp), transposeB: true,
+                        c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) })
         return (y, Saved(columns: columns, n: n, h: h, w: w, ho: ho, wo: wo))
     }
 
@@ -130,18 +165,16 @@ extension Conv2d {
     /// `inputGradient` is false (the pixels need none).
     public func backward(_ engine: Engine, _ s: Saved, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
         let rows = s.n * s.ho * s.wo, kk = kernel * kernel, patch = kk * inChannels
-        let dwp = Tensor(uninitialized: [outChannels, patch])
-        try engine.gemm(m: outChannels, n: patch, k: rows, a: dy.unsafePointer, transposeA: true, b: s.columns.unsafePointer,
+        let dwp = Tensor(uninitialized: [outChannels, patch]), g = engine.matmulOperand(dy)
+        try engine.gemm(m: outChannels, n: patch, k: rows, a: TypedOperand(g), transposeA: true, b: TypedOperand(s.columns),
                         c: dwp.unsafePointer)
         let dw = gradientStorage(&weightGrad, weight.shape)
         let src = dwp.unsafePointer, cin = inChannels
         for o in 0..<outChannels { for ci in 0..<cin { for p in 0..<kk { dw[(o * cin + ci) * kk + p] += src[(o * kk + p) * cin + ci] } } }
         if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outChannels, into: gradientStorage(&biasGrad, [outChannels])) }
         guard inputGradient else { return nil }
-        let dcols = Tensor(uninitialized: [rows, patch]), wp = patchOrderWeight()
-        try withExtendedLifetime(wp) {
-            try engine.gemm(m: rows, n: patch, k: outChannels, a: dy.unsafePointer, b: wp.unsafePointer, c: dcols.unsafePointer)
-        }
+        let dcols = Tensor(uninitialized: [rows, patch]), wp = engine.matmulOperand(patchOrderWeight())
+        try engine.gemm(m: rows, n: patch, k: outChannels, a: TypedOperand(g), b: TypedOperand(wp), c: dcols.unsafePointer)
         let dx = Tensor(uninitialized: [s.n, s.h, s.w, inChannels])
         Kernels.col2imNHWC(dcols.unsafePointer, n: s.n, h: s.h, w: s.w, c: inChannels, kernel: kernel, stride: stride,
                            padding: padding, ho: s.ho, wo: s.wo, dx.unsafePointer)

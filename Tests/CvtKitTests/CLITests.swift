@@ -10,21 +10,7 @@ final class CLITests: XCTestCase {
     }
 
     func run(_ args: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
-        let exe = Self.executable
-        guard FileManager.default.isExecutableFile(atPath: exe.path) else {
-            struct MissingExecutable: Error, CustomStringConvertible { let description: String }
-            throw MissingExecutable(description: "the cvt executable is not at \(exe.path); `swift test` builds it")
-        }
-        let p = Process()
-        p.executableURL = exe
-        p.arguments = args
-        if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        try runCvt(args, environment: environment)
     }
 
     func testForwardWritesTransformersOutputs() throws {
@@ -184,4 +170,23 @@ final class CLITests: XCTestCase {
         let pixels = try SafetensorsFile(url: output).tensor("pixel_values")
         XCTAssertEqual(pixels.shape, [2, 3, 64, 64])
     }
+}
+
+/// Runs the built `cvt` executable with `args`.
+func runCvt(_ args: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+    let exe = CLITests.executable
+    guard FileManager.default.isExecutableFile(atPath: exe.path) else {
+        struct MissingExecutable: Error, CustomStringConvertible { let description: String }
+        throw MissingExecutable(description: "the cvt executable is not at \(exe.path); `swift test` builds it")
+    }
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out; p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
 }

@@ -4,14 +4,15 @@ import Foundation
 public enum TrainingError: Error, CustomStringConvertible, LocalizedError {
     /// The loss or the gradient norm of optimizer step `step` (1-based) is not finite. The
     /// model holds the weights and BatchNorm statistics from before that step.
-    case nonFinite(step: Int, what: String, value: Double)
+    case nonFinite(step: Int, what: String, value: Double?)
     case invalidArguments(String)
     case outputNotWritable(path: String, reason: String)
 
     public var description: String {
         switch self {
         case let .nonFinite(step, what, value):
-            return "the \(what) became \(value) at optimizer step \(step); training stopped, the model keeps the weights from before that step (lower the learning rate or check the data)"
+            let got = value.map { " (\($0))" } ?? ""
+            return "the \(what) is not finite\(got) at optimizer step \(step); training stopped, the model keeps the weights from before that step (lower the learning rate or check the data)"
         case let .invalidArguments(m): return m
         case let .outputNotWritable(path, reason): return "\(path): the output folder cannot be written (\(reason))"
         }
@@ -145,13 +146,27 @@ public final class Trainer {
             throw TrainingError.nonFinite(step: stepNumber, what: "gradient norm", value: gradNorm)
         }
         let lr = scheduler.learningRate(atStep: globalStep)
+        // An update can overflow (a huge learning rate): keep the weights to fall back to.
+        snapshot.mode = .save
+        try model.visitParameters(snapshot, prefix: "")
         try optimizer.step(model, learningRate: lr)
+        snapshot.mode = .check
+        try model.visitParameters(snapshot, prefix: "")
+        if let bad = snapshot.nonFinite {
+            snapshot.mode = .restore
+            try model.visitParameters(snapshot, prefix: "")
+            model.parametersDidChange()
+            restoreBatchNormState(saved)
+            throw TrainingError.nonFinite(step: stepNumber, what: "AdamW update of \(bad)", value: nil)
+        }
         try model.visitParameters(GradientZeroer(), prefix: "")
         globalStep += 1
         let entry = TrainingLogEntry(loss: loss, gradNorm: gradNorm, learningRate: lr, epoch: 0, step: globalStep)
         logHistory.append(entry)
         return entry
     }
+
+    let snapshot = ParameterSnapshot()
 
     /// BatchNorm running statistics and counters, to undo a failed step's forward passes.
     func batchNormState() -> [(Tensor, Tensor, Int)] {
@@ -186,6 +201,30 @@ public final class Trainer {
             try FileManager.default.removeItem(at: probe)
         } catch {
             throw TrainingError.outputNotWritable(path: url.path, reason: (error as NSError).localizedDescription)
+        }
+    }
+}
+
+/// Copies of the trainable parameters in storage of their own (allocated once), to undo an update
+/// that left a parameter non-finite; `check` finds such a parameter.
+final class ParameterSnapshot: ParameterVisitor {
+    enum Mode { case save, check, restore }
+    var mode = Mode.save
+    private var copies: [String: Tensor] = [:]
+    private(set) var nonFinite: String?
+
+    func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {}
+    func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
+        switch mode {
+        case .save:
+            nonFinite = nil
+            if copies[key]?.shape != tensor.shape { copies[key] = Tensor(zeros: tensor.shape) }
+            copies[key]!.withUnsafeMutableBufferPointer { dst in tensor.withUnsafeBufferPointer { dst.update(from: $0) } }
+        case .check:
+            if nonFinite == nil, !Kernels.sumOfSquares(tensor.unsafePointer, count: tensor.count).isFinite { nonFinite = key }
+        case .restore:
+            guard let copy = copies[key] else { return }
+            tensor.withUnsafeMutableBufferPointer { dst in copy.withUnsafeBufferPointer { dst.update(from: $0) } }
         }
     }
 }
