@@ -107,8 +107,9 @@ struct Train: ParsableCommand {
                              e.loss, e.gradNorm, e.learningRate, e.epoch, e.step))
             }
         } catch let e as TrainingError {
+            guard case let .nonFinite(_, _, _, restored) = e else { throw e }
             try trainer.save(to: out)
-            FileHandle.standardError.write(Data("error: \(e.description); saved the model after \(trainer.globalStep) steps to \(out.path)\n".utf8))
+            FileHandle.standardError.write(Data("error: \(e.description); saved that model (after \(restored) steps) to \(out.path)\n".utf8))
             throw ExitCode.failure
         }
         try trainer.save(to: out)

@@ -70,3 +70,34 @@ final class TrainerParityTests: XCTestCase {
     func testCosineWarmupRatioLabelSmoothing() throws { try runCase("cosine_ratio_smoothing") }
     func testConstantWithWarmupMultiLabel() throws { try runCase("constant_warmup_multilabel") }
 }
+
+/// What the trainer does when a run diverges.
+final class TrainerDivergenceTests: XCTestCase {
+    /// A weight that became NaN after step 1 (as a diverging update leaves it) makes step 2's loss
+    /// NaN: the step is refused, naming it, and the model gets back the weights whose loss was
+    /// finite (from before step 1's update), with step 2's BatchNorm updates undone.
+    func testNonFiniteLossRestoresTheLastGoodWeights() throws {
+        let dir = fixturesRoot.appendingPathComponent("training/trainer/adamw_constant")
+        let model = try CvtForImageClassification(pretrained: dir)
+        let data = try TrainingTensors(url: dir.appendingPathComponent("data.safetensors"))
+        let initial = try model.stateDict().tensors
+        var args = TrainingArguments()
+        args.maxSteps = 3; args.perDeviceTrainBatchSize = 4; args.learningRate = 1e-3
+        let trainer = try Trainer(model: model, args: args, trainData: data, shuffle: false)
+        let batch = try data.batch([0, 1, 2, 3])
+        try trainer.step([batch])
+        let counters = model.namedBatchNorms.map { $0.module.numBatchesTracked }
+        model.classifier!.weight[flat: 0] = .nan
+        XCTAssertThrowsError(try trainer.step([batch])) { error in
+            let message = "\(error)"
+            XCTAssertTrue(message.contains("loss is not finite") && message.contains("optimizer step 2") && message.contains("after step 0"), message)
+        }
+        XCTAssertEqual(trainer.globalStep, 0)
+        XCTAssertTrue(trainer.logHistory.isEmpty)
+        let state = try model.stateDict().tensors
+        for key in ["classifier.weight", "cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight"] {
+            XCTAssertEqual(state[key]?.scalars, initial[key]?.scalars, key)
+        }
+        XCTAssertEqual(model.namedBatchNorms.map { $0.module.numBatchesTracked }, counters)
+    }
+}

@@ -2,17 +2,17 @@ import Foundation
 
 /// A training run that cannot go on, with what the user needs to act on it.
 public enum TrainingError: Error, CustomStringConvertible, LocalizedError {
-    /// The loss or the gradient norm of optimizer step `step` (1-based) is not finite. The
-    /// model holds the weights and BatchNorm statistics from before that step.
-    case nonFinite(step: Int, what: String, value: Double?)
+    /// The loss, gradient norm or update of optimizer step `step` (1-based) is not finite. The
+    /// model holds the weights after `restoredStep` steps (the last whose loss was finite).
+    case nonFinite(step: Int, what: String, value: Double?, restoredStep: Int)
     case invalidArguments(String)
     case outputNotWritable(path: String, reason: String)
 
     public var description: String {
         switch self {
-        case let .nonFinite(step, what, value):
+        case let .nonFinite(step, what, value, restored):
             let got = value.map { " (\($0))" } ?? ""
-            return "the \(what) is not finite\(got) at optimizer step \(step); training stopped, the model keeps the weights from before that step (lower the learning rate or check the data)"
+            return "the \(what) is not finite\(got) at optimizer step \(step); training stopped, the model keeps the weights after step \(restored), the last with a finite loss (lower the learning rate or check the data)"
         case let .invalidArguments(m): return m
         case let .outputNotWritable(path, reason): return "\(path): the output folder cannot be written (\(reason))"
         }
@@ -134,17 +134,11 @@ public final class Trainer {
                 }
             }
             let out = try model.forwardBackward(x, labels: y, context: context, lossFunction: lossFunction)
-            guard out.loss.isFinite else {
-                restoreBatchNormState(saved)
-                throw TrainingError.nonFinite(step: stepNumber, what: "loss", value: Double(out.loss))
-            }
+            guard out.loss.isFinite else { throw rollBack(saved, step: stepNumber, what: "loss", value: Double(out.loss)) }
             loss += Double(out.loss)
         }
         let gradNorm = try clipGradNorm(model, maxNorm: args.maxGradNorm > 0 ? args.maxGradNorm : .infinity)
-        guard gradNorm.isFinite else {
-            restoreBatchNormState(saved)
-            throw TrainingError.nonFinite(step: stepNumber, what: "gradient norm", value: gradNorm)
-        }
+        guard gradNorm.isFinite else { throw rollBack(saved, step: stepNumber, what: "gradient norm", value: gradNorm) }
         let lr = scheduler.learningRate(atStep: globalStep)
         // An update can overflow (a huge learning rate): keep the weights to fall back to.
         snapshot.mode = .save
@@ -157,7 +151,7 @@ public final class Trainer {
             try model.visitParameters(snapshot, prefix: "")
             model.parametersDidChange()
             restoreBatchNormState(saved)
-            throw TrainingError.nonFinite(step: stepNumber, what: "AdamW update of \(bad)", value: nil)
+            throw TrainingError.nonFinite(step: stepNumber, what: "AdamW update of \(bad)", value: nil, restoredStep: stepNumber - 1)
         }
         try model.visitParameters(GradientZeroer(), prefix: "")
         globalStep += 1
@@ -167,6 +161,22 @@ public final class Trainer {
     }
 
     let snapshot = ParameterSnapshot()
+
+    /// Undoes a step whose loss or gradient norm is not finite: the weights that produced it are
+    /// the previous update's result, so the weights from before that update (the last ones with a
+    /// finite loss) come back, with the BatchNorm statistics of before this step.
+    func rollBack(_ bn: [(Tensor, Tensor, Int)], step: Int, what: String, value: Double) -> Error {
+        restoreBatchNormState(bn)
+        guard globalStep > 0, snapshot.holdsCopies else {
+            return TrainingError.nonFinite(step: step, what: what, value: value, restoredStep: globalStep)
+        }
+        snapshot.mode = .restore
+        do { try model.visitParameters(snapshot, prefix: "") } catch { return error }
+        model.parametersDidChange()
+        globalStep -= 1
+        logHistory.removeLast()
+        return TrainingError.nonFinite(step: step, what: what, value: value, restoredStep: globalStep)
+    }
 
     /// BatchNorm running statistics and counters, to undo a failed step's forward passes.
     func batchNormState() -> [(Tensor, Tensor, Int)] {
@@ -212,6 +222,8 @@ final class ParameterSnapshot: ParameterVisitor {
     var mode = Mode.save
     private var copies: [String: Tensor] = [:]
     private(set) var nonFinite: String?
+    /// Whether a `save` happened (a restore then gives those weights back).
+    var holdsCopies: Bool { !copies.isEmpty }
 
     func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {}
     func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
