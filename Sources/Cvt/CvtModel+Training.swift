@@ -93,11 +93,13 @@ extension CvtSelfAttention {
         /// What the three Linear projections and their conv projections kept.
         let linears: [Linear.Saved]
         let projections: [CvtSelfAttentionProjection.Saved]
-        /// Head-major `[B, heads, T, d]`.
-        let q: Tensor, k: Tensor, v: Tensor
-        /// Softmax output `[B, heads, Tq, Tk]`, and the attention-dropout mask (scaled) if any.
-        let probs: Tensor
+        /// Head-major `[B, heads, T, d]`, as the matmuls read them.
+        let q: TypedBuffer, k: TypedBuffer, v: TypedBuffer
+        /// Softmax output `[B, heads, Tq, Tk]` (bfloat16 in bf16 precision, as autocast keeps it),
+        /// the attention-dropout mask (scaled) if any, and the probabilities P·V read.
+        let probs: TypedBuffer
         let dropMask: Tensor?
+        let dropped: TypedBuffer
         /// Only the CLS token's query ran (`forwardTraining(clsQueryOnly:)`).
         let clsQueryOnly: Bool
     }
@@ -139,40 +141,52 @@ extension CvtSelfAttention {
             outs.append(y); linears.append(ls); saved.append(s)
         }
         let tq = outs[0].shape[1], tk = outs[1].shape[1], heads = numHeads, d = c / heads
-        let q = splitHeads(outs[0], b: b, t: tq, heads: heads, d: d)
-        let k = splitHeads(outs[1], b: b, t: tk, heads: heads, d: d)
-        let v = splitHeads(outs[2], b: b, t: tk, heads: heads, d: d)
+        let q = engine.matmulOperand(splitHeads(outs[0], b: b, t: tq, heads: heads, d: d))
+        let k = engine.matmulOperand(splitHeads(outs[1], b: b, t: tk, heads: heads, d: d))
+        let v = engine.matmulOperand(splitHeads(outs[2], b: b, t: tk, heads: heads, d: d))
         // scores = (Q·Kᵀ)·scale per image and head; softmax over the keys.
-        let probs = Tensor(uninitialized: [b, heads, tq, tk])
-        try engine.gemm(m: tq, n: tk, k: d, a: q.unsafePointer, b: k.unsafePointer, transposeB: true, c: probs.unsafePointer,
+        let scores = Tensor(uninitialized: [b, heads, tq, tk])
+        try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(q), b: TypedOperand(k), transposeB: true, c: scores.unsafePointer,
                         batch: b * heads, scale: scale)
-        Kernels.softmaxForward(probs.unsafePointer, probs.unsafePointer, rows: b * heads * tq, cols: tk)
-        let (dropped, mask) = Dropout.forward(ctx, probs, p: attentionDropRate)
+        Kernels.softmaxForward(scores.unsafePointer, scores.unsafePointer, rows: b * heads * tq, cols: tk)
+        let (dropped, mask) = Dropout.forward(ctx, scores, p: attentionDropRate)
+        let probs = engine.matmulOperand(scores), droppedOperand = mask == nil ? probs : engine.matmulOperand(dropped)
         let context = Tensor(uninitialized: [b, heads, tq, d])
-        try engine.gemm(m: tq, n: d, k: tk, a: dropped.unsafePointer, b: v.unsafePointer, c: context.unsafePointer, batch: b * heads)
+        try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(droppedOperand), b: TypedOperand(v), c: context.unsafePointer, batch: b * heads)
         return (mergeHeads(context, b: b, t: tq, heads: heads, d: d),
-                Saved(b: b, h: h, w: w, tq: tq, tk: tk, linears: linears, projections: saved, q: q, k: k, v: v, probs: probs, dropMask: mask, clsQueryOnly: clsQueryOnly))
+                Saved(b: b, h: h, w: w, tq: tq, tk: tk, linears: linears, projections: saved, q: q, k: k, v: v, probs: probs,
+                      dropMask: mask, dropped: droppedOperand, clsQueryOnly: clsQueryOnly))
     }
 
     /// Context gradient `[B, Tq, C]` → gradient of the normalized tokens `[B, 1? + H·W, C]`.
     func backward(_ ctx: TrainingContext, _ s: Saved, dContext: Tensor) throws -> Tensor {
         let engine = ctx.engine, c = dim, heads = numHeads, d = c / heads, b = s.b, tq = s.tq, tk = s.tk
-        let dctx = splitHeads(dContext, b: b, t: tq, heads: heads, d: d)
-        let dropped = s.dropMask.map { Dropout.multiply(s.probs, $0) } ?? s.probs
+        let dctx = engine.matmulOperand(splitHeads(dContext, b: b, t: tq, heads: heads, d: d))
         // ctx = P·V: dP = dctx·Vᵀ, dV = Pᵀ·dctx.
         var dp = Tensor(uninitialized: [b, heads, tq, tk])
-        try engine.gemm(m: tq, n: tk, k: d, a: dctx.unsafePointer, b: s.v.unsafePointer, transposeB: true, c: dp.unsafePointer, batch: b * heads)
+        try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(dctx), b: TypedOperand(s.v), transposeB: true, c: dp.unsafePointer, batch: b * heads)
         let dv = Tensor(uninitialized: [b, heads, tk, d])
-        try engine.gemm(m: tk, n: d, k: tq, a: dropped.unsafePointer, transposeA: true, b: dctx.unsafePointer, c: dv.unsafePointer,
+        try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(s.dropped), transposeA: true, b: TypedOperand(dctx), c: dv.unsafePointer,
                         batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
         dp = Dropout.backward(s.dropMask, dy: dp)
         // Softmax and the scale: dS = scale·P·(dP − Σ P·dP).
         dp.makeUnique()
-        Kernels.softmaxBackward(p: s.probs.unsafePointer, dp: dp.unsafePointer, ds: dp.unsafePointer, rows: b * heads * tq, cols: tk, scale: scale)
+        // bf16 probabilities are widened (exactly) for the softmax backward.
+        var widened: Tensor?
+        if s.probs.type != .float32 {
+            let t = Tensor(uninitialized: [s.probs.count])
+            Kernels.fromBFloat16(s.probs.raw, t.unsafePointer, count: s.probs.count)
+            widened = t
+        }
+        let p = widened?.unsafePointer ?? s.probs.raw.assumingMemoryBound(to: Float.self)
+        withExtendedLifetime(widened) {
+            Kernels.softmaxBackward(p: p, dp: dp.unsafePointer, ds: dp.unsafePointer, rows: b * heads * tq, cols: tk, scale: scale)
+        }
+        let ds = engine.matmulOperand(dp)
         let dq = Tensor(uninitialized: [b, heads, tq, d]), dk = Tensor(uninitialized: [b, heads, tk, d])
-        try engine.gemm(m: tq, n: d, k: tk, a: dp.unsafePointer, b: s.k.unsafePointer, c: dq.unsafePointer, batch: b * heads,
+        try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(ds), b: TypedOperand(s.k), c: dq.unsafePointer, batch: b * heads,
                         batchStrides: (tq * tk, tk * d, tq * d))
-        try engine.gemm(m: tk, n: d, k: tq, a: dp.unsafePointer, transposeA: true, b: s.q.unsafePointer, c: dk.unsafePointer,
+        try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(ds), transposeA: true, b: TypedOperand(s.q), c: dk.unsafePointer,
                         batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
         let grads = [mergeHeads(dq, b: b, t: tq, heads: heads, d: d), mergeHeads(dk, b: b, t: tk, heads: heads, d: d),
                      mergeHeads(dv, b: b, t: tk, heads: heads, d: d)]

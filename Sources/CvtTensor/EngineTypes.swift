@@ -109,7 +109,8 @@ public final class ConstantWeights: @unchecked Sendable {
     /// Keeps the viewed storage alive as long as these weights are in use.
     private let owner: Any?
     public init(_ view: StridedView, owner: Any? = nil) { self.view = view; self.owner = owner }
-    deinit { for c in converted.values { RawMemory.free(c.pointer, bytes: c.bytes) } }
+    // The converted copies come from `BufferPool.take` (kept instead of given back).
+    deinit { for c in converted.values { BufferPool.shared.release(c.pointer, bytes: c.bytes) } }
 }
 
 /// Matmul weights `[K, N]` held in the blocked layout oneDNN's matmul kernels read directly

@@ -89,9 +89,20 @@ public final class BufferPool: @unchecked Sendable {
     private var pooledBytes = 0
     private let lock = NSLock()
 
-    /// A buffer of `bytes` (free it with `give`, or with `RawMemory.free`).
-    func take(bytes: Int) -> UnsafeMutableRawPointer {
-        if bytes >= minimumBytes {
+    /// The size a pooled request of `bytes` is served with: rounded up to one of eight sizes per
+    /// power of two (at most 12.5% more), so that buffers of nearby sizes (a training step has
+    /// hundreds of distinct ones) are reused for each other instead of each size keeping its own.
+    static func sizeClass(_ bytes: Int) -> Int {
+        guard bytes > 4096 else { return bytes }
+        let top = Int.bitWidth - 1 - bytes.leadingZeroBitCount  // 2^top ≤ bytes
+        let step = 1 << (top - 3)
+        return (bytes + step - 1) / step * step
+    }
+
+    /// A buffer of at least `bytes` (free it with `give(_:bytes:)` and the same `bytes`).
+    func take(bytes requested: Int) -> UnsafeMutableRawPointer {
+        if requested >= minimumBytes {
+            let bytes = Self.sizeClass(requested)
             lock.lock()
             if let p = free[bytes]?.popLast() {
                 pooledBytes -= bytes
@@ -99,11 +110,13 @@ public final class BufferPool: @unchecked Sendable {
                 return p
             }
             lock.unlock()
+            return RawMemory.allocate(bytes: bytes).pointer
         }
-        return RawMemory.allocate(bytes: bytes).pointer
+        return RawMemory.allocate(bytes: requested).pointer
     }
 
-    func give(_ p: UnsafeMutableRawPointer, bytes: Int) {
+    func give(_ p: UnsafeMutableRawPointer, bytes requested: Int) {
+        let bytes = requested >= minimumBytes ? Self.sizeClass(requested) : requested
         if bytes >= minimumBytes {
             lock.lock()
             if pooledBytes + bytes <= capacityBytes {
@@ -115,6 +128,11 @@ public final class BufferPool: @unchecked Sendable {
             lock.unlock()
         }
         RawMemory.free(p, bytes: bytes)
+    }
+
+    /// Frees a buffer from `take(bytes:)` for good (with the same `bytes`), bypassing the pool.
+    func release(_ p: UnsafeMutableRawPointer, bytes requested: Int) {
+        RawMemory.free(p, bytes: requested >= minimumBytes ? Self.sizeClass(requested) : requested)
     }
 
     /// Bytes currently held for reuse.

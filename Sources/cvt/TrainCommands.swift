@@ -99,6 +99,9 @@ struct Train: ParsableCommand {
         let data = try TrainingTensors(url: URL(fileURLWithPath: trainData))
         try data.validate(for: classifier.config, source: trainData)
         let trainer = try Trainer(model: classifier, args: args, trainData: data, shuffle: !noShuffle)
+        if let mb = ProcessInfo.processInfo.environment["CVT_TRAIN_POOL_MB"].flatMap({ Int($0) }), mb >= 0 {
+            BufferPool.shared.capacityBytes = mb << 20
+        }
         print("training \(model) on \(data.count) examples: \(trainer.totalSteps) optimizer steps of \(gradientAccumulationSteps) × \(perDeviceTrainBatchSize) images, \(dtype), \(engine.threads) threads")
         let start = Date()
         do {

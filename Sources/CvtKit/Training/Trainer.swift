@@ -69,7 +69,9 @@ public final class Trainer {
         guard totalSteps > 0 else { throw TrainingError.invalidArguments("the run has no optimizer steps (max_steps \(args.maxSteps), num_train_epochs \(args.numTrainEpochs))") }
         optimizer = try AdamW(model: model, arguments: args)
         scheduler = LRScheduler(arguments: args, numTrainingSteps: totalSteps)
-        // Activations of a step are freed together and needed again next step: keep them pooled.
+        // Activations of a step are freed together and needed again next step: keep them pooled
+        // (fresh mappings cost a page fault per 4 KiB, every step). This holds up to a step's
+        // activations for reuse; a smaller `BufferPool.shared.capacityBytes` trades speed for memory.
         BufferPool.shared.capacityBytes = max(BufferPool.shared.capacityBytes, 64 << 30)
     }
 
