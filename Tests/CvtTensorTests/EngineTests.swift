@@ -372,10 +372,18 @@ final class BFloat16KernelTests: XCTestCase {
             first = t.unsafePointer
             XCTAssertEqual(pool.pooledByteCount, before)
         }
-        XCTAssertEqual(pool.pooledByteCount, before + count * 4, "a freed large buffer is kept")
+        // Kept at its size class: 1 MB + 12 bytes rounds up to the next eighth of 1 MB.
+        XCTAssertEqual(pool.pooledByteCount, before + (1 << 20) + (1 << 17), "a freed large buffer is kept")
         let again = Tensor(uninitialized: [count])
         XCTAssertEqual(again.unsafePointer, first, "a freed buffer of the same size is handed out again")
         XCTAssertEqual(pool.pooledByteCount, before)
+        do {
+            // A slightly larger request of the same class reuses it too.
+            let t = Tensor(uninitialized: [count])
+            first = t.unsafePointer
+        }
+        let larger = Tensor(uninitialized: [count + 1000])
+        XCTAssertEqual(larger.unsafePointer, first, "a request in the same size class reuses the buffer")
         let zeros = Tensor(zeros: [count])
         XCTAssertEqual(zeros.scalars.max(), 0, "reused storage is still initialized when asked")
     }
