@@ -25,11 +25,7 @@ public func clipGradNorm(_ model: Module, maxNorm: Double) throws -> Double {
     var sumOfSquares = 0.0, any = false
     try model.visitParameters(GradientVisitor { _, g in
         any = true
-        sumOfSquares += g.withUnsafeBufferPointer { b in
-            var s = 0.0
-            for x in b { let d = Double(x); s += d * d }
-            return s
-        }
+        sumOfSquares += Kernels.sumOfSquares(g.unsafePointer, count: g.count)
     }, prefix: "")
     // No gradients: torch returns 0 and scales nothing.
     guard any else { return 0 }
@@ -54,8 +50,7 @@ public func zeroGradients(_ model: Module) throws {
 /// Multiplies every gradient by `factor` in float32 (`torch._foreach_mul_`).
 public func scaleGradients(_ model: Module, by factor: Float) throws {
     try model.visitParameters(GradientVisitor { _, g in
-        g.withUnsafeMutableBufferPointer { b in
-            for i in b.indices { b[i] = b[i] * factor }
-        }
+        g.makeUnique()
+        Kernels.scale(g.unsafePointer, count: g.count, by: factor)
     }, prefix: "")
 }

@@ -155,7 +155,6 @@ public final class Trainer {
             restoreBatchNormState(saved)
             throw TrainingError.nonFinite(step: stepNumber, what: "AdamW update of \(bad)", value: nil, restoredStep: stepNumber - 1)
         }
-        try model.visitParameters(GradientZeroer(), prefix: "")
         globalStep += 1
         let entry = TrainingLogEntry(loss: loss, gradNorm: gradNorm, learningRate: lr, epoch: 0, step: globalStep)
         logHistory.append(entry)
