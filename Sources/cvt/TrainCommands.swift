@@ -10,6 +10,16 @@ func trainableModel(_ reference: String, engine: Engine, seed: UInt64) throws ->
     return try CvtForImageClassification(pretrained: reference, engine: engine, progress: TerminalProgressBar()?.callback)
 }
 
+/// The source checkpoint's `preprocessor_config.json`, next to the trained weights (so the output
+/// classifies images as the source did); nothing for a preset.
+func copyPreprocessorConfig(from reference: String, to out: URL) throws {
+    guard CvtConfig.preset(named: reference) == nil || FileManager.default.fileExists(atPath: reference) else { return }
+    let source = CheckpointFolder(try ModelResolver.resolve(reference)).preprocessorURL
+    guard FileManager.default.fileExists(atPath: source.path) else { return }
+    let data = try Data(contentsOf: source)
+    try data.write(to: out.appendingPathComponent("preprocessor_config.json"), options: .atomic)
+}
+
 struct Gradients: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write the loss and every parameter's gradient for one batch (training-mode BatchNorm, no dropout).",
@@ -112,10 +122,12 @@ struct Train: ParsableCommand {
         } catch let e as TrainingError {
             guard case let .nonFinite(_, _, _, restored) = e else { throw e }
             try trainer.save(to: out)
+            try copyPreprocessorConfig(from: model, to: out)
             FileHandle.standardError.write(Data("error: \(e.description); saved that model (after \(restored) steps) to \(out.path)\n".utf8))
             throw ExitCode.failure
         }
         try trainer.save(to: out)
+        try copyPreprocessorConfig(from: model, to: out)
         print(String(format: "saved to %@ after %d steps (%.1f s)", out.path, trainer.globalStep, Date().timeIntervalSince(start)))
     }
 }

@@ -57,6 +57,20 @@ final class TrainingCLITests: XCTestCase {
         XCTAssertEqual((log?["log_history"] as? [Any])?.count, 3)
     }
 
+    /// The output classifies images as the source did: its preprocessor config is copied.
+    func testTrainKeepsTheSourcePreprocessorConfig() throws {
+        let model = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/cvt-fashion-mnist")
+        let data = scratch("fm").appendingPathExtension("safetensors"), out = scratch("fm-out")
+        defer { try? FileManager.default.removeItem(at: data); try? FileManager.default.removeItem(at: out) }
+        try writeData(data, pixels: (0..<(2 * 3 * 28 * 28)).map { Float($0 % 17) / 17 }, shape: [2, 3, 28, 28], labels: [4, 9], labelShape: [2])
+        let r = try runCvt(["train", "--model", model.path, "--train-data", data.path, "--output-dir", out.path,
+                            "--max-steps", "1", "--per-device-train-batch-size", "2", "--threads", "1"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("preprocessor_config.json")),
+                       try Data(contentsOf: model.appendingPathComponent("preprocessor_config.json")))
+    }
+
     func testTrainRejectsBadInputWithClearErrors() throws {
         let dir = fixturesRoot.appendingPathComponent("training/trainer/adamw_constant")  // 10 labels, 3 channels
         let pixels = [Float](repeating: 0.1, count: 2 * 3 * 32 * 32)
