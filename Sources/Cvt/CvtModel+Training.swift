@@ -497,7 +497,6 @@ extension CvtForImageClassification {
     /// gradient with respect to the logits.
     public func lossAndGradient(logits: Tensor, labels: Labels) throws -> (loss: Float, gradient: Tensor) {
         let loss = try computeLoss(logits: logits, labels: labels)
-        let n = config.numLabels, b = logits.shape[0]
         let g = Tensor(uninitialized: logits.shape)
         switch config.problemType {
         case "regression":
@@ -510,7 +509,6 @@ extension CvtForImageClassification {
             let y = try labelValues(labels)
             try Losses.bceWithLogitsGradient(logits.scalars, y, into: g.unsafePointer)
         }
-        _ = (n, b)
         return (loss, g)
     }
 

@@ -55,11 +55,12 @@ final class TensorStorage: @unchecked Sendable {
         self.count = count
         self.pooled = pooled
         // One extra line so a zero-sized tensor still has a valid, unique pointer.
-        bytes = max(count, 16) * MemoryLayout<Float>.stride
+        let requested = max(count, 16) * MemoryLayout<Float>.stride
         let raw: UnsafeMutableRawPointer
         if pooled {
-            raw = BufferPool.shared.take(bytes: bytes); zeroed = false
+            (raw, bytes) = BufferPool.shared.takeFitting(bytes: requested); zeroed = false
         } else {
+            bytes = requested
             (raw, zeroed) = RawMemory.allocate(bytes: bytes)
         }
         pointer = raw.bindMemory(to: Float.self, capacity: max(count, 16))
@@ -113,6 +114,27 @@ public final class BufferPool: @unchecked Sendable {
             return RawMemory.allocate(bytes: bytes).pointer
         }
         return RawMemory.allocate(bytes: requested).pointer
+    }
+
+    /// A buffer of at least `bytes` and its real size (give it back with that size): one of its
+    /// size class, else the smallest idle one of up to twice the size, else a new one. Reusing a
+    /// larger idle buffer keeps memory from piling up in sizes that a later phase (another stage
+    /// of a training step) does not ask for.
+    func takeFitting(bytes requested: Int) -> (UnsafeMutableRawPointer, Int) {
+        guard requested >= minimumBytes else { return (RawMemory.allocate(bytes: requested).pointer, requested) }
+        let bytes = Self.sizeClass(requested)
+        lock.lock()
+        var best = free[bytes]?.isEmpty == false ? bytes : nil
+        if best == nil {
+            for (size, list) in free where size > bytes && size <= 2 * bytes && !list.isEmpty && size < (best ?? .max) { best = size }
+        }
+        if let size = best, let p = free[size]?.popLast() {
+            pooledBytes -= size
+            lock.unlock()
+            return (p, size)
+        }
+        lock.unlock()
+        return (RawMemory.allocate(bytes: bytes).pointer, bytes)
     }
 
     func give(_ p: UnsafeMutableRawPointer, bytes requested: Int) {

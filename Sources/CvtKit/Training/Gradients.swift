@@ -98,7 +98,7 @@ public struct TrainingTensors {
         }
     }
 
-    /// Images `range` as a batch.
+    /// The images at `indices` (in that order) and their labels, as one batch.
     public func batch(_ indices: [Int]) throws -> (Tensor, Labels) {
         let per = pixelValues.count / count
         let x = Tensor(uninitialized: [indices.count] + pixelValues.shape.dropFirst())
