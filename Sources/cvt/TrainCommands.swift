@@ -60,8 +60,9 @@ struct Train: ParsableCommand {
         --gradient-accumulation-steps batches of --per-device-train-batch-size images, clips the global \
         gradient norm, and applies AdamW with transformers' defaults and weight-decay groups at the \
         scheduled learning rate. OUT receives config.json + model.safetensors (what save_pretrained \
-        writes; loads in transformers) and trainer_state.json with one log entry per step. A step whose \
-        loss or gradient norm is not finite stops the run with an error; the weights from before it are saved.
+        writes; loads in transformers), the source's preprocessor_config.json, and trainer_state.json with \
+        one log entry per step. A step whose loss, gradient norm or update is not finite stops the run with \
+        an error naming it; the last weights with a finite loss are saved.
         """)
 
     @Option(help: "Checkpoint folder, Hub id, or preset (\(CvtConfig.presetNames.joined(separator: ", ")): random init).") var model: String
