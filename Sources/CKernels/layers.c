@@ -31,6 +31,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum(__m256 v) {
 typedef struct {
     const float *src; void *dst; long rows; int cols;
     const float *w, *b; float eps; int bf16;
+    float *mean, *rstd;  // per-row statistics for a backward pass, when not NULL
 } ln_job;
 
 // Float32 → bfloat16 bits, rounded to nearest even (NaN → 0x7FC0), as oneDNN's reorder.
@@ -82,6 +83,7 @@ __attribute__((target("avx2,fma"))) static void ln_rows(const ln_job *j, long r0
         float var = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
         for (; i < cols; i++) { float d = x[i] - mean; var += d * d; }
         float rstd = 1.0f / sqrtf(var * inv + j->eps);
+        if (j->mean) { j->mean[r] = mean; j->rstd[r] = rstd; }
         __m256 rs = _mm256_set1_ps(rstd);
         if (j->bf16) {
             uint16_t *y = (uint16_t *)j->dst + r * cols;
@@ -107,9 +109,14 @@ static void ln_thread(void *data, int t, int T) {
 }
 
 int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps) {
+    return ck_layernorm_saving(src, dst, dst_bf16, rows, cols, weight, bias, eps, NULL, NULL);
+}
+
+int ck_layernorm_saving(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias,
+                        float eps, float *mean, float *rstd) {
     if (!ck_gemm_supported()) return -1;
     if (rows <= 0 || cols <= 0) return 0;
-    ln_job j = {src, dst, rows, cols, weight, bias, eps, dst_bf16};
+    ln_job j = {src, dst, rows, cols, weight, bias, eps, dst_bf16, mean, rstd};
     int threads = threads_for((double)rows * cols);
     if (threads > rows) threads = (int)rows;
     if (threads <= 1) ln_rows(&j, 0, rows);
@@ -237,6 +244,11 @@ int ck_to_bf16(const float *src, uint16_t *dst, size_t count) {
 int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps) {
     (void)src; (void)dst; (void)dst_bf16; (void)rows; (void)cols; (void)weight; (void)bias; (void)eps;
     return -1;
+}
+int ck_layernorm_saving(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias,
+                        float eps, float *mean, float *rstd) {
+    (void)mean; (void)rstd;
+    return ck_layernorm(src, dst, dst_bf16, rows, cols, weight, bias, eps);
 }
 int ck_depthwise_nhwc(const float *src, long src_image, int n, int h, int w, int c, const float *taps, const float *bias,
                       int kh, int kw, int stride, int pad, int ho, int wo, float *dst, long dst_image) {

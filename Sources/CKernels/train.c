@@ -192,60 +192,16 @@ static void ln_forward_scalar(ln_job *j, long r0, long r1) {
     }
 }
 
-#if CK_X86
-__attribute__((target("avx2,fma"))) static void ln_forward_avx2(ln_job *j, long r0, long r1) {
-    int cols = j->cols, vec = cols / 8 * 8;
-    float inv = 1.0f / (float)cols;
-    for (long r = r0; r < r1; r++) {
-        const float *x = j->x + r * cols;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-        int i = 0;
-        for (; i + 32 <= vec; i += 32) {
-            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i)); s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
-            s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16)); s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + i + 24));
-        }
-        for (; i < vec; i += 8) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
-        float sum = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-        for (; i < cols; i++) sum += x[i];
-        float mean = sum * inv;
-        __m256 m = _mm256_set1_ps(mean);
-        s0 = _mm256_setzero_ps(); s1 = s0; s2 = s0; s3 = s0;
-        i = 0;
-        for (; i + 32 <= vec; i += 32) {
-            __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), m), d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m);
-            __m256 d2 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 16), m), d3 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 24), m);
-            s0 = _mm256_fmadd_ps(d0, d0, s0); s1 = _mm256_fmadd_ps(d1, d1, s1);
-            s2 = _mm256_fmadd_ps(d2, d2, s2); s3 = _mm256_fmadd_ps(d3, d3, s3);
-        }
-        for (; i < vec; i += 8) { __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), m); s0 = _mm256_fmadd_ps(d, d, s0); }
-        float var = hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-        for (; i < cols; i++) { float d = x[i] - mean; var += d * d; }
-        float rstd = 1.0f / sqrtf(var * inv + j->eps);
-        j->mean[r] = mean;
-        j->rstd[r] = rstd;
-        __m256 rs = _mm256_set1_ps(rstd);
-        float *y = j->y + r * cols;
-        for (i = 0; i < vec; i += 8) {
-            __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m), rs);
-            _mm256_storeu_ps(y + i, _mm256_fmadd_ps(v, _mm256_loadu_ps(j->w + i), _mm256_loadu_ps(j->b + i)));
-        }
-        for (; i < cols; i++) y[i] = fmaf((x[i] - mean) * rstd, j->w[i], j->b[i]);
-    }
-}
-#endif
-
 static void ln_forward_range(void *ctx, long r0, long r1, int member) {
     (void)member;
-    ln_job *j = ctx;
-#if CK_X86
-    if (j->vec) { ln_forward_avx2(j, r0, r1); return; }
-#endif
-    ln_forward_scalar(j, r0, r1);
+    ln_forward_scalar(ctx, r0, r1);
 }
 
 void ck_layernorm_forward(const float *x, float *y, long rows, int cols, const float *weight, const float *bias, float eps,
                           float *mean, float *rstd) {
     if (rows <= 0 || cols <= 0) return;
+    // The vector path is the inference kernel's (layers.c), keeping the statistics.
+    if (vector_path() && ck_layernorm_saving(x, y, 0, rows, cols, weight, bias, eps, mean, rstd) == 0) return;
     ln_job j = {.x = x, .y = y, .w = weight, .b = bias, .mean = mean, .rstd = rstd, .rows = rows, .cols = cols, .eps = eps,
                 .vec = vector_path()};
     run_ranges(ln_forward_range, &j, rows, 1, threads_for((double)rows * cols, rows));

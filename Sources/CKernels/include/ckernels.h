@@ -81,6 +81,9 @@ void ck_gelu(float *x, size_t count);
 /// `ck_team_threads()` threads), written as float32, or as bfloat16 bits rounded to nearest
 /// even when `dst_bf16`. `src` and `dst` may be the same (float32). Returns -1 without AVX2.
 int ck_layernorm(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias, float eps);
+/// `ck_layernorm` that also stores each row's mean and 1/sqrt(var + eps) (for the backward pass).
+int ck_layernorm_saving(const float *src, void *dst, int dst_bf16, long rows, int cols, const float *weight, const float *bias,
+                        float eps, float *mean, float *rstd);
 /// Float32 → bfloat16 bits (round to nearest even, NaN → 0x7FC0, as oneDNN's reorder) for `count`
 /// values, on up to `ck_team_threads()` threads. Returns -1 without AVX2.
 int ck_to_bf16(const float *src, uint16_t *dst, size_t count);
