@@ -131,8 +131,9 @@ extension Linear {
 
 extension Conv2d {
     public struct Saved {
-        /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order, as the matmuls read them.
-        let columns: TypedBuffer
+        /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order and the weight in that
+        /// order (`patchOrderWeight`), as the matmuls read them.
+        let columns: TypedBuffer, weight: TypedBuffer
         let n: Int, h: Int, w: Int, ho: Int, wo: Int
     }
 
@@ -158,7 +159,7 @@ extension Conv2d {
         let wp = engine.matmulOperand(patchOrderWeight())
         try engine.gemm(m: n * ho * wo, n: outChannels, k: patch, a: TypedOperand(columns), b: TypedOperand(wp), transposeB: true,
                         c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) })
-        return (y, Saved(columns: columns, n: n, h: h, w: w, ho: ho, wo: wo))
+        return (y, Saved(columns: columns, weight: wp, n: n, h: h, w: w, ho: ho, wo: wo))
     }
 
     /// Weight and bias gradients from `dy` `[B, Ho, Wo, Cout]`; the input's NHWC gradient unless
@@ -173,8 +174,8 @@ extension Conv2d {
         for o in 0..<outChannels { for ci in 0..<cin { for p in 0..<kk { dw[(o * cin + ci) * kk + p] += src[(o * kk + p) * cin + ci] } } }
         if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outChannels, into: gradientStorage(&biasGrad, [outChannels])) }
         guard inputGradient else { return nil }
-        let dcols = Tensor(uninitialized: [rows, patch]), wp = engine.matmulOperand(patchOrderWeight())
-        try engine.gemm(m: rows, n: patch, k: outChannels, a: TypedOperand(g), b: TypedOperand(wp), c: dcols.unsafePointer)
+        let dcols = Tensor(uninitialized: [rows, patch])
+        try engine.gemm(m: rows, n: patch, k: outChannels, a: TypedOperand(g), b: TypedOperand(s.weight), c: dcols.unsafePointer)
         let dx = Tensor(uninitialized: [s.n, s.h, s.w, inChannels])
         Kernels.col2imNHWC(dcols.unsafePointer, n: s.n, h: s.h, w: s.w, c: inChannels, kernel: kernel, stride: stride,
                            padding: padding, ho: s.ho, wo: s.wo, dx.unsafePointer)

@@ -138,15 +138,10 @@ extension Bench {
     /// backward, clipping to 1.0, AdamW), on random pixels and labels.
     func runTrain(_ engine: Engine, precision: ComputePrecision) throws {
         engine.precision = precision
-        let classifier: CvtForImageClassification
-        if let model {
-            classifier = try CvtForImageClassification(pretrained: model, engine: engine, progress: TerminalProgressBar()?.callback)
-        } else {
-            guard let config = CvtConfig.preset(named: preset) else {
-                throw ValidationError("unknown preset \(preset); use one of \(CvtConfig.presetNames.joined(separator: ", "))")
-            }
-            classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine)
+        guard model != nil || CvtConfig.preset(named: preset) != nil else {
+            throw ValidationError("unknown preset \(preset); use one of \(CvtConfig.presetNames.joined(separator: ", "))")
         }
+        let classifier = try trainableModel(model ?? preset, engine: engine, seed: 0)
         guard classifier.config.numLabels > 1 else { throw ValidationError("--mode train times a classifier with at least 2 labels") }
         var rng = SplitMix64(seed: 1)
         let pixels = Tensor(shape: [batchSize, classifier.config.numChannels, imageSize, imageSize]) { _ in rng.nextGaussian() }

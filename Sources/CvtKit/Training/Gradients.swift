@@ -11,16 +11,6 @@ public final class GradientCollector: ParameterVisitor {
     }
 }
 
-/// Sets every gradient to zero (keeping its storage), as `optimizer.zero_grad()` before a step.
-public final class GradientZeroer: ParameterVisitor {
-    public init() {}
-    public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {}
-    public func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
-        guard gradient.count > 0 else { return }
-        gradient.withUnsafeMutableBufferPointer { $0.update(repeating: 0) }
-    }
-}
-
 /// A batch of training data from a safetensors file: preprocessed `pixel_values` `[N, C, H, W]`
 /// (used as they are) and `labels` (int64 `[N]` class indices, or float32 `[N]` / `[N, L]` targets).
 public struct TrainingTensors {
@@ -119,7 +109,7 @@ extension CvtForImageClassification {
     /// training mode (batch statistics; running statistics updated), dropout and drop path off.
     /// Gradients are zeroed first; names are transformers' `named_parameters()` names.
     public func gradients(pixelValues: Tensor, labels: Labels) throws -> (loss: Float, gradients: [(name: String, gradient: Tensor)]) {
-        try visitParameters(GradientZeroer(), prefix: "")
+        try zeroGradients(self)
         let out = try forwardBackward(pixelValues, labels: labels, context: TrainingContext(engine: engine, stochastic: false))
         let collector = GradientCollector()
         try visitParameters(collector, prefix: "")

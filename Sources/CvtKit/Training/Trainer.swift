@@ -56,16 +56,15 @@ public final class Trainer {
     public private(set) var logHistory: [TrainingLogEntry] = []
     /// Optimizer steps the run takes (`max_steps`, or epochs × steps per epoch).
     public let totalSteps: Int
-    public var batchesPerEpoch: Int {
-        let b = args.perDeviceTrainBatchSize
-        return args.dataloaderDropLast ? trainData.count / b : (trainData.count + b - 1) / b
-    }
+    /// Batches of `per_device_train_batch_size` per pass over the data.
+    public let batchesPerEpoch: Int
 
     public init(model: CvtForImageClassification, args: TrainingArguments, trainData: TrainingTensors, shuffle: Bool = true) throws {
         try args.validate()
         try trainData.validate(for: model.config, source: "training data")
         self.model = model; self.args = args; self.trainData = trainData; self.shuffle = shuffle
-        totalSteps = try args.numTrainingSteps(numExamples: trainData.count)
+        let length = try args.trainingLength(numExamples: trainData.count)
+        totalSteps = length.maxSteps; batchesPerEpoch = length.batchesPerEpoch
         guard totalSteps > 0 else { throw TrainingError.invalidArguments("the run has no optimizer steps (max_steps \(args.maxSteps), num_train_epochs \(args.numTrainEpochs))") }
         optimizer = try AdamW(model: model, arguments: args)
         scheduler = LRScheduler(arguments: args, numTrainingSteps: totalSteps)
@@ -116,7 +115,7 @@ public final class Trainer {
     public func step(_ microBatches: [(Tensor, Labels)]) throws -> TrainingLogEntry {
         let stepNumber = globalStep + 1
         let saved = batchNormState()
-        try model.visitParameters(GradientZeroer(), prefix: "")
+        try zeroGradients(model)
         var loss = 0.0
         let smoothing = args.labelSmoothingFactor
         let labelCount = microBatches.reduce(0) { n, mb in
