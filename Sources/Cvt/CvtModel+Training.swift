@@ -24,6 +24,10 @@ extension CvtSelfAttentionProjection {
         switch method {
         case .dwBN:
             guard let conv = convolution, let bn = normalization else { throw CvtInputError("internal: dw_bn projection without its layers") }
+            // As PyTorch's batch_norm in training mode: one value per channel has no variance.
+            guard b * ho * wo > 1 else {
+                throw CvtInputError("Expected more than 1 value per channel when training: the Q/K/V BatchNorm sees a batch of \(b) image(s) with a \(ho)×\(wo) grid (use a larger batch or image, or drop the last partial batch)")
+            }
             let y = conv.depthwiseForward(x, n: b, h: h, w: w)
             let (z, saved) = bn.forwardTraining(y)
             // The running statistics moved: the folded inference weights are stale.

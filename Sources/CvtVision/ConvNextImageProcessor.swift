@@ -21,8 +21,14 @@ public struct ConvNextImageProcessor: Sendable {
     /// they must already be).
     public func callAsFunction(_ images: [RGBImage]) throws -> Tensor {
         guard !images.isEmpty else { throw PreprocessingError("no images to preprocess") }
+        return try normalized(images.map { try resizeAndCrop($0) })
+    }
+
+    /// Rescale and normalize only (steps 3–4), for images already brought to the model's size
+    /// (e.g. by training augmentation): `pixel_values` `[N, 3, H, W]`.
+    public func normalized(_ prepared: [RGBImage]) throws -> Tensor {
+        guard !prepared.isEmpty else { throw PreprocessingError("no images to preprocess") }
         let lut = try lookupTable()
-        let prepared = try images.map { try resizeAndCrop($0) }
         let h = prepared[0].height, w = prepared[0].width
         for (i, p) in prepared.enumerated() where p.width != w || p.height != h {
             throw PreprocessingError(
@@ -52,6 +58,14 @@ public struct ConvNextImageProcessor: Sendable {
     /// `pixel_values` `[1, 3, H, W]` for one image.
     public func callAsFunction(_ image: RGBImage) throws -> Tensor {
         try self([image])
+    }
+
+    /// Width and height of every preprocessed image (what the model is fed), or nil when
+    /// `do_resize` and `do_center_crop` are both off (images keep their size).
+    public var outputSize: (width: Int, height: Int)? {
+        if config.doCenterCrop, case .heightWidth(let h, let w)? = config.cropSize { return (w, h) }
+        if config.doResize, case .shortestEdge(let e)? = config.size { return (e, e) }
+        return nil
     }
 
     /// The uint8 image after the geometric steps (resize, crops), before rescale/normalize.

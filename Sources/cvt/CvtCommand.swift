@@ -6,7 +6,13 @@ import Foundation
 enum Entry {
     static func main() {
         useSleepingOpenMPThreads()
-        Cvt.main()
+        // `--resume-from-checkpoint` may come without a value (the newest checkpoint), as in
+        // transformers' scripts; the argument parser needs one.
+        var args = Array(CommandLine.arguments.dropFirst())
+        if let i = args.firstIndex(of: "--resume-from-checkpoint"), i + 1 == args.count || args[i + 1].hasPrefix("--") {
+            args.insert("last", at: i + 1)
+        }
+        Cvt.main(args)
     }
 
     /// libgomp's default wait policy spins between parallel regions; when anything else runs on

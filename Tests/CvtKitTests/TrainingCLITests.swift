@@ -40,7 +40,7 @@ final class TrainingCLITests: XCTestCase {
         let r = try runCvt(["train", "--model", dir.path, "--train-data", dir.appendingPathComponent("data.safetensors").path,
                              "--output-dir", out.path, "--max-steps", "3", "--per-device-train-batch-size", "4",
                              "--learning-rate", "1e-3", "--weight-decay", "0.05", "--lr-scheduler-type", "constant",
-                             "--max-grad-norm", "1e9", "--no-shuffle", "--threads", "1"])
+                             "--max-grad-norm", "1e9", "--no-shuffle", "--threads", "1", "--logging-steps", "1"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stdout.components(separatedBy: "'loss'").count - 1, 3, r.stdout)
         let trained = try CvtForImageClassification(pretrained: out)
@@ -54,7 +54,11 @@ final class TrainingCLITests: XCTestCase {
         let counter = "cvt.encoder.stages.0.layers.0.attention.attention.convolution_projection_key.convolution_projection.normalization.num_batches_tracked"
         XCTAssertEqual(try file.int64s(counter), [3])
         let log = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("trainer_state.json"))) as? [String: Any]
-        XCTAssertEqual((log?["log_history"] as? [Any])?.count, 3)
+        // Three training-loss logs (logging_steps 1), then the end-of-training summary.
+        let history = try XCTUnwrap(log?["log_history"] as? [[String: Any]])
+        XCTAssertEqual(history.map { $0["step"] as? Int }, [1, 2, 3, 3])
+        XCTAssertEqual(history.filter { $0["loss"] != nil }.count, 3)
+        XCTAssertNotNil(history.last?["train_runtime"])
     }
 
     /// The output classifies images as the source did: its preprocessor config is copied.

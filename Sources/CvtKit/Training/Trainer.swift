@@ -38,36 +38,58 @@ public struct TrainingLogEntry: Codable, Sendable, Equatable {
     }
 }
 
-/// transformers' `Trainer` training loop for CvT: batches of `per_device_train_batch_size` (in
-/// order, or shuffled per epoch with our seeded generator), `gradient_accumulation_steps`
-/// micro-batches per optimizer step, clipping, AdamW with Trainer's decay groups, the learning
-/// rate schedule, BatchNorm in training mode, dropout and drop path on.
+/// transformers' `Trainer` for CvT: batches of `per_device_train_batch_size` (in order, or
+/// shuffled per epoch with our seeded generator), `gradient_accumulation_steps` micro-batches per
+/// optimizer step, clipping, AdamW with Trainer's decay groups, the learning rate schedule,
+/// BatchNorm in training mode, dropout and drop path on; with `run`, also logging every
+/// `logging_steps`, evaluation, checkpoints, resuming and stopping on request.
 public final class Trainer {
     public let model: CvtForImageClassification
     public let args: TrainingArguments
     public let optimizer: AdamW
     public let scheduler: LRScheduler
-    public let trainData: TrainingTensors
+    public let trainData: TrainingBatchSource
+    /// The evaluation set (`run` evaluates on it as `eval_strategy` says).
+    public var evalData: TrainingBatchSource?
+    /// Written next to the weights in every checkpoint and the output folder.
+    public var preprocessorConfig: PreprocessorConfig?
+    /// The processor file as it was read (kept byte for byte); else `preprocessorConfig` is encoded.
+    public var preprocessorData: Data?
     /// Batches in data order (`--no-shuffle`), else a seeded permutation per epoch.
     public var shuffle: Bool
     /// Dropout, attention dropout and drop path as configured (off: deterministic steps).
     public var stochastic = true
-    public private(set) var globalStep = 0
-    public private(set) var logHistory: [TrainingLogEntry] = []
+    public internal(set) var globalStep = 0
+    /// One entry per optimizer step (what `logging_steps=1` would log).
+    public internal(set) var logHistory: [TrainingLogEntry] = []
+    /// transformers' `TrainerState`: what `trainer_state.json` holds.
+    public internal(set) var state: TrainerState
     /// Optimizer steps the run takes (`max_steps`, or epochs × steps per epoch).
     public let totalSteps: Int
     /// Batches of `per_device_train_batch_size` per pass over the data.
     public let batchesPerEpoch: Int
+    /// Optimizer steps per pass over the data.
+    public let updateStepsPerEpoch: Int
 
-    public init(model: CvtForImageClassification, args: TrainingArguments, trainData: TrainingTensors, shuffle: Bool = true) throws {
+    public convenience init(model: CvtForImageClassification, args: TrainingArguments, trainData: TrainingTensors, shuffle: Bool = true) throws {
+        try self.init(model: model, args: args, trainSource: TensorBatchSource(trainData), shuffle: shuffle)
+    }
+
+    public init(model: CvtForImageClassification, args: TrainingArguments, trainSource: TrainingBatchSource,
+                evalSource: TrainingBatchSource? = nil, shuffle: Bool = true) throws {
         try args.validate()
-        try trainData.validate(for: model.config, source: "training data")
-        self.model = model; self.args = args; self.trainData = trainData; self.shuffle = shuffle
-        let length = try args.trainingLength(numExamples: trainData.count)
-        totalSteps = length.maxSteps; batchesPerEpoch = length.batchesPerEpoch
+        try trainSource.validate(for: model.config)
+        try evalSource?.validate(for: model.config)
+        self.model = model; self.args = args; self.trainData = trainSource; self.evalData = evalSource; self.shuffle = shuffle
+        let length = try args.trainingLength(numExamples: trainSource.count)
+        totalSteps = length.maxSteps; batchesPerEpoch = length.batchesPerEpoch; updateStepsPerEpoch = length.updateStepsPerEpoch
         guard totalSteps > 0 else { throw TrainingError.invalidArguments("the run has no optimizer steps (max_steps \(args.maxSteps), num_train_epochs \(args.numTrainEpochs))") }
         optimizer = try AdamW(model: model, arguments: args)
         scheduler = LRScheduler(arguments: args, numTrainingSteps: totalSteps)
+        let steps = args.computeSteps(maxSteps: totalSteps)
+        state = TrainerState(maxSteps: totalSteps, numTrainEpochs: length.numTrainEpochs, loggingSteps: steps.logging,
+                             evalSteps: steps.eval, saveSteps: steps.save, trainBatchSize: args.perDeviceTrainBatchSize,
+                             numTrainExamples: trainSource.count)
         // Activations of a step are freed together and needed again next step: keep them pooled
         // (fresh mappings cost a page fault per 4 KiB, every step). This holds up to a step's
         // activations for reuse; a smaller `BufferPool.shared.capacityBytes` trades speed for memory.
@@ -85,24 +107,20 @@ public final class Trainer {
         return (0..<batchesPerEpoch).map { Array(order[$0 * b..<min($0 * b + b, order.count)]) }
     }
 
-    /// Runs to `totalSteps`, calling `onLog` after every optimizer step.
+    /// Runs to `totalSteps`, calling `onLog` after every optimizer step (no evaluation or saving;
+    /// see `run` for those).
     public func train(onLog: (TrainingLogEntry) throws -> Void = { _ in }) throws {
-        let perEpoch = batchesPerEpoch, k = args.gradientAccumulationSteps
-        var epoch = 0
-        while globalStep < totalSteps {
-            let batches = self.batches(epoch: epoch)
-            var i = 0
-            while i < batches.count && globalStep < totalSteps {
-                // The last update of an epoch takes the remaining micro-batches (fewer than K).
-                let group = Array(batches[i..<min(i + k, batches.count)])
-                i += group.count
-                var entry = try step(group.map { try trainData.batch($0) })
-                entry.epoch = Double(epoch) + Double(i) / Double(perEpoch)
-                logHistory[logHistory.count - 1] = entry
-                try onLog(entry)
+        var failure: Error?
+        try withoutActuallyEscaping(onLog) { onLog in
+            var hooks = TrainerHooks()
+            hooks.onStep = { report in
+                guard failure == nil else { return }
+                do { try onLog(report.entry) } catch { failure = error }
             }
-            epoch += 1
+            hooks.shouldStop = { failure != nil }
+            _ = try loop(resumeFrom: nil, hooks: hooks, manage: false)
         }
+        if let failure { throw failure }
     }
 
     /// One optimizer step over `microBatches`: forward and backward of each (gradients add up),
@@ -188,18 +206,6 @@ public final class Trainer {
             bn.runningMean = m; bn.runningVar = v; bn.numBatchesTracked = n
         }
         model.parametersDidChange()
-    }
-
-    /// Writes `config.json`, `model.safetensors` and `trainer_state.json` (log history) into
-    /// `url`, each atomically.
-    public func save(to url: URL) throws {
-        try model.savePretrained(to: url)
-        let state: [String: Any] = [
-            "global_step": globalStep, "max_steps": totalSteps,
-            "log_history": logHistory.map { ["loss": $0.loss, "grad_norm": $0.gradNorm, "learning_rate": $0.learningRate, "epoch": $0.epoch, "step": $0.step] },
-        ]
-        let data = try JSONSerialization.data(withJSONObject: state, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: url.appendingPathComponent("trainer_state.json"), options: .atomic)
     }
 
     /// Fails early, before any step, if `url` cannot hold the results.
