@@ -399,3 +399,28 @@ final class FineTuningTests: XCTestCase {
         XCTAssertEqual(state["global_step"] as? Int, ckpt.step + 2)
     }
 }
+
+/// What `cvt train` wrote (Fixtures/finetune/model, by Scripts/make_finetune_fixtures.py) loads in
+/// transformers: no missing, unexpected or mis-shaped key, the folder labels as id2label, and the
+/// same pixels and logits as ours, for the output folder and its last checkpoint.
+final class FineTuningFixtureTests: XCTestCase {
+    let root = fixturesRoot.appendingPathComponent("finetune")
+
+    func testTransformersLoadsTheOutputAndItsCheckpoint() throws {
+        let info = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("transformers.json"))) as! [String: Any]
+        let loaded = info["loaded"] as! [String: [String: Any]]
+        let reference = try SafetensorsFile(url: root.appendingPathComponent("transformers.safetensors"))
+        let probes = (info["probes"] as! [String]).map { fixturesRoot.appendingPathComponent("images/\($0)") }
+        XCTAssertEqual(Set(loaded.keys), ["output", "checkpoint"])
+        for (name, entry) in loaded {
+            for (k, v) in entry["loading_info"] as! [String: [Any]] { XCTAssertTrue(v.isEmpty, "\(name): transformers reports \(k) \(v)") }
+            XCTAssertEqual(entry["id2label"] as? [String: String], ["0": "cat", "1": "dog"])
+            let folder = root.appendingPathComponent("model").appendingPathComponent(entry["folder"] as! String)
+            let pipeline = try ImageClassificationPipeline(model: folder)
+            XCTAssertEqual(pipeline.model.config.id2label, [0: "cat", 1: "dog"])
+            let pixels = try pipeline.processor(probes.map { try ImageDecoder.load(contentsOf: $0) })
+            XCTAssertEqual(pixels.scalars, try reference.tensor("\(name).pixel_values").scalars, "\(name): pixel_values")
+            assertGradientClose("\(name).logits", try pipeline.model.logits(pixels), try reference.tensor("\(name).logits"))
+        }
+    }
+}
