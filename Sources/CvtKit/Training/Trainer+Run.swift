@@ -305,7 +305,10 @@ extension Trainer {
         let fm = FileManager.default
         try fm.createDirectory(at: outputURL, withIntermediateDirectories: true)
         let tmp = outputURL.appendingPathComponent(".checkpoint-\(globalStep).partial-\(getpid())")
-        try? fm.removeItem(at: tmp)
+        // Leftovers of a write that was killed (a second Ctrl-C, a crash) are never checkpoints.
+        for name in (try? fm.contentsOfDirectory(atPath: outputURL.path)) ?? [] where name.hasPrefix(".checkpoint-") {
+            try? fm.removeItem(at: outputURL.appendingPathComponent(name))
+        }
         do {
             try writeModelFiles(to: tmp)
             var opt = SafetensorsWriter(metadata: ["format": "cvt-adamw", "global_step": "\(globalStep)"])
