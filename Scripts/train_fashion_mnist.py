@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
-"""Train the bundled CvT Fashion-MNIST classifier (models/cvt-fashion-mnist/) and write its reference eval.
+"""PyTorch reference of the bundled CvT Fashion-MNIST classifier's recipe, and its transformers evaluation.
+
+The bundled model (models/cvt-fashion-mnist/) is trained by `cvt train` (the command is in its model
+card). This script trains the same architecture with the same kind of recipe in a plain torch loop,
+for the side-by-side time per epoch, and its evaluate stage writes the transformers reference
+(eval_reference.json, samples/) of any model folder:
+
+    .venv-reference/bin/python Scripts/train_fashion_mnist.py --stage evaluate --out models/cvt-fashion-mnist
 
 Run from the repository root with the reference environment (Scripts/setup-reference-env.sh) and
 the Debian package `dataset-fashion-mnist` installed (`apt-get install -y dataset-fashion-mnist`):
 
-    .venv-reference/bin/python Scripts/train_fashion_mnist.py
+    .venv-reference/bin/python Scripts/train_fashion_mnist.py          # into /tmp/cvt-fashion-mnist-torch
 
 One command does everything, in two processes:
 
@@ -59,7 +66,8 @@ import torch
 import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO_ROOT / "models" / "cvt-fashion-mnist"
+# Not the bundled model's folder: that model is trained by `cvt train`.
+DEFAULT_OUT = Path("/tmp/cvt-fashion-mnist-torch")
 DEFAULT_DATA = Path("/usr/share/datasets/fashion-mnist")
 BASELINES_JSON = Path("/usr/share/doc/dataset-fashion-mnist/benchmark/baselines.json")
 

@@ -46,7 +46,8 @@ public enum TrainingReport {
     }
 
     static func write(_ d: [String: Double], _ url: URL) throws {
-        try JSONSerialization.data(withJSONObject: d, options: [.prettyPrinted, .sortedKeys]).write(to: url, options: .atomic)
+        let values = d.mapValues { $0.isFinite ? $0 as Any : "\($0)" as Any }  // JSON has no NaN
+        try JSONSerialization.data(withJSONObject: values, options: [.prettyPrinted, .sortedKeys]).write(to: url, options: .atomic)
     }
 
     /// An SVG chart of the training loss (left axis) and validation accuracy (right axis) against

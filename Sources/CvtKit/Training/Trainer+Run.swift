@@ -374,7 +374,9 @@ extension Trainer {
             throw TrainingError.invalidArguments("\(url.path) is not a checkpoint folder (no trainer_state.json)")
         }
         let saved: TrainerState
-        do { saved = try JSONDecoder().decode(TrainerState.self, from: data) } catch {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        do { saved = try decoder.decode(TrainerState.self, from: data) } catch {
             throw TrainingError.invalidArguments("\(stateURL.path): not a trainer state (\(error))")
         }
         guard saved.numTrainExamples == trainData.count else {
@@ -436,6 +438,8 @@ extension JSONEncoder {
     static var pretty: JSONEncoder {
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // A diverged evaluation must not make the state unwritable.
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         return e
     }
 }
