@@ -10,7 +10,7 @@ struct Train: ParsableCommand {
         a folder of IDX files (train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz], e.g. Fashion-MNIST; \
         an IDX --validation-dir reads the t10k files); --train-data is a safetensors file of preprocessed \
         `pixel_values` and `labels`, used as they are. Without validation data, --train-val-split holds out a \
-        seeded fraction of the training images. Every image is decoded once before the first step; a bad one \
+        seeded fraction of the training images (of preprocessed tensors only when given). Every image is decoded once before the first step; a bad one \
         stops the run before it starts, naming the files (or is skipped with --skip-bad-images).
 
         Training images get RandomResizedCrop(scale 0.08–1, ratio 3/4–4/3) + horizontal flip (the example's \
@@ -36,7 +36,7 @@ struct Train: ParsableCommand {
     @Option(help: "Validation images: an image folder or an IDX folder (its t10k files).") var validationDir: String?
     @Option(help: "Training data: safetensors file with pixel_values and labels.") var trainData: String?
     @Option(help: "Validation data: safetensors file with pixel_values and labels.") var validationData: String?
-    @Option(help: "Fraction of the training images held out for validation when no validation data are given (0: none).") var trainValSplit: Double = 0.15
+    @Option(help: "Fraction of the training data held out for validation when no validation data are given (0: none; default 0.15 for images, none for --train-data).") var trainValSplit: Double?
     @Option(help: "Use at most this many training images (a seeded sample).") var maxTrainSamples: Int?
     @Option(help: "Use at most this many validation images (a seeded sample).") var maxEvalSamples: Int?
     @Option(help: "Label names of IDX data, comma-separated (default: the model's labels when the counts match, else 0, 1, …).") var labelNames: String?
@@ -154,9 +154,17 @@ struct Train: ParsableCommand {
         var labels: [String] = [], numTrain = 0, numEval: Int? = nil, datasetName = ""
         if let trainData {
             let data = try TrainingTensors(url: URL(fileURLWithPath: trainData))
-            trainSource = TensorBatchSource(data, name: trainData)
-            evalSource = try validationData.map { TensorBatchSource(try TrainingTensors(url: URL(fileURLWithPath: $0)), name: $0) }
-            numTrain = data.count; numEval = evalSource?.count; datasetName = trainData
+            // Preprocessed tensors are used as they are (as the Trainer takes a dataset): a split
+            // only when asked for.
+            if validationData == nil, let fraction = trainValSplit, fraction > 0 {
+                let split = try DatasetSplit.trainValidation(count: data.count, fraction: fraction, seed: seed64)
+                trainSource = TensorBatchSource(try data.subset(split.train), name: trainData)
+                evalSource = TensorBatchSource(try data.subset(split.validation), name: trainData + " (held out)")
+            } else {
+                trainSource = TensorBatchSource(data, name: trainData)
+                evalSource = try validationData.map { TensorBatchSource(try TrainingTensors(url: URL(fileURLWithPath: $0)), name: $0) }
+            }
+            numTrain = trainSource.count; numEval = evalSource?.count; datasetName = trainData
             labels = (0..<classifier.config.numLabels).map { classifier.config.id2label[$0] ?? "LABEL_\($0)" }
         } else {
             let trainURL = URL(fileURLWithPath: trainDir!)
@@ -166,8 +174,8 @@ struct Train: ParsableCommand {
             var val: LabeledImageDataset?
             if let validationDir {
                 val = try loadImages(URL(fileURLWithPath: validationDir), split: "t10k", labels: labels, model: classifier.config, reporter: reporter)
-            } else if trainValSplit > 0 {
-                let split = try DatasetSplit.trainValidation(count: train.count, fraction: trainValSplit, seed: seed64)
+            } else if (trainValSplit ?? 0.15) > 0 {
+                let split = try DatasetSplit.trainValidation(count: train.count, fraction: trainValSplit ?? 0.15, seed: seed64)
                 val = DatasetSubset(train, indices: split.validation)
                 train = DatasetSubset(train, indices: split.train)
             }

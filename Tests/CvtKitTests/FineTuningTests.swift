@@ -367,6 +367,24 @@ final class FineTuningTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("\"event\":\"skipped_images\""), r.stdout)
     }
 
+    /// Preprocessed tensors are used whole unless a split is asked for; then a seeded part is held
+    /// out and evaluated.
+    func testTensorDataSplitOnlyWhenAsked() throws {
+        let dir = fixturesRoot.appendingPathComponent("training/trainer/adamw_constant")
+        let base = ["train", "--model", dir.path, "--train-data", dir.appendingPathComponent("data.safetensors").path,
+                    "--max-steps", "2", "--per-device-train-batch-size", "4", "--threads", "1", "--logging-steps", "1"]
+        let whole = scratch("whole"), split = scratch("split")
+        var r = try runCvt(base + ["--output-dir", whole.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("on 12 images:"), r.stdout)
+        XCTAssertFalse(fm.fileExists(atPath: whole.appendingPathComponent("eval_results.json").path))
+        r = try runCvt(base + ["--output-dir", split.path, "--train-val-split", "0.25"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("on 9 images, validating on 3"), r.stdout)
+        let e = try JSONSerialization.jsonObject(with: Data(contentsOf: split.appendingPathComponent("eval_results.json"))) as! [String: Any]
+        XCTAssertNotNil(e["eval_loss"])
+    }
+
     /// SIGINT during training writes a checkpoint, exits with 130, and the run resumes from it.
     func testSIGINTWritesACheckpointAndTheRunResumes() throws {
         let data = try smallFolder(), out = scratch("sigint")

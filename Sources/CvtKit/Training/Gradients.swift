@@ -88,6 +88,12 @@ public struct TrainingTensors {
         }
     }
 
+    /// The items at `indices`, in that order, as a data set of their own.
+    public func subset(_ indices: [Int]) throws -> TrainingTensors {
+        let (x, y) = try batch(indices)
+        return TrainingTensors(pixelValues: x, labels: y)
+    }
+
     /// The images at `indices` (in that order) and their labels, as one batch.
     public func batch(_ indices: [Int]) throws -> (Tensor, Labels) {
         let per = pixelValues.count / count
