@@ -141,16 +141,39 @@ extension Engine {
             try panelMatmul(src: src, packed: packed, bias: bias, dst: dst, postOps: postOps)
             return
         }
-        let key = MatmulKey(src: src.dims, srcStrides: src.strides, wei: packed.dims, weiStrides: [], dst: dst.dims,
-                            dstStrides: dst.strides, bias: bias != nil, postOps: postOps, precision: precision,
-                            srcType: src.type, weiType: packed.type, dstType: dst.type, packed: true)
         try checkActivationTypes(src, dst: dst)
         var scratch: [(UnsafeMutableRawPointer, Int)] = []
         defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
-        let source = try kernelOperand(src, scratch: &scratch)
-        try runMatmul(key, src: source, weights: (packed.md, packed.pointer), bias: bias, dst: dst, postOps: postOps,
+        // oneDNN's brgemm matmul declines fewer than `minimumBlockedRows` rows on blocked weights and
+        // falls back to its scalar reference kernel (tens of ms for the CLS-only rows of a last
+        // layer): run such matmuls on rows padded with zeros, and keep the first rows.
+        let m = src.dims[0], k = src.dims[1], n = dst.dims[1]
+        var (a, c) = (src, dst)
+        if m < Self.minimumBlockedRows {
+            let rows = Self.minimumBlockedRows
+            func buffer(_ type: ElementType, _ cols: Int) -> UnsafeMutableRawPointer {
+                let bytes = rows * cols * type.byteCount
+                let p = BufferPool.shared.take(bytes: bytes)
+                scratch.append((p, bytes))
+                p.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+                return p
+            }
+            a = StridedView(dense: buffer(src.type, k), type: src.type, dims: [rows, k])
+            c = StridedView(dense: buffer(dst.type, n), type: dst.type, dims: [rows, n])
+            try copy(src, into: StridedView(raw: a.raw, type: a.type, dims: [m, k], strides: [k, 1]))
+            if postOps.contains(.accumulate) { try copy(dst, into: StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1])) }
+        }
+        let key = MatmulKey(src: a.dims, srcStrides: a.strides, wei: packed.dims, weiStrides: [], dst: c.dims,
+                            dstStrides: c.strides, bias: bias != nil, postOps: postOps, precision: precision,
+                            srcType: a.type, weiType: packed.type, dstType: c.type, packed: true)
+        let source = try kernelOperand(a, scratch: &scratch)
+        try runMatmul(key, src: source, weights: (packed.md, packed.pointer), bias: bias, dst: c, postOps: postOps,
                       scratch: &scratch, name: "\(src.dims)x\(packed.dims)")
+        if m < Self.minimumBlockedRows { try copy(StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1]), into: dst) }
     }
+
+    /// Rows below which oneDNN 2.6 runs a matmul on blocked weights with its reference kernel.
+    static let minimumBlockedRows = 16
 
     /// `dst = src·W (+ bias)` on our AVX2 GEMM: float32, or 16-bit panels widened per micro-panel.
     /// In (emulated) bfloat16 precision the operand is bf16: bf16 activations are widened, float32

@@ -517,6 +517,28 @@ final class PackedWeightsTests: XCTestCase {
         }
     }
 
+    /// A few rows picked out of a larger buffer (the CLS rows of a batch of token grids): row
+    /// strides on both sides, fewer rows than the blocked kernels take, residual accumulation.
+    func testFewStridedRowsIntoStridedRows() throws {
+        for kernel in kernels {
+            let engine = try Engine()
+            engine.linearKernel = kernel
+            let (m, k, n, gap) = (3, 384, 40, 5)
+            let x = data(m * gap * k, 7), w = data(k * n, 8), b = data(n, 9), old = data(m * gap * n, 10)
+            let packed = try engine.packWeights(StridedView(dense: w.unsafePointer, dims: [k, n]))
+            var plain = old, fast = old
+            plain.makeUnique(); fast.makeUnique()
+            let src = StridedView(x.unsafePointer, dims: [m, k], strides: [gap * k, 1])
+            try engine.matmul(src: src, weights: StridedView(dense: w.unsafePointer, dims: [k, n]), bias: UnsafePointer(b.unsafePointer),
+                              dst: StridedView(plain.unsafePointer, dims: [m, n], strides: [gap * n, 1]), postOps: [.accumulate])
+            try engine.matmul(src: src, packed: packed, bias: UnsafePointer(b.unsafePointer),
+                              dst: StridedView(fast.unsafePointer, dims: [m, n], strides: [gap * n, 1]), postOps: [.accumulate])
+            XCTAssertLessThanOrEqual(fast.maxAbsDifference(plain), 2e-6 * Float(k) + 2e-5, "\(kernel)")
+            // Rows between the picked ones are untouched.
+            XCTAssertEqual(fast.scalars[n..<(gap * n)], old.scalars[n..<(gap * n)])
+        }
+    }
+
     func testBFloat16PackingNeedsABFloat16Engine() throws {
         let engine = try Engine()
         let (m, k, n) = (19, 40, 72)
