@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="times every system is timed, in turn")
-    ap.add_argument("--spin", action="store_true", help="run ours with OMP_WAIT_POLICY=active (spinning OpenMP threads; only AVX-512 CPUs run OpenMP's team, see the README's note on threads)")
+    ap.add_argument("--spin", action="store_true", help="run ours with OMP_WAIT_POLICY=active (spinning OpenMP threads; only AVX-512 CPUs run OpenMP's team, see docs/performance.md, Threads)")
     ap.add_argument("--cvt", default=os.path.join(os.path.dirname(__file__), "..", ".build", "release", "cvt"))
     ap.add_argument("--skip-onnx", action="store_true")
     ap.add_argument("--skip-eager", action="store_true", help="leave out transformers eager (its bf16 takes ~30 s per batch of 32)")
