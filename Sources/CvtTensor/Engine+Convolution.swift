@@ -147,7 +147,7 @@ extension Engine {
             throw TensorError("depthwiseConv2d: image strides \(srcImageStride), \(dstImageStride) are shorter than the images")
         }
         if n == 0 || ho == 0 || wo == 0 { return }
-        if linearKernel == .avx2 {
+        if depthwiseKernel == .avx2 {
             let taps: UnsafePointer<Float> = {
                 weights.lock.lock(); defer { weights.lock.unlock() }
                 if let t = weights.depthwiseTaps { return UnsafePointer(t.unsafePointer) }

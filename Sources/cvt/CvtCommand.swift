@@ -120,6 +120,8 @@ struct Bench: ParsableCommand {
     var noBatchSplit = false
     @Option(help: "Kernels for the Linear layers' float32 matmuls: onednn or avx2 (our GEMM; default on CPUs without AVX-512).")
     var linearKernel: String?
+    @Option(help: "Kernel for the depthwise Q/K/V convolutions: avx2 (ours, default on CPUs with AVX2 and FMA) or onednn (for comparison).")
+    var depthwiseKernel: String?
     @Option(help: "Images per part when a batch is split across the threads (0: one part per thread).")
     var imagesPerPart: Int?
     @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
@@ -153,6 +155,12 @@ struct Bench: ParsableCommand {
                 throw ValidationError("--linear-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(linearKernel)")
             }
             engine.linearKernel = k
+        }
+        if let depthwiseKernel {
+            guard let k = LinearKernel(rawValue: depthwiseKernel), k.isSupported else {
+                throw ValidationError("--depthwise-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(depthwiseKernel)")
+            }
+            engine.depthwiseKernel = k
         }
         let classifier: CvtForImageClassification
         if let model {
@@ -209,7 +217,8 @@ struct Bench: ParsableCommand {
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
-                "linear_kernel": engine.linearKernel.rawValue, "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
+                "linear_kernel": engine.linearKernel.rawValue, "depthwise_kernel": engine.depthwiseKernel.rawValue,
+                "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
                 "output": fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
