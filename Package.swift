@@ -1,9 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers depend one way: CvtTensor (tensor + oneDNN engine) → CvtNN (layers) → Cvt (config and
-// model, no I/O) → CvtVision (image decoding and preprocessing) → CvtKit (checkpoint loading,
-// safetensors, pipeline) → cvt (CLI).
+// Targets depend one way. The model: CvtTensor (tensor + engine: oneDNN and CKernels) → CvtNN
+// (layers, losses) → Cvt (config and model, no I/O). Images: CvtVision (decoding, resampling, the
+// image processor) on CvtTensor alone. Files: Safetensors, TorchCheckpoint and TFCheckpoint (on
+// CheckpointSupport), HubClient, each standing alone. CvtKit joins them (checkpoint loading,
+// pipeline, evaluation, training) and cvt (the CLI) sits on CvtKit.
 let package = Package(
     name: "swift-cvt",
     products: [

@@ -259,7 +259,7 @@ CVT13_CONFIG = {
 def cases(good_names: list[str]) -> dict[str, dict]:
     photos = [n for n in good_names if not n.startswith("orient_")]
     return {
-        # spec §5.1: microsoft/cvt-13
+        # microsoft/cvt-13's preprocessor_config.json
         "cvt13": {"config": CVT13_CONFIG, "images": photos,
                   "full": ["rocket.jpg"]},
         # the 384 checkpoints: warp to a square, crop_pct unused
@@ -286,13 +286,13 @@ def cases(good_names: list[str]) -> dict[str, dict]:
 
 
 def formula_image() -> np.ndarray:
-    """Spec §10.4: 480 (H) x 640 (W), R = (7x+3y) mod 256, G = (x²+y) mod 256, B = (x XOR y) & 255."""
+    """The formula image: 480 (H) x 640 (W), R = (7x+3y) mod 256, G = (x²+y) mod 256, B = (x XOR y) & 255."""
     y, x = np.mgrid[0:480, 0:640].astype(np.int64)
     return np.stack([(7 * x + 3 * y) % 256, (x * x + y) % 256, (x ^ y) & 255], axis=2).astype(np.uint8)
 
 
 def resize_vectors() -> dict:
-    """Pillow Image.resize of the §10.4 formula image: CRC-32 and sum of the HWC result."""
+    """Pillow Image.resize of the formula image: CRC-32 and sum of the HWC result."""
     im = Image.fromarray(formula_image())
     # (1281, 3), (600, 100), (630, 50), (700, 300): vertical pass first in Pillow 13
     sizes = [(341, 256), (1000, 700), (300, 480), (640, 200), (7, 5), (1281, 3), (640, 480), (2, 960),
@@ -447,7 +447,7 @@ def main() -> None:
                 if name in spec["full"]:
                     full[f"{case}/{name}"] = np.ascontiguousarray(pv)
             manifest["cases"][case] = {"config_file": f"configs/{case}.json", "images": entries}
-    assert len((PREPROCESS / "configs" / "cvt13.json").read_bytes()) == 266, "spec §5.1: 266 bytes"
+    assert len((PREPROCESS / "configs" / "cvt13.json").read_bytes()) == 266, "microsoft/cvt-13's file is 266 bytes"
     save_file(luts, str(PREPROCESS / "luts.safetensors"))
     save_file(full, str(PREPROCESS / "pixel_values.safetensors"))
     (PREPROCESS / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

@@ -81,7 +81,7 @@ THREADS = 2
 
 # Model: a CvT-13-like 3-stage network scaled down for 28x28 inputs. Stage grids for a 28x28
 # input: 14x14 (5x5 stride-2 conv stem), 7x7, 4x4 (+ CLS token). K/V grids: 7x7, 4x4, 2x2 (+CLS).
-# Constraints of HF's CvtForImageClassification (cvt-spec.md §2.9): qkv_projection_method dw_bn,
+# Constraints of HF's CvtForImageClassification (transformers' modeling_cvt.py): qkv_projection_method dw_bn,
 # CLS token only in the last stage, depth[s] > s (drop-path indexing bug). Stochastic depth is OFF:
 # HF's CvtLayer applies its second drop_path to (mlp_output + residual), i.e. it zeroes a dropped
 # sample's WHOLE token stream instead of the MLP branch. A first run with drop_path_rate

@@ -474,7 +474,7 @@ typedef struct {
 } attention_job;
 
 // Softmax of each row in place. (Scaling P·V's rows by 1/sum afterwards instead would save this
-// pass over the scores, but moves the results away from PyTorch's: the spec §10.2 cvt-13 vector's
+// pass over the scores, but moves the results away from PyTorch's: the formula-defined cvt-13 vector's (SpecVectorTests)
 // hidden_states.2 sum drifted by 2.5e-3, past its 2e-3 tolerance.)
 // Two accumulators per pass, masked tails and the exp above: 7–17% less time than one accumulator,
 // a scalar tail through a stack copy and a rounding exp, at 785 columns (stage 1's rows), 24–28% at

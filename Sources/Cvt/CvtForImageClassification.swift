@@ -2,7 +2,7 @@ import CvtNN
 import CvtTensor
 import Foundation
 
-/// Targets for the loss, by dtype as transformers distinguishes them (spec §4).
+/// Targets for the loss, by dtype as transformers distinguishes them (`CvtForImageClassification.forward`, `modeling_cvt.py`).
 public enum Labels: Equatable {
     /// int64 class indices `[B]` (also accepted for `num_labels == 1`, then compared as floats).
     case classIndices([Int])
@@ -47,7 +47,7 @@ public final class CvtForImageClassification: Module {
         classifier = config.numLabels > 0 ? Linear(c, config.numLabels) : nil
     }
 
-    /// A model with transformers' from-scratch initialisation (spec §2.10), seeded.
+    /// A model with transformers' from-scratch initialisation (`CvtPreTrainedModel._init_weights`), seeded.
     public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil,
                                            weightStorage: ElementType = .float32) throws -> CvtForImageClassification {
         let m = try CvtForImageClassification(config: config, engine: engine)
@@ -139,7 +139,7 @@ public final class CvtForImageClassification: Module {
             layernorm(src: cls.unsafePointer, dst: pooled.unsafePointer, rows: b)
         } else if let tokens {
             // No CLS in the last stage: LayerNorm every patch token, then average (original CvT; the
-            // reference only reaches this path with output_hidden_states, spec §2.7).
+            // reference only reaches this path with output_hidden_states; see `CvtModel.forward`).
             let t = tokens.shape[1]
             let normed = Tensor(uninitialized: [b * t, c])
             layernorm(src: tokens.unsafePointer, dst: normed.unsafePointer, rows: b * t)

@@ -9,7 +9,7 @@ public struct CvtInputError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
-// The module tree mirrors the checkpoint keys of transformers' CvT (spec §3): property names are
+// The module tree mirrors the checkpoint keys of transformers' CvT (`modeling_cvt.py`): property names are
 // the camelCase of the key segments, and each `visitParameters` spells the exact key.
 
 /// `…embedding.convolution_embeddings`: patch conv, then LayerNorm over channels.

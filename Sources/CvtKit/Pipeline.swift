@@ -14,7 +14,7 @@ public enum ClassificationFunction: String, CaseIterable, Sendable {
 
     public init?(caseInsensitive name: String) { self.init(rawValue: name.lowercased()) }
 
-    /// transformers' default (spec §6): regression → none; multi-label or one label → sigmoid;
+    /// transformers' default (`pipelines/image_classification.py`): regression → none; multi-label or one label → sigmoid;
     /// single-label or several labels → softmax; else none.
     public static func `default`(for config: CvtConfig) -> ClassificationFunction {
         if config.problemType == "regression" { return .none }
@@ -116,7 +116,7 @@ public final class ImageClassificationPipeline {
         try classify(paths, topK: topK, function: function, batchSize: batchSize).map { try $0.get() }
     }
 
-    /// Postprocess (spec §6): scores, stable sort descending (ties keep the lower index), top-k
+    /// Postprocess (`ImageClassificationPipeline.postprocess`): scores, stable sort descending (ties keep the lower index), top-k
     /// clipped to the label count.
     func rank(_ logits: Tensor, topK: Int, function: ClassificationFunction?) -> [[Prediction]] {
         let b = logits.shape[0], n = logits.shape[1]

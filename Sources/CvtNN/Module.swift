@@ -144,7 +144,7 @@ public final class StrictLoader: ParameterVisitor {
     }
 }
 
-/// transformers' initialisation for training from scratch (spec §2.10): truncated normal
+/// transformers' initialisation for training from scratch (`CvtPreTrainedModel._init_weights`, transformers' `modeling_cvt.py`): truncated normal
 /// (std `initializerRange`, cut at ±2 absolute, as torch's `trunc_normal_` defaults) for conv,
 /// linear and CLS weights; zero biases; norm scales 1; BatchNorm statistics 0 / 1.
 public final class RandomInitializer: ParameterVisitor {

@@ -2,7 +2,7 @@ import CvtTensor
 import Foundation
 
 /// transformers' `ConvNextImageProcessorPil` (the image processor of the `cvt` model type, PIL
-/// backend), reproduced bit-exactly (spec §5.2):
+/// backend), reproduced bit-exactly (transformers' `image_processing_convnext.py` and Pillow's `Resample.c`):
 /// 1. resize — shortest_edge < 384: short side to `int(shortest_edge / crop_pct)` with the long side
 ///    `int(r · long / short)`, then a centre crop to `shortest_edge²` (floor offsets, zero padding if
 ///    the crop is larger); shortest_edge ≥ 384: warp to `shortest_edge²`, crop_pct unused;

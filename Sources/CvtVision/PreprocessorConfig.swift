@@ -57,7 +57,7 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         self.featureExtractorType = featureExtractorType
     }
 
-    /// microsoft/cvt-13's `preprocessor_config.json` (spec §5.1): shortest edge 224, crop_pct 0.875,
+    /// microsoft/cvt-13's `preprocessor_config.json` (on the Hugging Face Hub): shortest edge 224, crop_pct 0.875,
     /// BICUBIC, ImageNet mean/std. For a checkpoint folder without a preprocessor config.
     public static var cvt13Default: PreprocessorConfig {
         PreprocessorConfig(size: .shortestEdge(224), cropPct: 0.875, resample: .bicubic,

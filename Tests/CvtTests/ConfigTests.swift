@@ -87,7 +87,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try decode("not json"))
     }
 
-    /// Parameter counts of the presets with 1000 labels, as transformers reports them (spec §1.3).
+    /// Parameter counts of the presets with 1000 labels, as transformers' `num_parameters()` reports them.
     func testPresetParameterCounts() throws {
         for (config, params, keys) in [(CvtConfig.cvt13, 19_997_480, 459), (.cvt21, 31_622_696, 731), (.cvtW24, 277_196_392, 833)] {
             let counter = ParameterCounter()

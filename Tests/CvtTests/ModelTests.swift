@@ -56,7 +56,7 @@ final class ModelTests: XCTestCase {
     func testNonSquareAnd224Shapes() throws {
         let m = try syntheticModel(tinyConfig())
         let out = try m(syntheticPixels([1, 3, 225, 250]), outputHiddenStates: true)
-        XCTAssertEqual(out.hiddenStates?.map { Array($0.shape[2...]) }, [[56, 62], [28, 31], [14, 16]], "spec §2.1 grid sizes")
+        XCTAssertEqual(out.hiddenStates?.map { Array($0.shape[2...]) }, [[56, 62], [28, 31], [14, 16]], "stage grid sizes")
         XCTAssertEqual(out.lastHiddenState.shape, [1, 48, 14, 16])
     }
 
@@ -108,7 +108,7 @@ final class ModelTests: XCTestCase {
         XCTAssertTrue(out.logits.scalars.allSatisfy(\.isFinite))
     }
 
-    /// Keys walk in transformers' state_dict order (spec §3.1).
+    /// Keys walk in transformers' state_dict order.
     func testStateDictKeyOrder() throws {
         var c = tinyConfig(); c.clsToken = [false, true, true]
         let keys = try CvtForImageClassification(config: c).stateDict().order

@@ -3,9 +3,9 @@ import CvtNN
 import CvtTensor
 import XCTest
 
-/// The formula-defined vectors of spec §10 (transformers 5.23.0 / torch 2.15.0 outputs).
+/// Formula-defined test vectors: inputs and weights from closed-form formulas, expected values from transformers 5.23.0 / torch 2.15.0.
 final class SpecVectorTests: XCTestCase {
-    /// §10.2: cvt-13 at full size, 1000 labels, [1, 3, 224, 224].
+    /// cvt-13 at full size, 1000 labels, [1, 3, 224, 224].
     func testCaseACvt13FullSize() throws {
         let model = try syntheticModel(.cvt13)
         XCTAssertEqual(try model.stateDict().order.count, 459 - 39, "459 keys minus the 39 num_batches_tracked")
@@ -34,7 +34,7 @@ final class SpecVectorTests: XCTestCase {
         XCTAssertEqual(out.lastHiddenState.scalars, hs[2].scalars)
     }
 
-    /// §10.3: tiny config, batch 2, [2, 3, 64, 64].
+    /// The tiny config, batch 2, [2, 3, 64, 64].
     func testCaseBTinyBatch2() throws {
         var c = CvtConfig()
         c.embedDim = [16, 32, 48]; c.numHeads = [1, 2, 3]; c.depth = [1, 2, 3]; c.numLabels = 10

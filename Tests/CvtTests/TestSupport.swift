@@ -4,7 +4,7 @@ import CvtTensor
 import Foundation
 import XCTest
 
-/// Spec §10.1: every parameter defined by a formula of its flat index, so the reference's
+/// Formula-defined weights: every parameter defined by a formula of its flat index, so the reference's
 /// numbers can be reproduced without a checkpoint.
 final class SyntheticWeights: ParameterVisitor {
     func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
@@ -28,7 +28,7 @@ final class SyntheticWeights: ParameterVisitor {
     }
 }
 
-/// Spec §10.1 input: `2·sin(0.001·j)·cos(0.013·j)` over the flat index.
+/// Formula-defined input: `2·sin(0.001·j)·cos(0.013·j)` over the flat index.
 func syntheticPixels(_ shape: [Int]) -> Tensor {
     Tensor(shape: shape) { j in Float(2 * sin(0.001 * Double(j)) * cos(0.013 * Double(j))) }
 }
@@ -51,7 +51,7 @@ func assertClose(_ name: String, _ actual: [Float], _ expected: [Float], tol: Fl
     }
 }
 
-/// A model with the spec §10.1 synthetic weights.
+/// A model with the formula-defined synthetic weights (sin/cos of the parameter index; see SpecVectorTests).
 func syntheticModel(_ config: CvtConfig) throws -> CvtForImageClassification {
     let m = try CvtForImageClassification(config: config)
     try m.visitParameters(SyntheticWeights(), prefix: "")

@@ -10,7 +10,7 @@ final class ProcessorTests: XCTestCase {
 
     func testCvt13ConfigFile() throws {
         let url = Fixtures.preprocess.appendingPathComponent("configs/cvt13.json")
-        XCTAssertEqual(try Data(contentsOf: url).count, 266, "spec §5.1 size")
+        XCTAssertEqual(try Data(contentsOf: url).count, 266, "size of microsoft/cvt-13's preprocessor_config.json")
         let config = try PreprocessorConfig.load(contentsOf: url)
         XCTAssertEqual(config, .cvt13Default)
         XCTAssertEqual(config.size, .shortestEdge(224))

@@ -3,7 +3,7 @@ import CvtVision
 import Foundation
 import XCTest
 
-/// Spec §10.4 (the formula image, cvt-13 settings) and Pillow `Image.resize` vectors.
+/// The formula image (cvt-13 settings) and Pillow `Image.resize` vectors.
 final class ResampleTests: XCTestCase {
     func testSpecBicubicResizeAndCrop() throws {
         let image = formulaImage()

@@ -74,7 +74,7 @@ struct SafetensorsFile {
     }
 }
 
-/// Spec §10.4's formula image: 640 wide × 480 high, R = (7x + 3y) mod 256, G = (x² + y) mod 256,
+/// The formula image: 640 wide × 480 high, R = (7x + 3y) mod 256, G = (x² + y) mod 256,
 /// B = (x XOR y) & 255.
 func formulaImage(width: Int = 640, height: Int = 480) -> RGBImage {
     RGBImage(width: width, height: height) { x, y in
