@@ -1,8 +1,8 @@
 // Single-precision GEMM with pre-packed weights for AVX2+FMA CPUs (Zen 2/3, Haswell…).
 //
 // Why our own: on such CPUs oneDNN 2.6 runs f32 matmuls through its AVX2 `gemm:jit`, which repacks
-// the weights on every call and reaches 55–80 GFLOP/s per core at CvT's shapes (M = 197 tokens,
-// K/N = 384/1536; the FMA peak is about 96); this kernel, with the weights packed once, 78–87.
+// the weights on every call, which keeps it well below the FMA peak at CvT's shapes (M = 197
+// tokens, K/N = 384/1536); this kernel packs the weights once.
 // On AVX-512 CPUs oneDNN's brgemm kernels are used instead (the caller decides).
 //
 // Layout of packed weights ([K, N]): K split in blocks of ≤ 256 rows (`k_block`); within a block,
@@ -316,7 +316,7 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     if (mc < MC) mc = MC;
     // A is packed when enough panels reuse it and its K blocks are long: with a few panels (the
     // attention products, N = 50 or 64) or short K (64) the packing pass costs more than the six
-    // row streams do (measured 784×64×196: 72 vs 82 GFLOP/s; 788×384×1536: 83 vs 77).
+    // row streams do.
     int pack = p1 - p0 >= 8 && kcBase >= 128;
     float *apack = pack ? scratch(SCRATCH_A, (size_t)(mc + MR) * kcBase) : NULL;
     float *bwide = job->packed16 ? scratch(SCRATCH_B, (size_t)kcBase * 16) : NULL;
@@ -346,11 +346,8 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
                 if (pack) {
                     int i = mb;
                     const float *ap = apack;
-                    // The next micro-panel of B is prefetched a few lines per tile. With the weights
-                    // in memory, the hardware prefetcher starts late at each new panel: measured in
-                    // one process alternating both builds, cold weights, one thread, 2–3% less time at
-                    // stage 3's shapes (394 × 384 × 1536, 394 × 1536 × 384), up to 6% at 100 × 384 ×
-                    // 384; prefetching the next tile's C rows as well gave nothing more.
+                    // The next micro-panel of B is prefetched a few lines per tile: with the weights
+                    // in memory (cold), the hardware prefetcher starts late at each new panel.
                     const char *next = NULL;
                     int lines = 0;
                     int kcNext = k - (k0 + kc) < kcBase ? k - (k0 + kc) : kcBase;
@@ -474,11 +471,10 @@ typedef struct {
 } attention_job;
 
 // Softmax of each row in place. (Scaling P·V's rows by 1/sum afterwards instead would save this
-// pass over the scores, but moves the results away from PyTorch's: the formula-defined cvt-13 vector's (SpecVectorTests)
-// hidden_states.2 sum drifted by 2.5e-3, past its 2e-3 tolerance.)
-// Two accumulators per pass, masked tails and the exp above: 7–17% less time than one accumulator,
-// a scalar tail through a stack copy and a rounding exp, at 785 columns (stage 1's rows), 24–28% at
-// 197, 34–43% at 50 (stage 3's). A NaN score makes its row NaN, as in PyTorch.
+// pass over the scores, but moves the results away from PyTorch's, past the tolerance of the
+// formula-defined cvt-13 vector in SpecVectorTests.)
+// Two accumulators per pass and masked tails (no scalar tail through a stack copy) keep short rows
+// (stage 3's 50 columns) cheap. A NaN score makes its row NaN, as in PyTorch.
 __attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld, int round_p) {
     int full = cols & ~7, rem = cols - full;
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

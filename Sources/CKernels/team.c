@@ -4,14 +4,14 @@
 // Why not OpenMP's team: libgomp's wait policy is fixed when it loads. Spinning ("active", or its
 // default 300 000 spins) keeps a forward pass fast (an empty region costs about 1 µs) but, when
 // anything else runs on the machine, a spinning thread holds a core that a descheduled team member
-// needs (a 100× slower pass was measured); sleeping ("passive", the CLI's choice) costs about 18 µs
-// per region, and a cvt-13 pass has about 160 regions (74–82 ms passive vs 64–71 spinning). Here a
+// needs, and a pass becomes many times slower; sleeping ("passive", the CLI's choice) costs a
+// wake-up (tens of µs) per region, and a cvt-13 pass has about 160 regions. Here a
 // waiting thread spins for `CVT_TEAM_SPIN_US` (default 1000 µs: a pass's regions follow each other
 // within microseconds) and calls sched_yield between checks, so a thread of another process that
 // wants the core gets it; then it sleeps on a futex until the next region.
 //
 // On AVX-512 CPUs the matmuls are oneDNN's, on OpenMP's team; there the regions run on OpenMP's
-// team too (as they did before this pool), so two pools never wait beside each other
+// team too, so two pools never wait beside each other
 // (`CVT_TEAM=openmp|own` overrides, for comparisons).
 //
 // One region runs at a time. A region started inside another (a kernel called by a team member) or

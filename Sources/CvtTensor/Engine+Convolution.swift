@@ -19,8 +19,8 @@ extension Engine {
         }
         let dstDims = [srcDims[0], w[0], dstHW.0, dstHW.1]
         if dstDims.contains(0) { return }
-        // Also the 3-channel pixels' conv, though oneDNN's is a little faster (0.5 vs 0.6–0.9 ms
-        // on 2 threads): oneDNN's OpenMP threads would then wait beside our team's in every pass.
+        // Also the 3-channel pixels' conv, though oneDNN's alone is a little faster: oneDNN's OpenMP
+        // threads would otherwise wait beside our team's in every pass.
         if linearKernel == .avx2, weights.groups == 1, !srcNCHW, stride.0 == stride.1, padding.0 == padding.1, w[2] == w[3] {
             try im2colConv(src: src, srcDims: srcDims, weights: weights, stride: stride.0, padding: padding.0, dst: dst, dstHW: dstHW)
             return
@@ -79,8 +79,8 @@ extension Engine {
     }
 
     /// A dense convolution on our AVX2 GEMM: per image, the patches as rows `[H'·W', kh·kw·in]`
-    /// times the weights `[kh·kw·in, out]` (bias fused), written straight into NHWC `dst`. At cvt-13's
-    /// stage-3 patch embedding on 2 threads: 2.2 ms (patch copy included) vs oneDNN's AVX2 conv 2.8–3.4.
+    /// times the weights `[kh·kw·in, out]` (bias fused), written straight into NHWC `dst`: faster
+    /// than oneDNN 2.6's AVX2 convolution, patch copy included.
     private func im2colConv(src: UnsafeMutablePointer<Float>, srcDims: [Int], weights: ConvWeights, stride: Int, padding: Int,
                             dst: UnsafeMutablePointer<Float>, dstHW: (Int, Int)) throws {
         let w = weights.weight.shape

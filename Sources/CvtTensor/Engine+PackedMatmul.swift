@@ -145,8 +145,8 @@ extension Engine {
         var scratch: [(UnsafeMutableRawPointer, Int)] = []
         defer { for (b, n) in scratch { BufferPool.shared.give(b, bytes: n) } }
         // oneDNN's brgemm matmul declines fewer than `minimumBlockedRows` rows on blocked weights and
-        // falls back to its scalar reference kernel (tens of ms for the CLS-only rows of a last
-        // layer): run such matmuls on rows padded with zeros, and keep the first rows.
+        // falls back to its scalar reference kernel (the CLS-only rows of a last layer are such
+        // matmuls): run them on rows padded with zeros, and keep the first rows.
         let m = src.dims[0], k = src.dims[1], n = dst.dims[1]
         var (a, c) = (src, dst)
         if m < Self.minimumBlockedRows {

@@ -123,9 +123,9 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Kernel for the depthwise Q/K/V convolutions: ours (`layers.c`, needs AVX2 + FMA) reads and
-    /// writes the token buffers in place and beats oneDNN's on AVX-512 CPUs too (stage 3 of cvt-13:
-    /// about 2.5× less time); `.onednn` runs oneDNN's on copies (for comparison). Setting an
-    /// unsupported kernel keeps oneDNN.
+    /// writes the token buffers in place (no copies around the CLS row), so it is the faster one on
+    /// AVX-512 CPUs too; `.onednn` runs oneDNN's on copies (for comparison). Setting an unsupported
+    /// kernel keeps oneDNN.
     public var depthwiseKernel: LinearKernel = LinearKernel.avx2.isSupported ? .avx2 : .onednn {
         didSet { if !depthwiseKernel.isSupported { depthwiseKernel = .onednn } }
     }
@@ -147,9 +147,8 @@ public final class Engine: @unchecked Sendable {
     /// Images per part at most when a batch is split: a worker runs its images in parts of this
     /// size, one after the other, so that a part's activations stay in cache (a 16-image part's
     /// [3152, 1536] MLP output does not). 0: one part per thread, however large. With our AVX2
-    /// kernels 2 (cvt-13 batch 32 on Zen 3, 8 interleaved pairs: 2 faster in 6, 4% on average, and
-    /// 60 MB less memory than 4: the last parts leave less of a tail); 4 where oneDNN runs the
-    /// matmuls (measured there before).
+    /// kernels 2 (smaller parts leave a shorter tail at the end of a batch, and less memory); 4
+    /// where oneDNN runs the matmuls (its kernels gain more from taller matrices).
     public var imagesPerPart = LinearKernel.preferred == .avx2 ? 2 : 4
 
     /// How many parts a batch of `batchSize` images is split into (1: not split).
@@ -224,7 +223,7 @@ public final class Engine: @unchecked Sendable {
         let bytes = count * type.byteCount
         let buffer = BufferPool.shared.take(bytes: bytes)
         if v.type == .float16, type == .float32, v.strides == dense {
-            // oneDNN 2.6 has only a reference f16 reorder (~12 ms for 384x1536); F16C is ~100x faster.
+            // oneDNN 2.6 has only a scalar reference f16 reorder; F16C converts 8 values per instruction.
             Kernels.fromFloat16(v.raw, buffer.assumingMemoryBound(to: Float.self), count: v.dims.reduce(1, *))
             return (buffer, dstMD, bytes)
         }

@@ -114,9 +114,8 @@ public final class ConstantWeights: @unchecked Sendable {
 }
 
 /// Matmul weights `[K, N]` held in the blocked layout oneDNN's matmul kernels read directly
-/// (`Engine.packWeights`). Plain weights are re-blocked inside every matmul call; at cvt-13's
-/// shapes that copy costs 7–28% of the matmul time, so layers keep this form instead of their
-/// plain one.
+/// (`Engine.packWeights`). Plain weights are re-blocked inside every matmul call, a copy
+/// that costs a noticeable share of each matmul, so layers keep this form instead of their plain one.
 public final class PackedWeights: @unchecked Sendable {
     /// `[K, N]`.
     public let dims: [Int]
@@ -147,8 +146,8 @@ public enum LinearKernel: String, Sendable {
     /// oneDNN's matmul (brgemm on AVX-512 CPUs, its AVX2 `gemm:jit` elsewhere).
     case onednn
     /// Our float32 GEMM for AVX2+FMA CPUs (CKernels/gemm.c): weights packed once in 16-column
-    /// panels. On AVX2-only CPUs oneDNN 2.6 repacks the weights on every call and reaches 57–83% of
-    /// the FMA peak at CvT's shapes; this kernel 81–90%.
+    /// panels. On AVX2-only CPUs oneDNN 2.6 repacks the weights on every call, so it stays well
+    /// below the FMA peak at CvT's shapes; this kernel packs them once.
     case avx2
 
     /// Whether this CPU can run it.

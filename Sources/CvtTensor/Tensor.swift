@@ -79,8 +79,7 @@ final class TensorStorage: @unchecked Sendable {
 
 /// Recycles large tensor buffers. A forward pass allocates the same activation sizes every time;
 /// without reuse, glibc returns each large block to the kernel on free (mmap'd allocations) and the
-/// next pass page-faults and zero-fills it again (measured on cvt-13 batch 8: 14k page faults and
-/// ~50 ms of system time per pass). Buffers below `minimumBytes` go straight to malloc; pooled bytes
+/// next pass page-faults and zero-fills it again, every pass. Buffers below `minimumBytes` go straight to malloc; pooled bytes
 /// are capped at `capacityBytes`, beyond which freed buffers are released.
 public final class BufferPool: @unchecked Sendable {
     public static let shared = BufferPool()

@@ -16,9 +16,8 @@ enum Entry {
     }
 
     /// libgomp's default wait policy spins between parallel regions; when anything else runs on
-    /// the machine a spinning thread waits for a descheduled one and a forward pass becomes up to
-    /// 100× slower (measured: 9.9 s vs 62 ms for a batch of 64 Fashion-MNIST images with a
-    /// training job running). libgomp reads the policy only when it loads, so the CLI re-executes
+    /// the machine a spinning thread waits for a descheduled one and a forward pass becomes many
+    /// times slower. libgomp reads the policy only when it loads, so the CLI re-executes
     /// itself once with OMP_WAIT_POLICY=passive unless the user chose a policy. (This concerns
     /// oneDNN's threads: on AVX-512 CPUs the matmuls and the kernels' team are OpenMP's. On other
     /// CPUs a pass runs no oneDNN primitive and our team, team.c, spins only briefly, yielding.)
