@@ -678,7 +678,7 @@ final class AVX2GemmTests: XCTestCase {
     }
 
     func testFusedAttentionMatchesTheDefinition() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let engine = try Engine()
         engine.linearKernel = .avx2
         XCTAssertTrue(engine.fusesAttention)
@@ -715,7 +715,7 @@ final class AVX2GemmTests: XCTestCase {
     /// exp builds, and underflow), row lengths with and without a tail of fewer than 8, and a NaN in
     /// one query: that query's row is NaN (as PyTorch's softmax gives), the others are not touched.
     func testFusedAttentionWideScoresAndNaN() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let d = 8
         for (tq, tk) in [(13, 8), (13, 16), (7, 45), (30, 197)] {
             let q = data(tq * d, 4), k = data(tk * d, 5), v = data(tk * d, 6)
@@ -747,7 +747,7 @@ final class AVX2GemmTests: XCTestCase {
     /// bfloat16 (as a bf16 softmax output stores them), and only then; and the engine's typed entry
     /// point runs it for bf16 tokens in emulated bf16 precision.
     func testFusedAttentionRoundsProbabilitiesForBFloat16() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let (b, heads, tq, tk, d) = (2, 3, 37, 50, 16)
         let c = heads * d
         let q = data(b * tq * c, 1), k = data(b * tk * c, 2), v = data(b * tk * c, 3)
@@ -801,7 +801,7 @@ final class AVX2GemmTests: XCTestCase {
     /// strides, paddings, batches, non-square images; with few output channels per pixel, fused
     /// per pixel block (`ck_conv_nhwc`; cvt-13's stage-1 embedding, several blocks per thread).
     func testIm2colConvolutionMatchesOneDNN() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let ours = try Engine(), reference = try Engine()
         ours.linearKernel = .avx2; reference.linearKernel = .onednn
         let cases: [(n: Int, cin: Int, cout: Int, h: Int, w: Int, k: Int, stride: Int, pad: Int)] = [
@@ -875,7 +875,7 @@ final class AVX2GemmTests: XCTestCase {
     /// one asked for under a nesting limit; libgomp here grants nested teams, so this test runs the
     /// 2-thread share with 2 threads.)
     func testKernelsInsideATeamOfWorkersComputeEverything() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let engine = try Engine()
         engine.linearKernel = .avx2
         engine.threads = 4
@@ -910,7 +910,7 @@ final class AVX2GemmTests: XCTestCase {
     /// 16-bit panels: packing keeps the bits, unpacking gives them back or widens them, and the GEMM
     /// on them equals the float32 GEMM on the widened weights exactly (same kernel, same order).
     func testHalfPrecisionPanels() throws {
-        guard LinearKernel.avx2.isSupported else { return }
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let (m, k, n) = (37, 300, 45)  // K split in two blocks, a partial panel
         let a = data(m * k, 1), w = data(k * n, 2)
         for format in [Int32(CK_FLOAT16), Int32(CK_BFLOAT16)] where ck_gemm16_supported(format) != 0 {
@@ -939,8 +939,8 @@ final class AVX2GemmTests: XCTestCase {
         }
     }
 
-    func testGELUIsExactErfGELU() {
-        guard LinearKernel.avx2.isSupported else { return }
+    func testGELUIsExactErfGELU() throws {
+        guard LinearKernel.avx2.isSupported else { throw XCTSkip("this CPU has no AVX2 + FMA: our kernels do not run here") }
         let xs = (0..<4001).map { Float($0 - 2000) / 200 } + [-80, -30, 30, 80, 0, -0.0]
         var ys = xs
         ys.withUnsafeMutableBufferPointer { ck_gelu($0.baseAddress!, $0.count) }
