@@ -1,4 +1,4 @@
-import CvtKit
+@testable import CvtKit
 import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
@@ -274,6 +274,29 @@ final class FineTuningTests: XCTestCase {
         XCTAssertEqual(try file.floats("classifier.weight"), try t.model.stateDict().tensors["classifier.weight"]!.scalars)
     }
 
+    /// A checkpoint write that fails half-way (a full disk, a crash) leaves no checkpoint folder
+    /// behind and the earlier checkpoints as they were.
+    func testAFailedCheckpointWriteLeavesTheEarlierOnesIntact() throws {
+        let (train, eval) = try source()
+        let out = scratch("atomic")
+        let t = try Trainer(model: tinyModel(), args: arguments(out), trainSource: train, evalSource: eval)
+        struct DiskFull: Error {}
+        var hooks = TrainerHooks()
+        hooks.onSave = { _ in
+            // After the first checkpoint, every later write fails once its files are written.
+            t.beforeCheckpointRename = { partial in
+                XCTAssertTrue(FileManager.default.fileExists(atPath: partial.appendingPathComponent("model.safetensors").path))
+                throw DiskFull()
+            }
+        }
+        XCTAssertThrowsError(try t.run(hooks: hooks)) { XCTAssertTrue("\($0)".contains("checkpoint-4") && "\($0)".contains("DiskFull"), "\($0)") }
+        XCTAssertEqual(Trainer.checkpoints(in: out).map(\.step), [2])
+        XCTAssertFalse(try fm.contentsOfDirectory(atPath: out.path).contains { $0.hasPrefix(".checkpoint") })
+        // The surviving checkpoint is whole: a run resumes from it.
+        let c = try Trainer(model: tinyModel(), args: arguments(scratch("atomic-resume")), trainSource: train, evalSource: eval)
+        XCTAssertEqual(try c.run(resumeFrom: out.appendingPathComponent("checkpoint-2")), .completed)
+    }
+
     func testResumeRefusesOtherData() throws {
         let (train, eval) = try source()
         let out = scratch("other")
@@ -387,7 +410,16 @@ final class FineTuningTests: XCTestCase {
 
     /// SIGINT during training writes a checkpoint, exits with 130, and the run resumes from it.
     func testSIGINTWritesACheckpointAndTheRunResumes() throws {
-        let data = try smallFolder(), out = scratch("sigint")
+        try interruptAndResume(SIGINT)
+    }
+
+    /// SIGTERM (what a scheduler or `docker stop` sends) does the same, with status 143.
+    func testSIGTERMWritesACheckpointAndTheRunResumes() throws {
+        try interruptAndResume(SIGTERM)
+    }
+
+    func interruptAndResume(_ signal: Int32) throws {
+        let data = try smallFolder(), out = scratch("signal-\(signal)")
         let p = Process()
         p.executableURL = CLITests.executable
         p.arguments = try trainCommand(data, out, ["--max-steps", "100000", "--json", "--eval-strategy", "no", "--save-strategy", "no"])
@@ -402,10 +434,10 @@ final class FineTuningTests: XCTestCase {
             if chunk.isEmpty { break }
             seen += chunk
         }
-        kill(p.processIdentifier, SIGINT)
+        kill(p.processIdentifier, signal)
         let rest = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        XCTAssertEqual(p.terminationStatus, 130, String(decoding: seen + rest, as: UTF8.self))
+        XCTAssertEqual(p.terminationStatus, 128 + signal, String(decoding: seen + rest, as: UTF8.self))
         let checkpoints = Trainer.checkpoints(in: out)
         XCTAssertEqual(checkpoints.count, 1)
         let ckpt = try XCTUnwrap(checkpoints.first)

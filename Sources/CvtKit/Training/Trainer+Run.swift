@@ -327,6 +327,7 @@ extension Trainer {
             try JSONEncoder.pretty.encode(args).write(to: tmp.appendingPathComponent("training_args.json"))
             try JSONEncoder.pretty.encode(state).write(to: tmp.appendingPathComponent("trainer_state.json"))
             try syncFolder(tmp)
+            try beforeCheckpointRename?(tmp)
             if fm.fileExists(atPath: url.path) {
                 let old = outputURL.appendingPathComponent(".checkpoint-\(globalStep).old-\(getpid())")
                 try fm.moveItem(at: url, to: old)

@@ -55,6 +55,9 @@ public final class Trainer {
     public var preprocessorConfig: PreprocessorConfig?
     /// The processor file as it was read (kept byte for byte); else `preprocessorConfig` is encoded.
     public var preprocessorData: Data?
+    /// Runs after a checkpoint's files are written, before the folder is renamed into place (tests
+    /// make a write fail there).
+    var beforeCheckpointRename: ((URL) throws -> Void)?
     /// Batches in data order (`--no-shuffle`), else a seeded permutation per epoch.
     public var shuffle: Bool
     /// Dropout, attention dropout and drop path as configured (off: deterministic steps).
