@@ -86,7 +86,23 @@ public final class ImageClassificationPipeline {
     /// Classifies image files; one result per path, so a bad file does not stop the others.
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
                          batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        var results = [Result<[Prediction], Error>?](repeating: nil, count: paths.count)
+        classify(paths.map { path in { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path)) } },
+                 topK: topK, function: function, batchSize: batchSize)
+    }
+
+    /// Classifies encoded images held in memory (the bytes of JPEG or PNG files, e.g. from a
+    /// request or stdin); `names` (default "image 0", "image 1", …) appear in error messages. One
+    /// result per image, so a bad one does not stop the others.
+    public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
+                         batchSize: Int = 1) -> [Result<[Prediction], Error>] {
+        classify(images.enumerated().map { i, data in
+            { try ImageDecoder.decode(data: data, name: names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)") }
+        }, topK: topK, function: function, batchSize: batchSize)
+    }
+
+    private func classify(_ sources: [() throws -> RGBImage], topK: Int, function: ClassificationFunction?,
+                          batchSize: Int) -> [Result<[Prediction], Error>] {
+        var results = [Result<[Prediction], Error>?](repeating: nil, count: sources.count)
         var pending: [(index: Int, image: RGBImage)] = []
         func flush() {
             guard !pending.isEmpty else { return }
@@ -98,9 +114,9 @@ public final class ImageClassificationPipeline {
             }
             pending.removeAll()
         }
-        for (i, path) in paths.enumerated() {
+        for (i, source) in sources.enumerated() {
             do {
-                pending.append((i, try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path))))
+                pending.append((i, try source()))
             } catch {
                 results[i] = .failure(error)
             }

@@ -38,7 +38,7 @@ struct ModelOptions: ParsableArguments {
 struct Classify: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Classify JPEG/PNG images: ranked labels per image.")
 
-    @Argument(help: "Image files (JPEG or PNG).") var images: [String]
+    @Argument(help: "Image files (JPEG or PNG); `-` reads one image from standard input.") var images: [String]
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Labels to show per image (clipped to the label count).") var topK = 5
     @Option(help: "Score function: softmax, sigmoid or none (default: from the model's problem_type).") var function: String?
@@ -56,7 +56,25 @@ struct Classify: ParsableCommand {
             f = parsed
         }
         let pipeline = try modelOptions.pipeline()
-        let results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize)
+        let results: [Result<[Prediction], Error>]
+        if images.contains("-") {
+            guard images.filter({ $0 == "-" }).count == 1 else { throw ValidationError("`-` (standard input) can be given once") }
+            // Files are read here too, so that every image goes through the same in-memory path.
+            let data = images.map { $0 == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: $0) }
+            let names = images.map { $0 == "-" ? "<stdin>" : $0 }
+            var decodable: [Data] = [], index: [Int] = []
+            var loaded = [Result<[Prediction], Error>?](repeating: nil, count: images.count)
+            for (i, d) in data.enumerated() {
+                if let d { decodable.append(d); index.append(i) } else {
+                    loaded[i] = .failure(CheckpointError(path: names[i], "cannot be read (missing or unreadable)"))
+                }
+            }
+            let ranked = pipeline.classify(encoded: decodable, names: index.map { names[$0] }, topK: topK, function: f, batchSize: batchSize)
+            for (i, r) in zip(index, ranked) { loaded[i] = r }
+            results = loaded.map { $0! }
+        } else {
+            results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize)
+        }
         var failed = 0
         if json {
             var array: [[String: Any]] = []

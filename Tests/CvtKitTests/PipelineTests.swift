@@ -78,6 +78,44 @@ final class PipelineTests: XCTestCase {
         }
     }
 
+    /// Encoded bytes in memory give what the same files give; a bad one fails alone, named.
+    func testEncodedImagesFromMemoryEqualFiles() throws {
+        let pipeline = try ImageClassificationPipeline(model: root.appendingPathComponent("single_label"))
+        let images = fixturesRoot.appendingPathComponent("images")
+        let names = ["rocket.jpg", "rocket_exif6.jpg", "coffee.png", "not_an_image.jpg"]
+        let fromFiles = pipeline.classify(names.map { images.appendingPathComponent($0).path }, batchSize: 2)
+        let bytes = try names.map { try Data(contentsOf: images.appendingPathComponent($0)) }
+        let fromMemory = pipeline.classify(encoded: bytes, names: ["a", "b", "c", "upload.jpg"], batchSize: 2)
+        for i in 0..<3 {
+            let f = try fromFiles[i].get(), m = try fromMemory[i].get()
+            XCTAssertEqual(f.map(\.label), m.map(\.label), names[i])
+            XCTAssertEqual(f.map(\.score), m.map(\.score), names[i])
+        }
+        guard case .failure(let e) = fromMemory[3] else { return XCTFail("not an image, yet classified") }
+        XCTAssertTrue("\(e)".contains("upload.jpg"), "\(e)")
+    }
+
+    /// `cvt classify -` reads the image from standard input.
+    func testClassifyReadsStandardInput() throws {
+        let image = fixturesRoot.appendingPathComponent("images/coffee.png")
+        let p = Process()
+        p.executableURL = CLITests.executable
+        p.arguments = ["classify", "--model", root.appendingPathComponent("single_label").path, "--json", "-", image.path]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input; p.standardOutput = output; p.standardError = FileHandle.nullDevice
+        try p.run()
+        input.fileHandleForWriting.write(try Data(contentsOf: image))
+        try input.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, String(decoding: out, as: UTF8.self))
+        let results = try XCTUnwrap(JSONSerialization.jsonObject(with: out) as? [[String: Any]], String(decoding: out, as: UTF8.self))
+        XCTAssertEqual(results.count, 2)
+        XCTAssertEqual(results[0]["image"] as? String, "-")
+        XCTAssertEqual((results[0]["predictions"] as? [[String: Any]])?.first?["label"] as? String,
+                       (results[1]["predictions"] as? [[String: Any]])?.first?["label"] as? String)
+    }
+
     func testMissingPreprocessorConfigFallsBackToCvt13WithWarning() throws {
         let pipeline = try ImageClassificationPipeline(model: fixturesRoot.appendingPathComponent("parity/nonsquare_batch"))
         XCTAssertEqual(pipeline.warnings.count, 1)
