@@ -138,9 +138,7 @@ struct Train: ParsableCommand {
         var classifier: CvtForImageClassification
         var baseName: String?
         if let config {
-            var url = URL(fileURLWithPath: config)
-            if url.lastPathComponent == "config.json" { url.deleteLastPathComponent() }
-            let c = try CheckpointFolder(url).loadConfig()
+            let c = try CheckpointFolder(configFolder(config)).loadConfig()
             classifier = try .randomlyInitialized(config: c, seed: seed64, engine: engine)
         } else {
             classifier = try trainableModel(model!, engine: engine, seed: seed64)
@@ -251,6 +249,12 @@ struct Train: ParsableCommand {
         return URL(fileURLWithPath: r)
     }
 
+    /// The folder of `--config` (a config.json or the folder holding one).
+    func configFolder(_ path: String) -> URL {
+        let url = URL(fileURLWithPath: path)
+        return url.lastPathComponent == "config.json" ? url.deletingLastPathComponent() : url
+    }
+
     /// The image processor's settings and the file they came from (copied into the output as is).
     func processorConfig() throws -> (PreprocessorConfig, URL?) {
         var candidates: [URL] = []
@@ -263,11 +267,7 @@ struct Train: ParsableCommand {
         if let model, CvtConfig.preset(named: model) == nil || FileManager.default.fileExists(atPath: model) {
             candidates.append(CheckpointFolder(try ModelResolver.resolve(model)).preprocessorURL)
         }
-        if let config {
-            var url = URL(fileURLWithPath: config)
-            if url.lastPathComponent == "config.json" { url.deleteLastPathComponent() }
-            candidates.append(url.appendingPathComponent("preprocessor_config.json"))
-        }
+        if let config { candidates.append(configFolder(config).appendingPathComponent("preprocessor_config.json")) }
         for url in candidates where FileManager.default.fileExists(atPath: url.path) {
             return (try PreprocessorConfig.load(contentsOf: url), url)
         }
@@ -277,12 +277,11 @@ struct Train: ParsableCommand {
     /// An image or IDX folder, checked image by image before training.
     func loadImages(_ url: URL, split: String, labels: [String]?, model: CvtConfig, reporter: TrainingReporter) throws -> LabeledImageDataset {
         if IDXTrainingDataset.isIDXFolder(url) {
-            var names = labels ?? labelNames.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
-            if names == nil {
-                let n = try IDXDataset(url: url, split: split).labels.max().map { $0 + 1 } ?? 0
-                if model.numLabels == n { names = (0..<n).map { model.id2label[$0] ?? "\($0)" } }
+            let names = labels ?? labelNames.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+            // Without names, the model's labels when it has as many classes as the data.
+            return try IDXTrainingDataset(url: url, split: split, labelNames: names) { n in
+                model.numLabels == n ? (0..<n).map { model.id2label[$0] ?? "\($0)" } : nil
             }
-            return try IDXTrainingDataset(url: url, split: split, labelNames: names)
         }
         var data = try labels.map { try ImageFolderTrainingDataset(url: url, labelNames: $0) } ?? ImageFolderTrainingDataset(url: url)
         reporter.start("checking \(data.count) images in \(url.path)")

@@ -390,6 +390,25 @@ final class FineTuningTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("\"event\":\"skipped_images\""), r.stdout)
     }
 
+    /// IDX data have no names: a model with as many classes lends its labels, else `--label-names`.
+    func testIDXTrainingTakesTheModelsLabelNames() throws {
+        let dir = scratch("idx-cli")
+        try writeIDX(dir, split: "train", labels: (0..<20).map { UInt8($0 % 10) }, size: 28)
+        let bundled = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        func run(_ extra: [String]) throws -> [String: String] {
+            let out = scratch("idx-out")
+            let r = try runCvt(["train", "--config", bundled.appendingPathComponent("config.json").path, "--train-dir", dir.path,
+                                "--output-dir", out.path, "--max-steps", "1", "--per-device-train-batch-size", "4", "--threads", "1",
+                                "--train-val-split", "0"] + extra)
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let config = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("config.json"))) as! [String: Any]
+            return config["id2label"] as! [String: String]
+        }
+        XCTAssertEqual(try run([])["0"], "T-shirt/top")
+        let named = try run(["--label-names", (0..<10).map { "n\($0)" }.joined(separator: ",")])
+        XCTAssertEqual(named["9"], "n9")
+    }
+
     /// Preprocessed tensors are used whole unless a split is asked for; then a seeded part is held
     /// out and evaluated.
     func testTensorDataSplitOnlyWhenAsked() throws {

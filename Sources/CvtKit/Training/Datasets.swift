@@ -105,11 +105,12 @@ public struct IDXTrainingDataset: LabeledImageDataset {
         return names.contains { $0.hasSuffix("-images-idx3-ubyte") || $0.hasSuffix("-images-idx3-ubyte.gz") }
     }
 
-    public init(url: URL, split: String, labelNames: [String]?) throws {
+    /// `labelNames` name the classes; without them, `fallbackNames(classCount)` may, else "0", "1", ….
+    public init(url: URL, split: String, labelNames: [String]?, fallbackNames: ((Int) -> [String]?)? = nil) throws {
         data = try IDXDataset(url: url, split: split)
         path = url.path
         let classes = (data.labels.max() ?? 0) + 1
-        if let names = labelNames {
+        if let names = labelNames ?? fallbackNames?(classes) {
             guard classes <= names.count else {
                 throw DatasetError(path: url.path, "has label \(classes - 1), but only \(names.count) label names are known")
             }
