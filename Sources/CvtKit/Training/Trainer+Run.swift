@@ -201,8 +201,7 @@ extension Trainer {
         guard manage else { return .completed }
         let seconds = elapsed()
         let stepLosses = logHistory.map(\.loss)
-        let trainImages = Double(images)
-        log(["train_runtime": seconds, "train_samples_per_second": trainImages / max(seconds, 1e-9),
+        log(["train_runtime": seconds, "train_samples_per_second": Double(images) / max(seconds, 1e-9),
              "train_steps_per_second": Double(globalStep - startStep) / max(seconds, 1e-9),
              "train_loss": stepLosses.isEmpty ? 0 : stepLosses.reduce(0, +) / Double(stepLosses.count),
              "train_data_wait_seconds": waited, "total_flos": 0], hooks)
@@ -255,9 +254,9 @@ extension Trainer {
             let n = x.shape[0]
             let loss: Float
             let logits: Tensor
-            if args.labelSmoothingFactor != 0, case .classIndices(let idx) = y, model.config.problemType != "multi_label_classification" {
+            if let smoother = labelSmoother, case .classIndices(let idx) = y {
                 logits = try model(x).logits
-                loss = try LabelSmoother(epsilon: args.labelSmoothingFactor)(logits: logits, labels: idx, numItemsInBatch: idx.filter { $0 != -100 }.count).loss
+                loss = try smoother(logits: logits, labels: idx, numItemsInBatch: idx.filter { $0 != -100 }.count).loss
             } else {
                 let out = try model(x, labels: y)
                 logits = out.logits

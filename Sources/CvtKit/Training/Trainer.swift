@@ -138,7 +138,7 @@ public final class Trainer {
         let saved = batchNormState()
         try zeroGradients(model)
         var loss = 0.0
-        let smoothing = args.labelSmoothingFactor
+        let smoother = labelSmoother
         let labelCount = microBatches.reduce(0) { n, mb in
             if case .classIndices(let v) = mb.1 { return n + v.filter { $0 != -100 }.count }
             return n + mb.0.shape[0]
@@ -147,12 +147,12 @@ public final class Trainer {
             let context = TrainingContext(engine: model.engine, stochastic: stochastic,
                                           seed: UInt64(truncatingIfNeeded: args.seed) &* 1_000_003 &+ UInt64(globalStep * 64 + j))
             var lossFunction: ((Tensor) throws -> (loss: Float, gradient: Tensor))?
-            if smoothing != 0, model.config.problemType != "multi_label_classification" {
+            if let smoother {
                 guard case .classIndices(let idx) = y else {
                     throw TrainingError.invalidArguments("label smoothing needs integer class labels")
                 }
                 lossFunction = { logits in
-                    try LabelSmoother(epsilon: smoothing)(logits: logits, labels: idx, numItemsInBatch: labelCount)
+                    try smoother(logits: logits, labels: idx, numItemsInBatch: labelCount)
                 }
             }
             let out = try model.forwardBackward(x, labels: y, context: context, lossFunction: lossFunction)
@@ -179,6 +179,13 @@ public final class Trainer {
         let entry = TrainingLogEntry(loss: loss, gradNorm: gradNorm, learningRate: lr, epoch: 0, step: globalStep)
         logHistory.append(entry)
         return entry
+    }
+
+    /// Trainer's label smoother, when `label_smoothing_factor` is set (not for multi-label heads,
+    /// whose BCE loss transformers leaves as it is).
+    var labelSmoother: LabelSmoother? {
+        args.labelSmoothingFactor != 0 && model.config.problemType != "multi_label_classification"
+            ? LabelSmoother(epsilon: args.labelSmoothingFactor) : nil
     }
 
     let snapshot = ParameterSnapshot()
