@@ -51,5 +51,5 @@ let package = Package(
         .testTarget(name: "CvtVisionTests", dependencies: ["CvtVision"]),
         .testTarget(name: "CvtKitTests", dependencies: ["CvtKit"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

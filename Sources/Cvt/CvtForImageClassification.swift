@@ -3,7 +3,7 @@ import CvtTensor
 import Foundation
 
 /// Targets for the loss, by dtype as transformers distinguishes them (`CvtForImageClassification.forward`, `modeling_cvt.py`).
-public enum Labels: Equatable {
+public enum Labels: Equatable, Sendable {
     /// int64 class indices `[B]` (also accepted for `num_labels == 1`, then compared as floats).
     case classIndices([Int])
     /// float targets: `[B]` or `[B, num_labels]` (regression or multi-label).
@@ -20,7 +20,7 @@ public enum Labels: Equatable {
 
 /// Output of `CvtForImageClassification` (transformers' `ImageClassifierOutputWithNoAttention`,
 /// plus the encoder's last hidden state and CLS value so one call gives everything).
-public struct ImageClassifierOutput {
+public struct ImageClassifierOutput: Sendable {
     /// `[1]` when labels were given.
     public var loss: Tensor?
     /// `[B, num_labels]`, or the `[B, C_last]` pooled features when `num_labels == 0`.

@@ -46,7 +46,7 @@ func gunzipIfNeeded(_ data: Data, path: String) throws -> Data {
 
 /// The IDX format of (Fashion-)MNIST: a big-endian header (magic with type and rank, then the
 /// dimensions) followed by the values.
-public struct IDXFile {
+public struct IDXFile: Sendable {
     public let shape: [Int]
     public let bytes: [UInt8]
 
@@ -83,7 +83,7 @@ public struct IDXFile {
 }
 
 /// An images + labels pair of IDX files, e.g. Fashion-MNIST's test split.
-public struct IDXDataset {
+public struct IDXDataset: Sendable {
     public let images: IDXFile
     public let labels: [Int]
     public var count: Int { labels.count }

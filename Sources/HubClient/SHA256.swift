@@ -142,8 +142,9 @@ public struct SHA256 {
     }
 }
 
-/// The round constants, in memory that is never freed (read by every block).
-private let sha256K: UnsafeMutablePointer<UInt32> = {
+/// The round constants, in memory that is never freed and never written after initialization
+/// (read by every block, so sharing it between threads is safe).
+nonisolated(unsafe) private let sha256K: UnsafeMutablePointer<UInt32> = {
     let p = UnsafeMutablePointer<UInt32>.allocate(capacity: 64)
     p.initialize(from: sha256RoundConstants, count: 64)
     return p

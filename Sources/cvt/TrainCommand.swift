@@ -367,7 +367,7 @@ final class TrainingReporter {
     private func emit(_ object: [String: Any]) {
         guard let d = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
         print(String(decoding: d, as: UTF8.self))
-        fflush(stdout)
+        fflush(nil)
     }
 
     private func clearBar() {
@@ -375,7 +375,7 @@ final class TrainingReporter {
     }
 
     func start(_ message: String) {
-        if json { emit(["event": "info", "message": message]) } else { clearBar(); print(message); fflush(stdout) }
+        if json { emit(["event": "info", "message": message]) } else { clearBar(); print(message); fflush(nil) }
     }
 
     func skipped(_ n: Int, _ path: String) {
@@ -409,7 +409,7 @@ final class TrainingReporter {
         } else if r.elapsedSeconds - lastPlain >= 10 || e.step == r.totalSteps {
             lastPlain = r.elapsedSeconds
             print(line)
-            fflush(stdout)
+            fflush(nil)
         }
     }
 
@@ -427,7 +427,7 @@ final class TrainingReporter {
         let keys = order.filter { r.values[$0] != nil } + r.values.keys.filter { !order.contains($0) }.sorted()
         let body = (keys.map { "'\($0)': \(String(format: "%.6g", r.values[$0]!))" } + ["'epoch': \(String(format: "%.4g", r.epoch))"]).joined(separator: ", ")
         print("{\(body)}")
-        fflush(stdout)
+        fflush(nil)
     }
 
     func evaluating(_ done: Int, _ total: Int) {
@@ -437,7 +437,7 @@ final class TrainingReporter {
     }
 
     func saved(_ url: URL) {
-        if json { emit(["event": "checkpoint", "path": url.path]) } else { clearBar(); print("saved \(url.path)"); fflush(stdout) }
+        if json { emit(["event": "checkpoint", "path": url.path]) } else { clearBar(); print("saved \(url.path)"); fflush(nil) }
     }
 
     func finish() { clearBar() }

@@ -1,12 +1,14 @@
 import CKernels
 import CvtTensor
 import Foundation
+import Synchronization
 import XCTest
 
 /// The kernels' thread team (`ck_parallel`, team.c): every member runs once, nested and
 /// concurrent regions run on their caller alone, and both waiting paths (spinning and sleeping)
 /// hand work over, on our pool and on OpenMP's.
-final class TeamTests: XCTestCase {
+// Regions run from other threads call this class's helpers, which keep no state.
+final class TeamTests: XCTestCase, @unchecked Sendable {
     /// What one region's members saw.
     final class Record {
         let lock = NSLock()
@@ -152,9 +154,7 @@ final class TeamTests: XCTestCase {
     func testConcurrentCallersEachRunTheirWholeRegion() {
         ck_team_set_openmp(0)
         ck_team_set_threads(2)
-        let results = UnsafeMutableBufferPointer<Int>.allocate(capacity: 8)
-        defer { results.deallocate() }
-        results.initialize(repeating: 0)
+        let results = Mutex([Int](repeating: 0, count: 8))
         DispatchQueue.concurrentPerform(iterations: 8) { caller in
             var complete = 0
             for _ in 0..<300 {
@@ -162,8 +162,8 @@ final class TeamTests: XCTestCase {
                 let ids = Set(r.calls.map(\.member)), members = r.calls.first?.members ?? 0
                 if r.calls.count == members, ids == Set(0..<members) { complete += 1 }
             }
-            results[caller] = complete
+            results.withLock { $0[caller] = complete }
         }
-        XCTAssertEqual(Array(results), Array(repeating: 300, count: 8))
+        XCTAssertEqual(results.withLock { $0 }, Array(repeating: 300, count: 8))
     }
 }

@@ -277,10 +277,11 @@ final class DownloadTests: HubTestCase {
         }
         let results = Results()
         let env = environment(hub)
+        let repo = repoID
         for _ in 0..<2 {
             group.enter()
             Thread {
-                let r = Result { try HubClient(environment: env).snapshot(repo: self.repoID, files: ["model.safetensors"]) }
+                let r = Result { try HubClient(environment: env).snapshot(repo: repo, files: ["model.safetensors"]) }
                 results.add(r)
                 group.leave()
             }.start()

@@ -1,5 +1,6 @@
 import Foundation
 import TFCheckpoint
+import Synchronization
 import XCTest
 
 final class TFCheckpointTests: XCTestCase {
@@ -173,14 +174,13 @@ final class TFCheckpointTests: XCTestCase {
         let ckpt = try TFCheckpoint(url: tfFixture("cvt_tiny/tf_model.h5"))
         let names = ckpt.tensorNames
         let reference = try ckpt.allFloats()
-        let lock = NSLock()
-        var mismatches: [String] = []
+        let mismatches = Mutex<[String]>([])
         DispatchQueue.concurrentPerform(iterations: 64) { i in
             let name = names[(i * 7) % names.count]
             let ok = (try? ckpt.floats(name)) == reference[name]
-            if !ok { lock.lock(); mismatches.append(name); lock.unlock() }
+            if !ok { mismatches.withLock { $0.append(name) } }
         }
-        XCTAssertEqual(mismatches, [])
+        XCTAssertEqual(mismatches.withLock { $0 }, [])
     }
 }
 

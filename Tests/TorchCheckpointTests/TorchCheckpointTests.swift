@@ -1,5 +1,6 @@
 import Foundation
 import TorchCheckpoint
+import Synchronization
 import XCTest
 
 private struct ExpectedFile: Decodable {
@@ -215,12 +216,12 @@ final class TorchCheckpointFixtureTests: XCTestCase {
         let names = ckpt.tensorNames
         let serial = try names.map { ckpt.dtype(of: $0) == "int64" ? try ckpt.int64s($0).map(Float.init) : try ckpt.floats($0) }
         let fresh = try TorchCheckpoint(url: fixture("cvt_tiny/pytorch_model.bin"))
-        var results = [[Float]?](repeating: nil, count: names.count)
-        let lock = NSLock()
+        let results = Mutex([[Float]?](repeating: nil, count: names.count))
         DispatchQueue.concurrentPerform(iterations: names.count) { i in
             let v = fresh.dtype(of: names[i]) == "int64" ? (try? fresh.int64s(names[i]))?.map(Float.init) : try? fresh.floats(names[i])
-            lock.lock(); results[i] = v; lock.unlock()
+            results.withLock { $0[i] = v }
         }
-        for i in names.indices { XCTAssertEqual(results[i], serial[i], names[i]) }
+        let read = results.withLock { $0 }
+        for i in names.indices { XCTAssertEqual(read[i], serial[i], names[i]) }
     }
 }

@@ -2,7 +2,7 @@ import Foundation
 
 /// Where the Trainer's batches come from: the items at `indices` as one batch, prepared for
 /// `epoch` (augmentation may differ per epoch). Called from a loader thread.
-public protocol TrainingBatchSource: AnyObject {
+public protocol TrainingBatchSource: AnyObject, Sendable {
     var count: Int { get }
     func batch(_ indices: [Int], epoch: Int) throws -> (Tensor, Labels)
     /// Checks, before any step, that the data fit the model's head and input.
@@ -62,7 +62,8 @@ public final class ImageBatchSource: TrainingBatchSource {
 
 /// Prepares items `0..<count` in order on a thread of its own, up to `depth` ahead of the
 /// consumer, so decoding and augmentation overlap the training step on the other cores.
-final class Prefetcher<T> {
+/// Its state is guarded by `condition`, so it may be shared with the loader thread.
+final class Prefetcher<T: Sendable>: @unchecked Sendable {
     private let condition = NSCondition()
     private var ready: [Int: Result<T, Error>] = [:]
     private var produced = 0
@@ -73,7 +74,7 @@ final class Prefetcher<T> {
     /// Seconds `next()` spent waiting for an item that was not ready.
     private(set) var waitSeconds = 0.0
 
-    init(count: Int, depth: Int = 2, make: @escaping (Int) throws -> T) {
+    init(count: Int, depth: Int = 2, make: @escaping @Sendable (Int) throws -> T) {
         self.count = count
         self.depth = max(depth, 1)
         let thread = Thread { [self] in

@@ -1,7 +1,8 @@
 import Foundation
+import Synchronization
 
 /// Labelled images fetched by index: what training and evaluation read.
-public protocol LabeledImageDataset {
+public protocol LabeledImageDataset: Sendable {
     var count: Int { get }
     /// Class names by class index.
     var labelNames: [String] { get }
@@ -176,13 +177,11 @@ public struct BadImage: CustomStringConvertible, Sendable {
 extension LabeledImageDataset {
     /// Decodes every image (on all cores) and returns those that fail, in index order, so a bad
     /// file is found before the first step rather than hours into a run.
-    public func findBadImages(progress: ((Int, Int) -> Void)? = nil) -> [BadImage] {
+    public func findBadImages(progress: (@Sendable (Int, Int) -> Void)? = nil) -> [BadImage] {
         let n = count
         let chunk = 64
         let chunks = (n + chunk - 1) / chunk
-        let lock = NSLock()
-        var bad: [BadImage] = []
-        var done = 0
+        let found = Mutex<(bad: [BadImage], done: Int)>(([], 0))
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             var local: [BadImage] = []
             for i in (c * chunk)..<min(n, c * chunk + chunk) {
@@ -193,13 +192,14 @@ extension LabeledImageDataset {
                     local.append(BadImage(index: i, name: itemName(i), reason: "\(error)"))
                 }
             }
-            lock.lock()
-            bad += local
-            done += min(n, c * chunk + chunk) - c * chunk
-            let d = done
-            lock.unlock()
+            let d = found.withLock {
+                $0.bad += local
+                $0.done += min(n, c * chunk + chunk) - c * chunk
+                return $0.done
+            }
             progress?(d, n)
         }
+        let bad = found.withLock { $0.bad }
         return bad.sorted { $0.index < $1.index }
     }
 }

@@ -13,7 +13,7 @@ public final class GradientCollector: ParameterVisitor {
 
 /// A batch of training data from a safetensors file: preprocessed `pixel_values` `[N, C, H, W]`
 /// (used as they are) and `labels` (int64 `[N]` class indices, or float32 `[N]` / `[N, L]` targets).
-public struct TrainingTensors {
+public struct TrainingTensors: Sendable {
     public var pixelValues: Tensor
     public var labels: Labels
     public var count: Int { pixelValues.shape[0] }
