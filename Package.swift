@@ -42,7 +42,7 @@ let package = Package(
         .executableTarget(name: "cvt", dependencies: [
             "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor", "CKernels"]),
+        .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor", "CKernels", "CDNNL"]),
         .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
         .testTarget(name: "TorchCheckpointTests", dependencies: ["TorchCheckpoint"]),
         .testTarget(name: "TFCheckpointTests", dependencies: ["TFCheckpoint"]),
@@ -50,6 +50,8 @@ let package = Package(
         .testTarget(name: "CvtTests", dependencies: ["Cvt", "CvtNN", "CvtTensor"]),
         .testTarget(name: "CvtVisionTests", dependencies: ["CvtVision"]),
         .testTarget(name: "CvtKitTests", dependencies: ["CvtKit"]),
+        // The public API only, as an app sees it (Swift 6 mode, no @testable).
+        .testTarget(name: "CvtKitLibraryTests", dependencies: ["CvtKit"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -53,6 +53,7 @@ static int started;                  // pool threads started (guarded by region_
 static _Atomic int team_threads;     // threads a region may use (0: not set yet)
 static _Atomic long spin_ns = -1;
 static _Thread_local int in_region;
+static _Thread_local int local_threads;  // 0: the process's count applies
 static _Atomic int use_openmp = -1;  // -1: not decided yet
 
 // libgomp (linked by oneDNN's module), as `#pragma omp parallel` would call it.
@@ -159,9 +160,16 @@ void ck_team_set_threads(int threads) {
     atomic_store(&team_threads, threads < 1 ? 1 : threads > MAX_MEMBERS ? MAX_MEMBERS : threads);
 }
 
+int ck_team_set_local_threads(int threads) {
+    int previous = local_threads;
+    local_threads = threads < 1 ? 0 : threads > MAX_MEMBERS ? MAX_MEMBERS : threads;
+    return previous;
+}
+
 int ck_team_threads(void) {
     if (in_region) return 1;
     if (ck_team_uses_openmp()) return omp_get_max_threads();
+    if (local_threads > 0) return local_threads;
     int t = atomic_load(&team_threads);
     if (t == 0) {
         ck_team_set_threads(default_threads());

@@ -206,15 +206,16 @@ public struct CvtConfig: Codable, Equatable, Sendable {
 
     /// `config.json` bytes, keys sorted, 2-space indent. Floats are always written with a decimal
     /// point (`4.0`, not `4`): transformers v5 validates `mlp_ratio` and the rates as floats and
-    /// rejects integers.
-    public func jsonData() throws -> Data {
+    /// rejects integers. `dtype`: the weights' type as `save_pretrained` records it (`float32`,
+    /// `bfloat16`, `float16`).
+    public func jsonData(dtype: String = "float32") throws -> Data {
         var fields: [(String, JSONValue)] = [
             ("attention_drop_rate", .array(attentionDropRate.map(JSONValue.float))),
             ("cls_token", .array(clsToken.map(JSONValue.bool))),
             ("depth", .array(depth.map(JSONValue.int))),
             ("drop_path_rate", .array(dropPathRate.map(JSONValue.float))),
             ("drop_rate", .array(dropRate.map(JSONValue.float))),
-            ("dtype", .string("float32")),
+            ("dtype", .string(dtype)),
             ("embed_dim", .array(embedDim.map(JSONValue.int))),
             ("id2label", .object(id2label.sorted { $0.key < $1.key }.map { (String($0.key), .string($0.value)) })),
             ("initializer_range", .float(initializerRange)),

@@ -31,17 +31,36 @@ public struct ImageClassifierOutput: Sendable {
 }
 
 /// transformers' `CvtForImageClassification`: `cvt` encoder, `layernorm`, `classifier`.
-public final class CvtForImageClassification: Module {
+/// Sendable: every call that computes or changes weights (`callAsFunction`, `logits`,
+/// `forwardBackward`, `load`, `storeWeights`, `stateDict`) holds the model's engine for its
+/// duration (`exclusively`), so tasks may share a model and take turns; its layers, reached
+/// through `cvt`, are not guarded on their own.
+public final class CvtForImageClassification: Module, @unchecked Sendable {
+    private var _config: CvtConfig
     /// The config; `problemType` is inferred and written back on the first loss, as transformers does.
-    public private(set) var config: CvtConfig
+    public private(set) var config: CvtConfig {
+        get { engine.exclusively { _config } }
+        set { engine.exclusively { _config = newValue } }
+    }
     public let cvt: CvtModel
     public let layernorm: LayerNorm
     /// `nil` when `num_labels == 0` (identity head).
     public let classifier: Linear?
 
-    public init(config: CvtConfig, engine: Engine? = nil) throws {
+    /// A model initialised from scratch as transformers' `CvtForImageClassification(config)`
+    /// (`CvtPreTrainedModel._init_weights`: truncated-normal weights with std `initializer_range`,
+    /// zero biases, unit norm weights), from `seed`. `engine`: the engine to compute on (default:
+    /// one of its own).
+    public convenience init(config: CvtConfig, engine: Engine? = nil, seed: UInt64 = 0) throws {
+        try self.init(zeroed: config, engine: engine)
+        try visitParameters(RandomInitializer(seed: seed, initializerRange: Float(config.initializerRange)), prefix: "")
+        parametersDidChange()
+    }
+
+    /// A model whose parameters are all zero, for a loader to fill.
+    package init(zeroed config: CvtConfig, engine: Engine? = nil) throws {
         cvt = try CvtModel(config: config, engine: engine)
-        self.config = config
+        _config = config
         let c = config.embedDim[config.numStages - 1]
         layernorm = LayerNorm(c)
         classifier = config.numLabels > 0 ? Linear(c, config.numLabels) : nil
@@ -50,7 +69,7 @@ public final class CvtForImageClassification: Module {
     /// A model with transformers' from-scratch initialisation (`CvtPreTrainedModel._init_weights`), seeded.
     public static func randomlyInitialized(config: CvtConfig, seed: UInt64 = 0, engine: Engine? = nil,
                                            weightStorage: ElementType = .float32) throws -> CvtForImageClassification {
-        let m = try CvtForImageClassification(config: config, engine: engine)
+        let m = try CvtForImageClassification(zeroed: config, engine: engine)
         try m.storeWeights(as: weightStorage)
         try m.visitParameters(RandomInitializer(seed: seed, initializerRange: Float(config.initializerRange)), prefix: "")
         m.parametersDidChange()
@@ -69,6 +88,10 @@ public final class CvtForImageClassification: Module {
     /// saving or re-initializing restores float32 storage.
     /// Throws, changing nothing, when a weight does not fit float16, naming its key.
     public func storeWeights(as type: ElementType) throws {
+        try exclusively { try storeAllWeights(as: type) }
+    }
+
+    private func storeAllWeights(as type: ElementType) throws {
         let layers = cvt.namedLinearLayers.map { ("cvt." + $0.key, $0.layer) } + (classifier.map { [("classifier", $0)] } ?? [])
         if type == .float16 {
             for (key, layer) in layers {
@@ -91,41 +114,67 @@ public final class CvtForImageClassification: Module {
 
     /// Loads every parameter from `source`, strictly: missing, unexpected or mis-shaped keys fail together.
     public func load(from source: TensorSource, sourceName: String) throws {
-        let loader = StrictLoader(source: source, sourceName: sourceName)
-        try visitParameters(loader, prefix: "")
-        try loader.finish()
-        parametersDidChange()
+        try exclusively {
+            let loader = StrictLoader(source: source, sourceName: sourceName)
+            try visitParameters(loader, prefix: "")
+            try loader.finish()
+            parametersDidChange()
+        }
     }
 
     /// The state dict, keyed and ordered as transformers' `state_dict()` (without `num_batches_tracked`).
     public func stateDict() throws -> (tensors: [String: Tensor], order: [String]) {
-        let c = StateDictCollector()
-        try visitParameters(c, prefix: "")
-        return (c.tensors, c.order)
+        try exclusively {
+            let c = StateDictCollector()
+            try visitParameters(c, prefix: "")
+            return (c.tensors, c.order)
+        }
     }
 
+    /// The engine this model computes on: its own unless one was passed at creation. Models that
+    /// share an engine share its thread count and take turns.
     public var engine: Engine {
         get { cvt.engine }
         set { cvt.engine = newValue }
     }
 
-    /// `pixelValues`: `[B, num_channels, H, W]` float32 (any batch, any size the strides allow).
-    public func callAsFunction(_ pixelValues: Tensor, labels: Labels? = nil, outputHiddenStates: Bool = false) throws -> ImageClassifierOutput {
-        let (out, tokens) = try cvt.encode(pixelValues, outputHiddenStates: outputHiddenStates)
-        let logits = try head(cls: out.clsTokenValue, tokens: tokens)
-        var loss: Tensor?
-        if let labels { loss = try Tensor(shape: [1], scalars: [computeLoss(logits: logits, labels: labels)]) }
-        return ImageClassifierOutput(loss: loss, logits: logits, lastHiddenState: out.lastHiddenState,
-                                     clsTokenValue: out.clsTokenValue, hiddenStates: out.hiddenStates)
+    private var _precision: ComputePrecision?
+    /// The matmul precision of this model's calls; nil (the default) runs with its engine's. Set
+    /// by `InferenceDType.apply(to:)`, so that models sharing an engine keep their own precision.
+    public var precision: ComputePrecision? {
+        get { engine.exclusively { _precision } }
+        set { engine.exclusively { _precision = newValue } }
     }
 
-    /// Only the logits `[B, num_labels]` (what classifying needs): the same numbers as
-    /// `self(pixelValues).logits`, faster when the last stage has a CLS token. The classifier reads
-    /// only that token, so the last layer skips its query, attention output and MLP for the other
-    /// tokens (on cvt-13, 7% of the FLOPs), and no hidden state is laid out.
+    /// Runs `body` as one call on the model's engine, with the model's precision. Calls from other
+    /// threads or tasks wait, so a model can be shared by them.
+    public func exclusively<R>(_ body: () throws -> R) rethrows -> R {
+        try engine.exclusively(precision: _precision, body)
+    }
+
+    /// `pixelValues`: `[B, num_channels, H, W]` float32 (any batch, any size the strides allow).
+    public func callAsFunction(_ pixelValues: Tensor, labels: Labels? = nil, outputHiddenStates: Bool = false) throws -> ImageClassifierOutput {
+        try exclusively {
+            let (out, tokens) = try cvt.encode(pixelValues, outputHiddenStates: outputHiddenStates)
+            let logits = try head(cls: out.clsTokenValue, tokens: tokens)
+            var loss: Tensor?
+            if let labels { loss = try Tensor(shape: [1], scalars: [computeLoss(logits: logits, labels: labels)]) }
+            return ImageClassifierOutput(loss: loss, logits: logits, lastHiddenState: out.lastHiddenState,
+                                         clsTokenValue: out.clsTokenValue, hiddenStates: out.hiddenStates)
+        }
+    }
+
+    /// Only the logits `[B, num_labels]` (what classifying needs), faster when the last stage has
+    /// a CLS token: the classifier reads only that token, so the last layer skips its query,
+    /// attention output and MLP for the other tokens (on cvt-13, 7% of the FLOPs), and no hidden
+    /// state is laid out. The same arithmetic on the CLS row as `self(pixelValues).logits`, in
+    /// matmuls of other shapes, whose kernels may sum in another order: the logits agree to float32
+    /// rounding (relative differences around 1e-7), not bit for bit.
     public func logits(_ pixelValues: Tensor) throws -> Tensor {
-        guard cvt.hasFinalCLS else { return try self(pixelValues).logits }
-        return try head(cls: cvt.encodeCLS(pixelValues), tokens: nil)
+        try exclusively {
+            guard cvt.hasFinalCLS else { return try self(pixelValues).logits }
+            return try head(cls: cvt.encodeCLS(pixelValues), tokens: nil)
+        }
     }
 
     /// LayerNorm, pooling and classifier: from the final CLS values `[B, 1, C]`, or, without a CLS,

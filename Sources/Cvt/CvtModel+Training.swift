@@ -440,7 +440,7 @@ extension CvtModel {
 // MARK: - classifier
 
 /// The result of one training forward and backward.
-public struct TrainingStepOutput {
+public struct TrainingStepOutput: Sendable {
     public var loss: Float
     /// `[B, num_labels]`
     public var logits: Tensor
@@ -453,6 +453,13 @@ extension CvtForImageClassification {
     /// BatchNorm running statistics move as in PyTorch's `train()` mode.
     public func forwardBackward(_ pixelValues: Tensor, labels: Labels, context: TrainingContext, lossScale: Float = 1,
                                 lossFunction: ((Tensor) throws -> (loss: Float, gradient: Tensor))? = nil) throws -> TrainingStepOutput {
+        try context.engine.exclusively(precision: precision) {
+            try trainingPass(pixelValues, labels: labels, context: context, lossScale: lossScale, lossFunction: lossFunction)
+        }
+    }
+
+    private func trainingPass(_ pixelValues: Tensor, labels: Labels, context: TrainingContext, lossScale: Float,
+                              lossFunction: ((Tensor) throws -> (loss: Float, gradient: Tensor))?) throws -> TrainingStepOutput {
         let (tokens, saved) = try cvt.forwardTraining(context, pixelValues)
         let b = tokens.shape[0], c = layernorm.dim, cls = cvt.hasFinalCLS
         // Head: LayerNorm of the final CLS, or of every token then their mean (spec of `CvtForImageClassification`).

@@ -342,7 +342,7 @@ public final class CvtStage: Module {
 }
 
 /// Output of `CvtModel` (transformers' `BaseModelOutputWithCLSToken`).
-public struct CvtModelOutput {
+public struct CvtModelOutput: Sendable {
     /// `[B, C_last, H, W]` (NCHW).
     public var lastHiddenState: Tensor
     /// `[B, 1, C_last]` when the last stage has a CLS token: its raw value after the last layer.
@@ -352,7 +352,9 @@ public struct CvtModelOutput {
 }
 
 /// transformers' `CvtModel` (keys without the `cvt.` prefix when used alone).
-public final class CvtModel: Module {
+/// Sendable: every call that computes or changes weights runs on the engine exclusively
+/// (`Engine.exclusively`), so tasks may share a model; its layers are reached through it.
+public final class CvtModel: Module, @unchecked Sendable {
     public let config: CvtConfig
     /// `encoder.stages`
     public let stages: [CvtStage]
@@ -361,7 +363,7 @@ public final class CvtModel: Module {
     public init(config: CvtConfig, engine: Engine? = nil) throws {
         try config.validate()
         self.config = config
-        self.engine = try engine ?? Engine.shared()
+        self.engine = try engine ?? Engine()
         stages = (0..<config.numStages).map { CvtStage(config: config, stage: $0) }
     }
 
@@ -494,6 +496,6 @@ public final class CvtModel: Module {
 
     /// `pixelValues`: `[B, num_channels, H, W]` float32, any batch and size.
     public func callAsFunction(_ pixelValues: Tensor, outputHiddenStates: Bool = false) throws -> CvtModelOutput {
-        try encode(pixelValues, outputHiddenStates: outputHiddenStates).0
+        try engine.exclusively { try encode(pixelValues, outputHiddenStates: outputHiddenStates).0 }
     }
 }

@@ -7,7 +7,7 @@ import Foundation
 @_exported import TFCheckpoint
 
 /// A checkpoint folder that cannot be used, naming the file and what is wrong with it.
-public struct CheckpointError: Error, CustomStringConvertible, LocalizedError {
+public struct CheckpointError: Error, CustomStringConvertible, LocalizedError, Sendable {
     public let path: String
     public let message: String
     public init(path: String, _ message: String) { self.path = path; self.message = message }
@@ -40,7 +40,7 @@ extension SafetensorsWriter {
 }
 
 /// The files of a Hugging Face checkpoint folder.
-public struct CheckpointFolder {
+public struct CheckpointFolder: Sendable {
     public let url: URL
     public init(_ url: URL) { self.url = url }
 
@@ -98,12 +98,12 @@ public struct CheckpointFolder {
 
 extension CvtForImageClassification {
     /// Loads a Hugging Face checkpoint folder (`config.json` + `model.safetensors`), strictly.
-    /// `dtype`, when given, sets the engine precision and weight storage first, so half-precision
+    /// `dtype`, when given, sets the model's precision and weight storage first, so half-precision
     /// storage is filled layer by layer (never the whole model in float32); nil leaves the engine as is.
     public convenience init(pretrained url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
-        try self.init(config: config, engine: engine)
+        try self.init(zeroed: config, engine: engine)
         try dtype?.apply(to: self)
         let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
@@ -133,10 +133,19 @@ extension CvtForImageClassification {
         }
     }
 
-    /// Writes `config.json` and `model.safetensors` (weights in `dtype`), as `save_pretrained` does.
+    /// Writes `config.json` and `model.safetensors` (weights in `dtype`, which `config.json`
+    /// records), as `save_pretrained` does. A pipeline's `savePretrained` also writes its image
+    /// processor's settings.
     public func savePretrained(to url: URL, dtype: SafetensorsDType = .f32) throws {
+        let dtypeName: String
+        switch dtype {
+        case .f32: dtypeName = "float32"
+        case .bf16: dtypeName = "bfloat16"
+        case .f16: dtypeName = "float16"
+        default: throw CheckpointError(path: url.path, "weights can be saved as F32, BF16 or F16, not \(dtype.rawValue)")
+        }
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        try config.jsonData().write(to: url.appendingPathComponent("config.json"), options: .atomic)
+        try config.jsonData(dtype: dtypeName).write(to: url.appendingPathComponent("config.json"), options: .atomic)
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
         let sd = try stateDict()
         for key in sd.order { if let t = sd.tensors[key] { try writer.add(key, t, as: dtype) } }

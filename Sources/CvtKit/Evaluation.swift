@@ -1,7 +1,7 @@
 import Foundation
 
 /// An image folder with one subfolder per class, each named as one of the model's labels.
-public struct ImageFolderDataset {
+public struct ImageFolderDataset: Sendable {
     public let items: [(url: URL, label: Int)]
 
     /// The folder name that stands for `label`: the label itself, with "/" (which a folder name
@@ -37,8 +37,8 @@ public struct ImageFolderDataset {
 }
 
 /// Accuracy report of `cvt evaluate`.
-public struct EvaluationResult: Encodable {
-    public struct ClassResult: Encodable { public var label: String; public var count: Int; public var accuracy: Double? }
+public struct EvaluationResult: Encodable, Sendable {
+    public struct ClassResult: Encodable, Sendable { public var label: String; public var count: Int; public var accuracy: Double? }
     public var top1: Double
     public var top5: Double
     public var count: Int
@@ -59,7 +59,7 @@ public enum Evaluator {
     /// Runs `model` over `count` images (fetched by index) with true labels, `batchSize` at a time.
     public static func evaluate(pipeline: ImageClassificationPipeline, count: Int, batchSize: Int,
                                 image: (Int) throws -> RGBImage, label: (Int) -> Int,
-                                progress: ((Int, Int) -> Void)? = nil) throws -> EvaluationResult {
+                                progress: ((Int, Int) throws -> Void)? = nil) throws -> EvaluationResult {
         let config = pipeline.model.config
         let n = config.numLabels
         guard n > 0 else { throw CvtInputError("the model has no classification head (num_labels 0)") }
@@ -90,7 +90,7 @@ public enum Evaluator {
                 if order.prefix(k).contains(truth) { top5 += 1 }
             }
             i = end
-            progress?(i, count)
+            try progress?(i, count)
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         let perClass = (0..<n).map { c -> EvaluationResult.ClassResult in

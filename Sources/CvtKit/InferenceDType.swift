@@ -28,11 +28,18 @@ public enum InferenceDType: String, CaseIterable, Sendable {
         }
     }
 
-    /// Sets the model's engine precision and weight storage. The engine is shared by every model
-    /// that uses it, so its precision applies to them all.
-    /// Throws, leaving the storage unchanged, when a weight does not fit float16.
+    /// The matmul precision of this mode.
+    public var precision: ComputePrecision { self == .bfloat16 ? .bfloat16 : .float32 }
+
+    /// Sets the model's precision and weight storage; other models, on the same engine or not,
+    /// keep theirs. Throws, leaving the storage unchanged, when a weight does not fit float16.
     public func apply(to model: CvtForImageClassification) throws {
-        try model.storeWeights(as: weightStorage)
-        model.engine.precision = self == .bfloat16 ? .bfloat16 : .float32
+        try model.exclusively {
+            model.precision = precision
+            do { try model.storeWeights(as: weightStorage) } catch {
+                model.precision = nil
+                throw error
+            }
+        }
     }
 }

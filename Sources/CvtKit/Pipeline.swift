@@ -39,14 +39,18 @@ public enum ClassificationFunction: String, CaseIterable, Sendable {
 
 /// transformers' `image-classification` pipeline for CvT: decode (EXIF-transposed, RGB),
 /// preprocess with the checkpoint's `ConvNextImageProcessor`, run the model, rank labels.
-public final class ImageClassificationPipeline {
+///
+/// A pipeline may be shared by threads and tasks: decoding and preprocessing run concurrently,
+/// and the model's calls take turns on its engine (each one uses all of the engine's threads).
+/// The `async` methods run on a thread of their own and stop when their task is cancelled.
+public final class ImageClassificationPipeline: Sendable {
     public let model: CvtForImageClassification
     public let processor: ConvNextImageProcessor
     /// Things the user should know (e.g. a missing preprocessor_config.json).
-    public private(set) var warnings: [String] = []
+    public let warnings: [String]
 
-    public init(model: CvtForImageClassification, processor: ConvNextImageProcessor) {
-        self.model = model; self.processor = processor
+    public init(model: CvtForImageClassification, processor: ConvNextImageProcessor, warnings: [String] = []) {
+        self.model = model; self.processor = processor; self.warnings = warnings
     }
 
     /// Loads the model and its `preprocessor_config.json` from a checkpoint folder. Without that
@@ -64,9 +68,18 @@ public final class ImageClassificationPipeline {
             config = .cvt13Default
             warning = "\(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing (224, crop_pct 0.875, bicubic, ImageNet mean/std)"
         }
-        self.init(model: model, processor: ConvNextImageProcessor(config: config))
-        if let warning { warnings.append(warning) }
-        if model.engine.emulatesBFloat16 { warnings.append(InferenceDType.bfloat16EmulationNote) }
+        var warnings = warning.map { [$0] } ?? []
+        if dtype == .bfloat16, !Engine.hasNativeBFloat16 { warnings.append(InferenceDType.bfloat16EmulationNote) }
+        self.init(model: model, processor: ConvNextImageProcessor(config: config), warnings: warnings)
+    }
+
+    /// Writes the model (`CvtForImageClassification.savePretrained`) and `preprocessor_config.json`,
+    /// so that a pipeline loaded from `url` preprocesses as this one does.
+    public func savePretrained(to url: URL, dtype: SafetensorsDType = .f32) throws {
+        try model.savePretrained(to: url, dtype: dtype)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(processor.config).write(to: url.appendingPathComponent("preprocessor_config.json"), options: .atomic)
     }
 
     /// Ranks labels for decoded images, `batchSize` images per forward pass.
@@ -86,8 +99,17 @@ public final class ImageClassificationPipeline {
     /// Classifies image files; one result per path, so a bad file does not stop the others.
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
                          batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(paths.map { path in { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path)) } },
-                 topK: topK, function: function, batchSize: batchSize)
+        classify(sources(paths), topK: topK, function: function, batchSize: batchSize)
+    }
+
+    func sources(_ paths: [String]) -> [() throws -> RGBImage] {
+        paths.map { path in { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path)) } }
+    }
+
+    func sources(encoded images: [Data], names: [String]?) -> [() throws -> RGBImage] {
+        images.enumerated().map { i, data in
+            { try ImageDecoder.decode(data: data, name: names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)") }
+        }
     }
 
     /// Classifies encoded images held in memory (the bytes of JPEG or PNG files, e.g. from a
@@ -95,16 +117,26 @@ public final class ImageClassificationPipeline {
     /// result per image, so a bad one does not stop the others.
     public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
                          batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(images.enumerated().map { i, data in
-            { try ImageDecoder.decode(data: data, name: names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)") }
-        }, topK: topK, function: function, batchSize: batchSize)
+        classify(sources(encoded: images, names: names), topK: topK, function: function, batchSize: batchSize)
     }
 
-    private func classify(_ sources: [() throws -> RGBImage], topK: Int, function: ClassificationFunction?,
-                          batchSize: Int) -> [Result<[Prediction], Error>] {
+    /// Decodes and classifies `sources` in batches of `batchSize` decodable images. After each
+    /// batch, `onBatch` gets the inputs done so far and the items finished since the last call (a
+    /// failed decode is finished at once), in input order; `isCancelled` is polled before each
+    /// input, and a cancelled run returns what it has (unfinished inputs fail with
+    /// `CancellationError`).
+    func classify(_ sources: [() throws -> RGBImage], topK: Int, function: ClassificationFunction?, batchSize: Int,
+                  isCancelled: () -> Bool = { false },
+                  onBatch: (Int, [ClassifiedItem]) -> Void = { _, _ in }) -> [Result<[Prediction], Error>] {
         var results = [Result<[Prediction], Error>?](repeating: nil, count: sources.count)
         var pending: [(index: Int, image: RGBImage)] = []
-        func flush() {
+        var reported = 0  // inputs before this index have been passed to onBatch
+        func report(upTo end: Int) {
+            let items = (reported..<end).compactMap { i in results[i].map { ClassifiedItem(index: i, result: $0) } }
+            reported = end
+            onBatch(end, items)
+        }
+        func flush(upTo end: Int) {
             guard !pending.isEmpty else { return }
             do {
                 let ranked = try self(images: pending.map(\.image), topK: topK, function: function, batchSize: pending.count)
@@ -113,17 +145,22 @@ public final class ImageClassificationPipeline {
                 for p in pending { results[p.index] = .failure(error) }
             }
             pending.removeAll()
+            report(upTo: end)
         }
         for (i, source) in sources.enumerated() {
+            if isCancelled() { break }
             do {
                 pending.append((i, try source()))
             } catch {
                 results[i] = .failure(error)
             }
-            if pending.count >= max(1, batchSize) { flush() }
+            if pending.count >= max(1, batchSize) { flush(upTo: i + 1) }
         }
-        flush()
-        return results.map { $0 ?? .failure(CheckpointError(path: "", "internal: no result")) }
+        if !isCancelled() {
+            flush(upTo: sources.count)
+            if reported < sources.count { report(upTo: sources.count) }
+        }
+        return results.map { $0 ?? .failure(CancellationError()) }
     }
 
     /// Classifies image files, throwing the first failure.

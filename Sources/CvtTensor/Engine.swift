@@ -16,8 +16,14 @@ func check(_ status: dnnl_status_t, _ op: @autoclosure () -> String) throws {
     }
 }
 
-/// The compute engine: a oneDNN CPU engine and stream, a cache of created primitives, and the
-/// thread count. One engine is shared by a process (`Engine.shared()`); calls are serialized.
+/// The compute engine: a oneDNN CPU engine and stream, a cache of created primitives, and its
+/// settings (thread count, matmul precision, kernel choices).
+///
+/// Settings belong to the engine: changing one engine never changes another, and nothing here is
+/// process-wide. Each model gets an engine of its own unless one is passed to it; models that share
+/// an engine share its settings and take turns. An engine may be used from any thread or task:
+/// calls that compute (`exclusively`, which every model call goes through) hold it for their
+/// duration, and a settings change waits for the running call to end.
 public final class Engine: @unchecked Sendable {
     let engine: dnnl_engine_t
     let stream: dnnl_stream_t
@@ -26,17 +32,80 @@ public final class Engine: @unchecked Sendable {
     var softmaxes: [SoftmaxKey: Primitive] = [:]
     var reorders: [ReorderKey: Primitive] = [:]
     var packedLayouts: [PackedLayoutKey: dnnl_memory_desc_t] = [:]
+    /// Held by every call that computes and by every settings change (recursive: a model call
+    /// runs engine calls inside it).
+    let callLock = NSRecursiveLock()
+    /// Guards the primitive caches (also taken by direct engine calls).
+    let lock = NSLock()
+
+    /// The settings, read and written under `callLock`.
+    struct Settings {
+        var threads = Engine.availableCores
+        var precision: ComputePrecision = .float32
+        var attentionScoreBudget = 4 << 20
+        var profile = false
+        var packsWeights = true
+        var linearKernel: LinearKernel = .preferred
+        var depthwiseKernel: LinearKernel = LinearKernel.avx2.isSupported ? .avx2 : .onednn
+        var allowsFusedAttention = true
+        var splitsBatches = true
+        var imagesPerPart = LinearKernel.preferred == .avx2 ? 2 : 4
+    }
+    private var settings = Settings()
+    private func setting<T>(_ path: KeyPath<Settings, T>) -> T { callLock.withLock { settings[keyPath: path] } }
+    private func set<T>(_ path: WritableKeyPath<Settings, T>, _ value: T) { callLock.withLock { settings[keyPath: path] = value } }
+
     /// Attention runs images in groups whose score matrices total at most this many float32 values
     /// (16 MB by default; at least one image per group). Larger groups mean fewer, longer matmuls.
-    public var attentionScoreBudget = 4 << 20
-    /// Matmul arithmetic; float32 (the default) is the parity reference.
-    public var precision: ComputePrecision = .float32
-    let lock = NSLock()
+    public var attentionScoreBudget: Int {
+        get { setting(\.attentionScoreBudget) }
+        set { set(\.attentionScoreBudget, max(1, newValue)) }
+    }
+    /// Matmul arithmetic; float32 (the default) is the parity reference. A model can run with a
+    /// precision of its own on a shared engine (`exclusively(precision:)`).
+    public var precision: ComputePrecision {
+        get { setting(\.precision) }
+        set { set(\.precision, newValue) }
+    }
     /// Per-operation wall time in ms, collected when `profile` is set (for `cvt bench --profile`).
-    public var profile = false
-    public var profileTimes: [String: Double] = [:]
+    public var profile: Bool {
+        get { setting(\.profile) }
+        set { set(\.profile, newValue) }
+    }
+    private var _profileTimes: [String: Double] = [:]
+    private var _profileDetail: [String: Double] = [:]
+    public var profileTimes: [String: Double] {
+        get { callLock.withLock { _profileTimes } }
+        set { callLock.withLock { _profileTimes = newValue } }
+    }
     /// Same, per operation and shape (e.g. `matmul [32, 3136, 64]x[64, 64]`).
-    public var profileDetail: [String: Double] = [:]
+    public var profileDetail: [String: Double] {
+        get { callLock.withLock { _profileDetail } }
+        set { callLock.withLock { _profileDetail = newValue } }
+    }
+
+    /// The CPUs this process may run on.
+    public static var availableCores: Int { ProcessInfo.processInfo.activeProcessorCount }
+
+    /// Runs `body` as one call on this engine: it holds the engine (other threads' calls wait), runs
+    /// with `precision` when given (else the engine's), and with the engine's thread count for the
+    /// calling thread's kernels and oneDNN (OpenMP) calls; all restored afterwards.
+    public func exclusively<R>(precision: ComputePrecision? = nil, _ body: () throws -> R) rethrows -> R {
+        callLock.lock()
+        defer { callLock.unlock() }
+        let outerPrecision = settings.precision
+        if let precision { settings.precision = precision }
+        let n = Int32(settings.threads)
+        let outerOMP = omp_get_max_threads()
+        let outerTeam = ck_team_set_local_threads(n)
+        if outerOMP != n { omp_set_num_threads(n) }
+        defer {
+            if outerOMP != n { omp_set_num_threads(outerOMP) }
+            ck_team_set_local_threads(outerTeam)
+            settings.precision = outerPrecision
+        }
+        return try body()
+    }
 
     /// Runs `body`, adding its wall time to `profileTimes[name]` when profiling (for work done outside
     /// the backend: LayerNorm, copies, layout changes).
@@ -46,8 +115,10 @@ public final class Engine: @unchecked Sendable {
         let t0 = DispatchTime.now().uptimeNanoseconds
         defer {
             let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            profileTimes[name, default: 0] += ms
-            profileDetail[name, default: 0] += ms
+            callLock.withLock {
+                _profileTimes[name, default: 0] += ms
+                _profileDetail[name, default: 0] += ms
+            }
         }
         return try body()
     }
@@ -55,19 +126,21 @@ public final class Engine: @unchecked Sendable {
     /// Adds the time since `t0` to the profile (callers hold `lock`).
     func record(_ kind: String, _ detail: String, since t0: UInt64) {
         let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-        profileTimes[kind, default: 0] += ms
-        profileDetail[detail, default: 0] += ms
+        callLock.withLock {
+            _profileTimes[kind, default: 0] += ms
+            _profileDetail[detail, default: 0] += ms
+        }
     }
 
-    /// `threads`: backend worker threads; nil means all cores (not OMP_NUM_THREADS, which libgomp
-    /// reads only at load time).
+    /// `threads`: compute threads of this engine's calls; nil means all cores (not
+    /// OMP_NUM_THREADS, which libgomp reads only at load time).
     public convenience init(threads: Int? = nil) throws {
-        try self.init(settingThreads: true)
-        self.threads = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        try self.init(worker: false)
+        if let threads { self.threads = threads }
     }
 
-    /// An engine that leaves the process's thread count alone (batch workers).
-    private init(settingThreads: Bool) throws {
+    /// `worker`: a batch worker's engine, which runs on one thread.
+    private init(worker: Bool) throws {
         var e: dnnl_engine_t?
         try check(dnnl_engine_create(&e, dnnl_cpu, 0), "engine create")
         guard let e else { throw EngineError(operation: "engine create", status: "null engine") }
@@ -75,6 +148,7 @@ public final class Engine: @unchecked Sendable {
         try check(dnnl_stream_create(&s, e, UInt32(dnnl_stream_default_flags.rawValue)), "stream create")
         guard let s else { throw EngineError(operation: "stream create", status: "null stream") }
         engine = e; stream = s
+        if worker { settings.threads = 1 }
     }
 
     deinit {
@@ -86,7 +160,8 @@ public final class Engine: @unchecked Sendable {
     nonisolated(unsafe) private static var sharedEngine: Engine?
     private static let sharedLock = NSLock()
 
-    /// The process-wide engine, created on first use with all cores.
+    /// An engine for code that wants one to share (the CLI's commands), created on first use with
+    /// all cores. Models do not use it unless it is passed to them.
     public static func shared() throws -> Engine {
         sharedLock.lock(); defer { sharedLock.unlock() }
         if let e = sharedEngine { return e }
@@ -95,15 +170,16 @@ public final class Engine: @unchecked Sendable {
         return e
     }
 
-    /// Compute threads: our kernels' team (`ck_parallel`, process-wide) and oneDNN's (OpenMP, set
-    /// for the calling thread). Defaults to all cores; 1 inside a batch worker.
+    /// Compute threads of this engine's calls: our kernels' team (`ck_parallel`) and oneDNN's
+    /// (OpenMP), both set for the calling thread during a call (`exclusively`). Defaults to all
+    /// cores; 1 for a batch worker.
     public var threads: Int {
-        get { Int(ck_team_threads()) }
-        set {
-            omp_set_num_threads(Int32(max(1, newValue)))
-            ck_team_set_threads(Int32(max(1, newValue)))
-        }
+        get { setting(\.threads) }
+        set { set(\.threads, min(max(1, newValue), Engine.maximumThreads)) }
     }
+
+    /// The most threads an engine uses (the kernels' team size limit).
+    public static let maximumThreads = 256
 
     /// The team our kernels run on: "own" (`team.c`: waiting threads spin briefly, yielding, then
     /// sleep) or "openmp" (libgomp's, on AVX-512 CPUs or with `CVT_TEAM=openmp`).
@@ -113,26 +189,34 @@ public final class Engine: @unchecked Sendable {
 
     /// Whether layers keep their matmul weights packed (`PackedWeights`) instead of plain. On by
     /// default; off runs the plain-weights path (for comparisons).
-    public var packsWeights = true
+    public var packsWeights: Bool {
+        get { setting(\.packsWeights) }
+        set { set(\.packsWeights, newValue) }
+    }
 
     /// Kernels for float32 packed weights (weights packed by another kernel are unpacked and packed
     /// again by the layers). Defaults to the faster one on this CPU; setting an unsupported kernel
     /// keeps oneDNN.
-    public var linearKernel: LinearKernel = .preferred {
-        didSet { if !linearKernel.isSupported { linearKernel = .onednn } }
+    public var linearKernel: LinearKernel {
+        get { setting(\.linearKernel) }
+        set { set(\.linearKernel, newValue.isSupported ? newValue : .onednn) }
     }
 
     /// Kernel for the depthwise Q/K/V convolutions: ours (`layers.c`, needs AVX2 + FMA) reads and
     /// writes the token buffers in place (no copies around the CLS row), so it is the faster one on
     /// AVX-512 CPUs too; `.onednn` runs oneDNN's on copies (for comparison). Setting an unsupported
     /// kernel keeps oneDNN.
-    public var depthwiseKernel: LinearKernel = LinearKernel.avx2.isSupported ? .avx2 : .onednn {
-        didSet { if !depthwiseKernel.isSupported { depthwiseKernel = .onednn } }
+    public var depthwiseKernel: LinearKernel {
+        get { setting(\.depthwiseKernel) }
+        set { set(\.depthwiseKernel, newValue.isSupported ? newValue : .onednn) }
     }
 
     /// Whether models use the fused attention kernel where it runs (off: oneDNN matmuls and softmax,
     /// for comparison).
-    public var allowsFusedAttention = true
+    public var allowsFusedAttention: Bool {
+        get { setting(\.allowsFusedAttention) }
+        set { set(\.allowsFusedAttention, newValue) }
+    }
 
     // MARK: - batch workers
 
@@ -141,7 +225,10 @@ public final class Engine: @unchecked Sendable {
     /// running every operation on all threads. On by default: per-image work is independent, and
     /// one thread per part keeps each core on its own data and skips the thread hand-offs of every
     /// backend call.
-    public var splitsBatches = true
+    public var splitsBatches: Bool {
+        get { setting(\.splitsBatches) }
+        set { set(\.splitsBatches, newValue) }
+    }
     var workers: [Engine] = []
 
     /// Images per part at most when a batch is split: a worker runs its images in parts of this
@@ -149,7 +236,10 @@ public final class Engine: @unchecked Sendable {
     /// [3152, 1536] MLP output does not). 0: one part per thread, however large. With our AVX2
     /// kernels 2 (smaller parts leave a shorter tail at the end of a batch, and less memory); 4
     /// where oneDNN runs the matmuls (its kernels gain more from taller matrices).
-    public var imagesPerPart = LinearKernel.preferred == .avx2 ? 2 : 4
+    public var imagesPerPart: Int {
+        get { setting(\.imagesPerPart) }
+        set { set(\.imagesPerPart, max(0, newValue)) }
+    }
 
     /// How many parts a batch of `batchSize` images is split into (1: not split).
     public func batchParts(_ batchSize: Int) -> Int {
@@ -164,18 +254,17 @@ public final class Engine: @unchecked Sendable {
     /// the workers are added to this engine's (CPU time, so they may exceed wall time).
     public func concurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
         if count <= 0 { return }
-        let members = min(count, max(1, threads))
-        lock.lock()
-        while workers.count < members {
-            do { workers.append(try Engine(settingThreads: false)) } catch { lock.unlock(); throw error }
-        }
+        try exclusively { try runConcurrently(count, body) }
+    }
+
+    private func runConcurrently(_ count: Int, _ body: (Int, Engine) throws -> Void) throws {
+        let members = min(count, max(1, settings.threads))
+        while workers.count < members { workers.append(try Engine(worker: true)) }
         let team = Array(workers.prefix(members))
-        lock.unlock()
         for w in team {
-            w.precision = precision; w.packsWeights = packsWeights; w.linearKernel = linearKernel
-            w.depthwiseKernel = depthwiseKernel
-            w.allowsFusedAttention = allowsFusedAttention; w.imagesPerPart = imagesPerPart
-            w.attentionScoreBudget = attentionScoreBudget; w.profile = profile
+            var copied = settings
+            copied.threads = 1
+            w.callLock.withLock { w.settings = copied }
         }
         // The team is the kernels' team (ck_parallel): its threads wait for the next region
         // anyway. Inside a member the kernels run on that thread alone (the team grants one thread
@@ -194,10 +283,10 @@ public final class Engine: @unchecked Sendable {
             job.body = nil  // `body` must not outlive this call
             return job.errors
         }
-        if profile {
+        if settings.profile {
             for w in team {
-                for (k, v) in w.profileTimes { profileTimes[k, default: 0] += v }
-                for (k, v) in w.profileDetail { profileDetail[k, default: 0] += v }
+                for (k, v) in w.profileTimes { _profileTimes[k, default: 0] += v }
+                for (k, v) in w.profileDetail { _profileDetail[k, default: 0] += v }
                 w.profileTimes = [:]; w.profileDetail = [:]
             }
         }

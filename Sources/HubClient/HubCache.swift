@@ -14,7 +14,7 @@ import Foundation
 ///         blobs/{etag}.incomplete            a download in progress (never complete-looking)
 ///         .no_exist/{commit}/{filename}      empty marker: the file does not exist at that commit
 ///     <root>/.locks/models--{org}--{name}/{etag}.lock
-public struct HubCache {
+public struct HubCache: Sendable {
     public let root: URL
 
     public init(root: URL) { self.root = root }

@@ -10,12 +10,14 @@ import FoundationNetworking
 
 /// Progress of one file: name, bytes on disk so far, total when known. Called on a background
 /// thread while `snapshot` blocks.
-public typealias DownloadProgress = (_ file: String, _ done: Int64, _ total: Int64?) -> Void
+public typealias DownloadProgress = @Sendable (_ file: String, _ done: Int64, _ total: Int64?) -> Void
 
 /// Resolves Hub model repositories to local snapshot folders the way huggingface_hub does: the
 /// cache first (no network at all when every file is there), then downloads of the missing files
 /// into the same cache layout, so the Python library and this one share a cache.
-public struct HubClient {
+// `configuration` is a class, handed to each URLSession made (which copies it); a client may be
+// shared between tasks as long as that object is not changed meanwhile.
+public struct HubClient: @unchecked Sendable {
     /// The cache root (`HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
     public var cacheDirectory: URL
     /// `HF_HUB_OFFLINE`: never touch the network.

@@ -10,7 +10,7 @@ import Foundation
 ///
 /// One deliberate difference: a variable set to the empty string counts as unset (Python's
 /// `os.getenv` would use "" and resolve the cache relative to the working directory).
-public struct HubEnvironment {
+public struct HubEnvironment: Sendable {
     public var variables: [String: String]
 
     public init(_ variables: [String: String] = ProcessInfo.processInfo.environment) {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Where a model comes from: a folder on disk, or a Hub repository at a revision.
-public enum ModelReference: Equatable, CustomStringConvertible {
+public enum ModelReference: Equatable, CustomStringConvertible, Sendable {
     case local(URL)
     case hub(repo: String, revision: String)
 

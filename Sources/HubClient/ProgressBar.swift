@@ -11,7 +11,8 @@ import Foundation
 ///
 /// Pass `bar.callback` as the `progress` of `HubClient.snapshot`. Redraws at most ten times a
 /// second; a new file or a finished one ends the line.
-public final class TerminalProgressBar {
+/// Its state is guarded by `lock`, so downloads may report from any thread.
+public final class TerminalProgressBar: @unchecked Sendable {
     private let lock = NSLock()
     private var currentFile: String?
     private var lastDraw = Date.distantPast

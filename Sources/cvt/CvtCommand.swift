@@ -171,7 +171,7 @@ struct Bench: ParsableCommand {
             classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
         try mode.apply(to: classifier)
-        if engine.emulatesBFloat16 { FileHandle.standardError.write(Data("warning: \(InferenceDType.bfloat16EmulationNote)\n".utf8)) }
+        if mode == .bfloat16, !Engine.hasNativeBFloat16 { FileHandle.standardError.write(Data("warning: \(InferenceDType.bfloat16EmulationNote)\n".utf8)) }
         var rng = SplitMix64(seed: 1)
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
         let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
@@ -220,7 +220,7 @@ struct Bench: ParsableCommand {
                 "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
                 "output": fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
-                "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
+                "matmul_kernels": mode.precision == .float32 ? "float32" : Engine.hasNativeBFloat16 ? "bfloat16" : "bfloat16-emulated",
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))

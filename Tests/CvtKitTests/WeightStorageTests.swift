@@ -66,7 +66,8 @@ final class WeightStorageTests: XCTestCase {
         let reference = try CvtForImageClassification(pretrained: dir, engine: e1)
         let e2 = try Engine(); e2.linearKernel = .onednn
         let compact = try CvtForImageClassification(pretrained: dir, engine: e2, dtype: .bfloat16)
-        XCTAssertEqual(compact.engine.precision, .bfloat16)
+        XCTAssertEqual(compact.precision, .bfloat16)
+        XCTAssertEqual(compact.engine.precision, .float32, "the dtype is the model's, not its engine's")
         XCTAssertEqual(compact.classifier?.weightStorage, .bfloat16)
         XCTAssertEqual(reference.parameterBytes - compact.parameterBytes, linearWeightElements(reference) * 2)
         XCTAssertEqual(try compact(input).logits.maxAbsDifference(try reference(input).logits), 0)

@@ -172,12 +172,24 @@ final class EngineTests: XCTestCase {
         assertClose(y, expected, tol: 1e-6, "avg pool")
     }
 
-    func testThreadCountIsSettable() throws {
-        let e = try Engine.shared()
-        let before = e.threads
-        e.threads = 1
-        XCTAssertEqual(e.threads, 1)
-        e.threads = before
+    /// An engine's thread count is its own: setting it changes no other engine, and it applies to
+    /// the calling thread's kernels only during the engine's calls.
+    func testThreadCountBelongsToTheEngine() throws {
+        let one = try Engine(threads: 1), three = try Engine(threads: 3)
+        let shared = try Engine.shared(), sharedBefore = shared.threads
+        XCTAssertEqual(one.threads, 1)
+        XCTAssertEqual(three.threads, 3)
+        XCTAssertEqual(shared.threads, sharedBefore, "creating engines changed the shared one")
+        let outside = ck_team_threads()
+        XCTAssertEqual(one.exclusively { ck_team_threads() }, 1)
+        XCTAssertEqual(three.exclusively { ck_team_threads() }, 3)
+        XCTAssertEqual(three.exclusively { one.exclusively { ck_team_threads() } }, 1, "nested calls: the inner engine's count")
+        XCTAssertEqual(ck_team_threads(), outside, "a call left its thread count behind")
+        one.threads = 2
+        XCTAssertEqual(three.threads, 3)
+        XCTAssertEqual(one.threads, 2)
+        one.threads = 0
+        XCTAssertEqual(one.threads, 1, "counts are clamped to at least one thread")
     }
 }
 

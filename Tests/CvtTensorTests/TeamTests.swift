@@ -1,3 +1,4 @@
+import CDNNL
 import CKernels
 import CvtTensor
 import Foundation
@@ -47,8 +48,11 @@ final class TeamTests: XCTestCase, @unchecked Sendable {
         XCTAssertTrue(r.calls.allSatisfy { $0.members == members }, "\(name): counts \(r.calls.map(\.members))", file: file, line: line)
     }
 
-    /// Sets both teams' thread counts (ours and OpenMP's, for this thread).
-    func setThreads(_ n: Int) throws { try Engine.shared().threads = n }
+    /// Sets both teams' thread counts (ours for the process, OpenMP's for this thread).
+    func setThreads(_ n: Int) throws {
+        ck_team_set_threads(Int32(n))
+        omp_set_num_threads(Int32(n))
+    }
 
     override func tearDownWithError() throws {
         ck_team_set_openmp(-1)

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import HubClient
 
@@ -31,11 +32,11 @@ final class DownloadTests: HubTestCase {
     var cdnRequests: [TestHTTPServer.Request] { hub.requests.filter { $0.path.hasPrefix("/cdn/") } }
 
     func testDownloadsRegularAndLFSFilesIntoCacheLayout() throws {
-        var progress = [String: (Int64, Int64?)]()
-        let lock = NSLock()
+        let reported = Mutex([String: (Int64, Int64?)]())
         let folder = try client().snapshot(repo: repoID, files: ["config.json", "model.safetensors", "onnx/model.onnx"]) { file, done, total in
-            lock.lock(); progress[file] = (done, total); lock.unlock()
+            reported.withLock { $0[file] = (done, total) }
         }
+        let progress = reported.withLock { $0 }
         XCTAssertEqual(folder.path, snapshotFolder(commitA).path)
         XCTAssertEqual(try Data(contentsOf: folder.appendingPathComponent("config.json")), config)
         XCTAssertEqual(try Data(contentsOf: folder.appendingPathComponent("model.safetensors")), weights)

@@ -9,10 +9,14 @@
 /// runs on the caller alone with members 1.
 typedef void (*ck_team_fn)(void *ctx, int member, int members);
 void ck_parallel(ck_team_fn fn, void *ctx, int members);
-/// Threads a region may use: the count set (default: the CPUs this process may run on; OpenMP's
-/// count when regions run on its team), 1 inside a region.
+/// Threads a region may use: the calling thread's count if set, else the process's count (default:
+/// the CPUs this process may run on); OpenMP's count for the calling thread when regions run on its
+/// team; 1 inside a region.
 int ck_team_threads(void);
 void ck_team_set_threads(int threads);
+/// The calling thread's own count (0: none, the process's applies); returns the previous one. An
+/// engine sets it for the duration of each call, so engines with different counts coexist.
+int ck_team_set_local_threads(int threads);
 /// Whether the calling thread is running a member of a region.
 int ck_team_in_region(void);
 /// Whether regions run on OpenMP's team instead of ours (default: on AVX-512 CPUs, where oneDNN's

@@ -114,7 +114,7 @@ public struct TrainerHooks {
     public init() {}
 }
 
-public enum TrainOutcome: Equatable {
+public enum TrainOutcome: Equatable, Sendable {
     case completed
     /// Stopped on request after `step`, with a checkpoint written at `checkpoint`.
     case interrupted(step: Int, checkpoint: URL)

@@ -43,7 +43,9 @@ public struct TrainingLogEntry: Codable, Sendable, Equatable {
 /// optimizer step, clipping, AdamW with Trainer's decay groups, the learning rate schedule,
 /// BatchNorm in training mode, dropout and drop path on; with `run`, also logging every
 /// `logging_steps`, evaluation, checkpoints, resuming and stopping on request.
-public final class Trainer {
+/// Not for use from several tasks at once: one run at a time (the async `run` hands it to a
+/// thread of its own for the run's duration).
+public final class Trainer: @unchecked Sendable {
     public let model: CvtForImageClassification
     public let args: TrainingArguments
     public let optimizer: AdamW
@@ -134,6 +136,12 @@ public final class Trainer {
     /// sum is divided by the labels of the whole step instead.
     @discardableResult
     public func step(_ microBatches: [(Tensor, Labels)]) throws -> TrainingLogEntry {
+        // One call on the model's engine: its threads and the model's precision for every kernel
+        // of the step (the optimizer's too).
+        try model.exclusively { try runStep(microBatches) }
+    }
+
+    private func runStep(_ microBatches: [(Tensor, Labels)]) throws -> TrainingLogEntry {
         let stepNumber = globalStep + 1
         let saved = batchNormState()
         try zeroGradients(model)
