@@ -32,3 +32,6 @@ extension ImageClassificationPipeline {
         try self.init(model: ModelResolver.resolve(reference, progress: progress), engine: engine, dtype: dtype)
     }
 }
+
+/// This package's version (`cvt --version`).
+public let swiftCvtVersion = "0.9.0"

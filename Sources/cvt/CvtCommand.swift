@@ -36,6 +36,7 @@ struct Cvt: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
+        version: swiftCvtVersion,
         subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Train.self, Convert.self, Bench.self, BenchPreprocess.self])
 }
 
@@ -222,7 +223,7 @@ struct Bench: ParsableCommand {
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": mode.precision == .float32 ? "float32" : Engine.hasNativeBFloat16 ? "bfloat16" : "bfloat16-emulated",
             ]
-            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "%@ batch %d, %dx%d, %@, %d threads: median %.2f ms/batch (%.2f ms/image, min %.2f, max %.2f), %.1f images/s, peak RSS %.0f MB, weights %.1f MB",
@@ -246,7 +247,7 @@ struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Convert any supported checkpoint to config.json + model.safetensors (+ preprocessor_config.json), loadable by transformers.")
 
-    @Option(help: "Source checkpoint folder or Hub id (safetensors or pytorch_model.bin).") var model: String
+    @Option(help: "Source checkpoint folder or Hub id (model.safetensors, pytorch_model.bin or tf_model.h5).") var model: String
     @Option(help: "Output folder.") var output: String
     @Option(help: "Stored weight dtype: float32, float16 or bfloat16.") var dtype = "float32"
 

@@ -87,7 +87,7 @@ struct Classify: ParsableCommand {
                     array.append(["image": path, "error": "\(e)"])
                 }
             }
-            let data = try JSONSerialization.data(withJSONObject: array, options: [.prettyPrinted, .sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: array, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         } else {
             for (path, r) in zip(images, results) {
@@ -108,6 +108,17 @@ struct Classify: ParsableCommand {
     }
 }
 
+/// The image processor settings of `model` (default: the bundled model), as every command reads
+/// them: microsoft/cvt-13's, with a warning, when the folder has no preprocessor_config.json.
+func preprocessorConfig(_ model: String?) throws -> PreprocessorConfig {
+    let folder = CheckpointFolder(try ModelResolver.resolve(model ?? defaultModelPath()))
+    if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
+        return try JSONDecoder().decode(PreprocessorConfig.self, from: data)
+    }
+    FileHandle.standardError.write(Data("warning: \(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing\n".utf8))
+    return .cvt13Default
+}
+
 struct Preprocess: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write the image processor's pixel_values [N,3,H,W] for images, to compare with transformers.")
@@ -118,14 +129,7 @@ struct Preprocess: ParsableCommand {
 
     func run() throws {
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
-        let folder = CheckpointFolder(try ModelResolver.resolve(model ?? defaultModelPath()))
-        let config: PreprocessorConfig
-        if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
-            config = try JSONDecoder().decode(PreprocessorConfig.self, from: data)
-        } else {
-            FileHandle.standardError.write(Data("warning: \(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing\n".utf8))
-            config = .cvt13Default
-        }
+        let config = try preprocessorConfig(model)
         let decoded = try images.map { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: $0)) }
         let pixels = try ConvNextImageProcessor(config: config)(decoded)
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
@@ -173,15 +177,15 @@ struct Evaluate: ParsableCommand {
             FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total)\(done == total ? "\n" : "")".utf8))
         }
         if let predictions {
-            try JSONSerialization.data(withJSONObject: result.predictions).write(to: URL(fileURLWithPath: predictions))
+            try JSONSerialization.data(withJSONObject: result.predictions, options: [.withoutEscapingSlashes]).write(to: URL(fileURLWithPath: predictions))
         }
         if json {
             var copy = result
             copy.predictions = []
-            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys]
+            let e = JSONEncoder(); e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             var obj = try JSONSerialization.jsonObject(with: e.encode(copy)) as? [String: Any] ?? [:]
             obj["predictions"] = nil
-            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]), as: UTF8.self))
+            print(String(decoding: try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
             return
         }
         print(String(format: "%d images: top-1 %.2f%%, top-5 %.2f%%, %.1f images/s", result.count, 100 * result.top1, 100 * result.top5, result.imagesPerSecond))
@@ -204,18 +208,13 @@ struct BenchPreprocess: ParsableCommand {
         abstract: "Time decode + resize + crop + normalize of image files (single thread), to compare with transformers + Pillow.")
 
     @Argument(help: "Image files.") var images: [String]
-    @Option(help: "Checkpoint folder whose preprocessor_config.json to use (default: microsoft/cvt-13 settings).") var model: String?
+    @Option(help: "Checkpoint folder or Hub id whose preprocessor_config.json to use (default: the bundled model, or CVT_DEFAULT_MODEL, as the other commands).") var model: String?
     @Option(help: "Timed runs per image.") var iterations = 100
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
         guard !images.isEmpty, iterations > 0 else { throw ValidationError("give images and a positive --iterations") }
-        var config = PreprocessorConfig.cvt13Default
-        if let model {
-            let folder = CheckpointFolder(try ModelResolver.resolve(model))
-            config = try PreprocessorConfig.load(contentsOf: folder.preprocessorURL)
-        }
-        let processor = ConvNextImageProcessor(config: config)
+        let processor = ConvNextImageProcessor(config: try preprocessorConfig(model))
         var rows: [[String: Any]] = []
         for path in images {
             let url = URL(fileURLWithPath: path)
@@ -227,12 +226,13 @@ struct BenchPreprocess: ParsableCommand {
                 times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
             }
             times.sort()
-            let row: [String: Any] = ["image": path, "median_ms": times[times.count / 2], "min_ms": times[0]]
+            let shape = try processor([ImageDecoder.load(contentsOf: url)]).shape
+            let row: [String: Any] = ["image": path, "median_ms": times[times.count / 2], "min_ms": times[0], "pixel_values_shape": shape]
             rows.append(row)
             if !json { print(String(format: "%@: load + preprocess median %.3f ms (min %.3f) over %d runs", path, times[times.count / 2], times[0], iterations)) }
         }
         if json {
-            print(String(decoding: try JSONSerialization.data(withJSONObject: ["iterations": iterations, "images": rows], options: [.sortedKeys]), as: UTF8.self))
+            print(String(decoding: try JSONSerialization.data(withJSONObject: ["iterations": iterations, "images": rows], options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
         }
     }
 }

@@ -365,7 +365,7 @@ final class TrainingReporter {
     init(json: Bool) { self.json = json }
 
     private func emit(_ object: [String: Any]) {
-        guard let d = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
+        guard let d = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
         print(String(decoding: d, as: UTF8.self))
         fflush(nil)
     }

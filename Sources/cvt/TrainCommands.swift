@@ -89,7 +89,7 @@ extension Bench {
                 "max_ms": times.last ?? 0, "images_per_second": ips, "peak_rss_mb": rss, "thread_team": engine.threadTeam,
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]
-            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "%@ training step, batch %d, %dx%d, %@, %d threads: median %.1f ms/step (min %.1f, max %.1f), %.1f images/s, peak RSS %.0f MB",

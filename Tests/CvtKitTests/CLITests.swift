@@ -28,6 +28,31 @@ final class CLITests: XCTestCase {
         }
     }
 
+    /// Small things a new user meets first: a version, JSON as other tools write it, help that
+    /// names every format, and the same default model for every command.
+    func testVersionJSONHelpAndDefaults() throws {
+        let version = try run(["--version"])
+        XCTAssertEqual(version.status, 0, version.stderr)
+        XCTAssertEqual(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines), swiftCvtVersion)
+
+        let bundled = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        let image = bundled.appendingPathComponent("samples/00-t-shirt-top.png").path
+        let json = try run(["classify", "--json", "--top-k", "1", image])
+        XCTAssertEqual(json.status, 0, json.stderr)
+        XCTAssertFalse(json.stdout.contains("\\/"), "escaped slashes: \(json.stdout)")
+        XCTAssertTrue(json.stdout.contains("\"T-shirt/top\""), json.stdout)
+
+        let help = try run(["convert", "--help"])
+        XCTAssertTrue(help.stdout.contains("tf_model.h5"), help.stdout)
+
+        // bench-preprocess without --model preprocesses as the bundled model does (28 px), as
+        // classify does, not at 224 px.
+        let bench = try run(["bench-preprocess", "--iterations", "1", "--json", image])
+        XCTAssertEqual(bench.status, 0, bench.stderr)
+        let rows = (try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [String: Any])?["images"] as? [[String: Any]]
+        XCTAssertEqual(rows?.first?["pixel_values_shape"] as? [Int], [1, 3, 28, 28], bench.stdout)
+    }
+
     func testErrorsGoToStderrWithNonZeroExit() throws {
         let dir = fixturesRoot.appendingPathComponent("parity/tiny")
         let missing = try run(["forward", "--model", "/nonexistent/model", "--input", dir.appendingPathComponent("input.safetensors").path,

@@ -255,12 +255,12 @@ final class ParameterSnapshot: ParameterVisitor {
         case .save:
             nonFinite = nil
             if copies[key]?.shape != tensor.shape { copies[key] = Tensor(zeros: tensor.shape) }
-            copies[key]!.withUnsafeMutableBufferPointer { dst in tensor.withUnsafeBufferPointer { dst.update(from: $0) } }
+            _ = copies[key]!.withUnsafeMutableBufferPointer { dst in tensor.withUnsafeBufferPointer { dst.update(from: $0) } }
         case .check:
             if nonFinite == nil, !Kernels.sumOfSquares(tensor.unsafePointer, count: tensor.count).isFinite { nonFinite = key }
         case .restore:
             guard let copy = copies[key] else { return }
-            tensor.withUnsafeMutableBufferPointer { dst in copy.withUnsafeBufferPointer { dst.update(from: $0) } }
+            _ = tensor.withUnsafeMutableBufferPointer { dst in copy.withUnsafeBufferPointer { dst.update(from: $0) } }
         }
     }
 }
