@@ -369,7 +369,7 @@ final class OptimizerTests: XCTestCase {
     func testDecayNamesOfCvtMatchTransformers() throws {
         var config = CvtConfig()
         config.embedDim = [16, 32, 48]; config.numHeads = [1, 2, 3]; config.depth = [1, 2, 3]; config.numLabels = 4
-        let model = try CvtForImageClassification(config: config)
+        let model = try CvtForImageClassification(zeroed: config)
         final class Names: ParameterVisitor {
             var names: [String] = []
             var readsOnly: Bool { true }

@@ -91,7 +91,7 @@ final class ConfigTests: XCTestCase {
     func testPresetParameterCounts() throws {
         for (config, params, keys) in [(CvtConfig.cvt13, 19_997_480, 459), (.cvt21, 31_622_696, 731), (.cvtW24, 277_196_392, 833)] {
             let counter = ParameterCounter()
-            try CvtForImageClassification(config: config).visitParameters(counter, prefix: "")
+            try CvtForImageClassification(zeroed: config).visitParameters(counter, prefix: "")
             XCTAssertEqual(counter.parameters, params, "\(config.depth) \(config.embedDim)")
             // state_dict keys also hold num_batches_tracked, one per BatchNorm (3 per layer).
             XCTAssertEqual(counter.keys + 3 * config.depth.reduce(0, +), keys)

@@ -36,7 +36,7 @@ final class ModelTests: XCTestCase {
                 for (precision, tol) in [(ComputePrecision.float32, Float(1e-5)), (.bfloat16, 2e-3)] {
                     let engine = try Engine()
                     engine.linearKernel = kernel; engine.precision = precision
-                    let m = try CvtForImageClassification(config: config, engine: engine)
+                    let m = try CvtForImageClassification(zeroed: config, engine: engine)
                     try m.visitParameters(SyntheticWeights(), prefix: "")
                     m.parametersDidChange()
                     for batch in [1, 3] {
@@ -111,7 +111,7 @@ final class ModelTests: XCTestCase {
     /// Keys walk in transformers' state_dict order.
     func testStateDictKeyOrder() throws {
         var c = tinyConfig(); c.clsToken = [false, true, true]
-        let keys = try CvtForImageClassification(config: c).stateDict().order
+        let keys = try CvtForImageClassification(zeroed: c).stateDict().order
         XCTAssertEqual(keys.first, "cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight")
         XCTAssertEqual(Array(keys.suffix(4)), ["layernorm.weight", "layernorm.bias", "classifier.weight", "classifier.bias"])
         let s1 = keys.firstIndex(of: "cvt.encoder.stages.1.cls_token")
@@ -149,7 +149,7 @@ final class BatchSplitTests: XCTestCase {
     func model(_ c: CvtConfig, splits: Bool, precision: ComputePrecision = .float32) throws -> CvtForImageClassification {
         let e = try Engine()
         e.splitsBatches = splits; e.precision = precision
-        let m = try CvtForImageClassification(config: c, engine: e)
+        let m = try CvtForImageClassification(zeroed: c, engine: e)
         try m.visitParameters(SyntheticWeights(), prefix: "")
         m.parametersDidChange()
         return m

@@ -59,7 +59,7 @@ final class SpecVectorTests: XCTestCase {
     func testCaseACvt13InBFloat16() throws {
         let engine = try Engine()
         engine.precision = .bfloat16
-        let m = try CvtForImageClassification(config: .cvt13, engine: engine)
+        let m = try CvtForImageClassification(zeroed: .cvt13, engine: engine)
         try m.visitParameters(SyntheticWeights(), prefix: "")
         m.parametersDidChange()
         let logits = try m(syntheticPixels([1, 3, 224, 224])).logits.scalars

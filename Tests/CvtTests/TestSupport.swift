@@ -53,7 +53,7 @@ func assertClose(_ name: String, _ actual: [Float], _ expected: [Float], tol: Fl
 
 /// A model with the formula-defined synthetic weights (sin/cos of the parameter index; see SpecVectorTests).
 func syntheticModel(_ config: CvtConfig) throws -> CvtForImageClassification {
-    let m = try CvtForImageClassification(config: config)
+    let m = try CvtForImageClassification(zeroed: config)
     try m.visitParameters(SyntheticWeights(), prefix: "")
     m.parametersDidChange()
     return m
