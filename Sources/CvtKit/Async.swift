@@ -106,11 +106,8 @@ extension Evaluator {
 extension Trainer {
     /// `run` on a thread of its own. Cancelling the task stops the run as `hooks.shouldStop` does:
     /// after the current step, with a checkpoint written, returning `.interrupted`.
-    public func run(resumeFrom: URL? = nil, hooks: sending TrainerHooks = TrainerHooks()) async throws -> TrainOutcome {
-        // The hooks move to the training thread and are called only there while this task waits;
-        // `sending` keeps the caller from using them meanwhile.
-        nonisolated(unsafe) let hooks = hooks
-        return try await runOffPool("cvt-train") { flag in
+    public func run(resumeFrom: URL? = nil, hooks: TrainerHooks = TrainerHooks()) async throws -> TrainOutcome {
+        try await runOffPool("cvt-train") { flag in
             var h = hooks
             let asked = hooks.shouldStop
             h.shouldStop = { flag.isCancelled || asked?() == true }

@@ -320,7 +320,8 @@ func warn(_ message: String, prefix: Bool = true) {
 
 /// SIGINT / SIGTERM during training: the first asks the run to stop at a checkpoint, a second
 /// one ends the process at once (checkpoints are written atomically, so nothing half-written stays).
-final class StopSignal {
+/// Its state is behind `lock` (the handler runs on a dispatch queue).
+final class StopSignal: @unchecked Sendable {
     private let lock = NSLock()
     private var signal: Int32?
     private var sources: [DispatchSourceSignal] = []
@@ -355,7 +356,8 @@ final class StopSignal {
 }
 
 /// Progress of `cvt train`: a bar on a terminal, plain lines otherwise, JSON lines with --json.
-final class TrainingReporter {
+/// Called only from the training thread (the Trainer's hooks), one call at a time.
+final class TrainingReporter: @unchecked Sendable {
     let json: Bool
     let terminal = isatty(STDERR_FILENO) == 1
     private var barOpen = false

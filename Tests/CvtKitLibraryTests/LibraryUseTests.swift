@@ -211,4 +211,36 @@ final class AsyncAndCancellationTests: XCTestCase {
         } catch is CancellationError {}
         XCTAssertLessThan(done.withLock { $0 }, count)
     }
+
+    /// Cancelling an async training run stops it after a step, at a checkpoint, as Ctrl-C does.
+    func testCancelledTrainingEndsInterruptedAtACheckpoint() async throws {
+        var config = try CvtConfig.decode(Data(contentsOf: bundledModel.appendingPathComponent("config.json")))
+        config.depth = [1, 1, 1]
+        let model = try CvtForImageClassification(config: config, seed: 1)
+        var rng = SplitMix64(seed: 3)
+        let n = 8
+        let data = TrainingTensors(pixelValues: Tensor(shape: [n, 3, 28, 28]) { _ in rng.nextGaussian() },
+                                   labels: .classIndices((0..<n).map { $0 % config.numLabels }))
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-async-train-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: out) }
+        var args = TrainingArguments()
+        args.outputDir = out.path
+        args.maxSteps = 100_000
+        args.perDeviceTrainBatchSize = 4
+        args.saveStrategy = .no
+        let trainer = try Trainer(model: model, args: args, trainSource: TensorBatchSource(data))
+        let steps = Mutex(0)
+        let task = Task {
+            var hooks = TrainerHooks()
+            hooks.onStep = { _ in steps.withLock { $0 += 1 } }
+            return try await trainer.run(hooks: hooks)
+        }
+        while steps.withLock({ $0 }) < 3 { try await Task.sleep(nanoseconds: 1_000_000) }
+        task.cancel()
+        let outcome = try await task.value
+        guard case .interrupted(let step, let checkpoint) = outcome else { return XCTFail("not interrupted: \(outcome)") }
+        XCTAssertGreaterThanOrEqual(step, 3)
+        XCTAssertLessThan(step, 100_000)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: checkpoint.appendingPathComponent("model.safetensors").path), checkpoint.path)
+    }
 }

@@ -3,6 +3,7 @@ import Foundation
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
+import Synchronization
 import XCTest
 
 /// The fine-tuning workflow: data sets, split, augmentation, resume, interruption, bad data and
@@ -231,9 +232,9 @@ final class FineTuningTests: XCTestCase {
         let outB = scratch("b")
         let b = try Trainer(model: tinyModel(), args: arguments(outB), trainSource: train, evalSource: eval)
         var hooks = TrainerHooks()
-        var steps = 0
-        hooks.onStep = { _ in steps += 1 }
-        hooks.shouldStop = { steps >= 4 }
+        let steps = Mutex(0)
+        hooks.onStep = { _ in steps.withLock { $0 += 1 } }
+        hooks.shouldStop = { steps.withLock { $0 } >= 4 }
         guard case let .interrupted(step, checkpoint) = try b.run(hooks: hooks) else { return XCTFail("not interrupted") }
         XCTAssertEqual(step, 4)
         XCTAssertEqual(checkpoint.lastPathComponent, "checkpoint-4")

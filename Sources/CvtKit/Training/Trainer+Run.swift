@@ -102,15 +102,15 @@ public struct StepReport: Sendable {
 }
 
 /// Callbacks of `Trainer.run` (all on the training thread).
-public struct TrainerHooks {
-    public var onStep: ((StepReport) -> Void)?
+public struct TrainerHooks: Sendable {
+    public var onStep: (@Sendable (StepReport) -> Void)?
     /// Every record added to `log_history` (training-loss logs, evaluations, the summary).
-    public var onLog: ((TrainerLogRecord) -> Void)?
+    public var onLog: (@Sendable (TrainerLogRecord) -> Void)?
     /// Evaluation progress: (images done, images in all).
-    public var onEvaluationProgress: ((Int, Int) -> Void)?
-    public var onSave: ((URL) -> Void)?
+    public var onEvaluationProgress: (@Sendable (Int, Int) -> Void)?
+    public var onSave: (@Sendable (URL) -> Void)?
     /// Polled after every step and evaluation batch: true stops the run at a checkpoint.
-    public var shouldStop: (() -> Bool)?
+    public var shouldStop: (@Sendable () -> Bool)?
     public init() {}
 }
 

@@ -115,17 +115,20 @@ public final class Trainer: @unchecked Sendable {
     /// Runs to `totalSteps`, calling `onLog` after every optimizer step (no evaluation or saving;
     /// see `run` for those).
     public func train(onLog: (TrainingLogEntry) throws -> Void = { _ in }) throws {
-        var failure: Error?
+        // The hooks run on this thread, inside `loop`, so what they share needs no lock.
+        final class Failure: @unchecked Sendable { var error: Error? }
+        let failure = Failure()
         try withoutActuallyEscaping(onLog) { onLog in
+            nonisolated(unsafe) let onLog = onLog
             var hooks = TrainerHooks()
             hooks.onStep = { report in
-                guard failure == nil else { return }
-                do { try onLog(report.entry) } catch { failure = error }
+                guard failure.error == nil else { return }
+                do { try onLog(report.entry) } catch { failure.error = error }
             }
-            hooks.shouldStop = { failure != nil }
+            hooks.shouldStop = { failure.error != nil }
             _ = try loop(resumeFrom: nil, hooks: hooks, manage: false)
         }
-        if let failure { throw failure }
+        if let error = failure.error { throw error }
     }
 
     /// One optimizer step over `microBatches`: forward and backward of each (gradients add up),
