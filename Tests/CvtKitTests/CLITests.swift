@@ -45,6 +45,10 @@ final class CLITests: XCTestCase {
         let help = try run(["convert", "--help"])
         XCTAssertTrue(help.stdout.contains("tf_model.h5"), help.stdout)
 
+        let completion = try run(["--generate-completion-script", "bash"])
+        XCTAssertEqual(completion.status, 0, completion.stderr)
+        XCTAssertTrue(completion.stdout.contains("classify") && completion.stdout.contains("complete"), String(completion.stdout.prefix(300)))
+
         // bench-preprocess without --model preprocesses as the bundled model does (28 px), as
         // classify does, not at 224 px.
         let bench = try run(["bench-preprocess", "--iterations", "1", "--json", image])
