@@ -1,4 +1,4 @@
-// Single-precision GEMM with pre-packed weights for AVX2+FMA CPUs (Zen 2/3, Haswell…).
+// Single-precision GEMM with pre-packed weights for AVX2+FMA CPUs (AMD Zen 2/3, Intel Haswell and later).
 //
 // Why our own: on such CPUs oneDNN 2.6 runs f32 matmuls through its AVX2 `gemm:jit`, which repacks
 // the weights on every call, which keeps it well below the FMA peak at CvT's shapes (M = 197
@@ -14,24 +14,14 @@
 // L1 while row blocks of A stay in L2; A is packed into 6-row micro-panels when enough panels reuse
 // it. Weights may also be 16-bit panels (float16 or bfloat16 bits, `ck_gemm16`), widened to float32
 // one micro-panel at a time: half the memory and memory traffic, the same float32 arithmetic.
-#include "ckernels.h"
+#include "gemm_internal.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <pthread.h>
 #include <stdatomic.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-int ck_gemm_supported(void) {
-    static int supported = -1;
-    if (supported < 0) {
-        __builtin_cpu_init();
-        supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return supported;
-}
 
 size_t ck_gemm_packed_count(int k, int n) { return (size_t)k * (size_t)((n + 15) / 16) * 16; }
 
@@ -49,10 +39,6 @@ static size_t packed_index(int k, int n, int kk, int col) {
     return (size_t)k0 * npad + (size_t)(col / 16) * kc * 16 + (size_t)(kk - k0) * 16 + col % 16;
 }
 
-int ck_cpu_has_avx512f(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-}
 
 // dst rows kk..kk+7 (16 apart) × 8 columns = the 8×8 block whose column j is src + j·cs (8
 // contiguous values each).
@@ -184,19 +170,7 @@ __attribute__((target("avx2,fma"))) void ck_gelu(float *x, size_t count) {
 
 // ---- the 6×16 micro-kernel ----
 
-typedef struct {
-    int m, n, k;
-    const float *a; long lda;
-    const float *packed;
-    const float *bias;
-    float *c; long ldc;
-    const int *ops; const float *args; int nops;  // epilogue after the last K block (accumulate excluded)
-    int accumulate;                               // C starts from its previous contents
-    int *failed;                                  // set when a scratch buffer cannot be allocated
-    const uint16_t *packed16; int format;         // half-precision panels (CK_FLOAT16 / CK_BFLOAT16) instead of `packed`
-} gemm_job;
 
-#define MR 6
 #define MC 72
 
 __attribute__((target("avx2,fma"))) static inline __attribute__((always_inline)) void
@@ -244,37 +218,6 @@ micro(int mr, int kc, int packed_a, const float *a, long lda, const float *b, fl
     }
 }
 
-// Each thread's scratch buffers, kept across calls and freed when the thread ends: packed A
-// (≤ (mc + MR) × KC floats, about 260 KB), the attention kernel's packed K, V and scores (about
-// 530 KB in cvt-13's first stage; allocated per call, they were fresh mappings that page-faulted
-// every time), one widened micro-panel of half-precision weights (≤ KC × 16 floats), and a block
-// of convolution patches (`ck_conv_nhwc`, about 64 KB).
-enum { SCRATCH_A, SCRATCH_ATTENTION, SCRATCH_B, SCRATCH_PATCHES, SCRATCH_SLOTS };
-typedef struct { float *p[SCRATCH_SLOTS]; size_t cap[SCRATCH_SLOTS]; } scratch_store;
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static void scratch_free(void *v) {
-    scratch_store *s = v;
-    if (!s) return;
-    for (int i = 0; i < SCRATCH_SLOTS; i++) free(s->p[i]);
-    free(s);
-}
-static void scratch_key_init(void) { pthread_key_create(&scratch_key, scratch_free); }
-static float *scratch(int slot, size_t count) {
-    pthread_once(&scratch_once, scratch_key_init);
-    scratch_store *s = pthread_getspecific(scratch_key);
-    if (!s) {
-        s = calloc(1, sizeof *s);
-        if (!s || pthread_setspecific(scratch_key, s) != 0) { free(s); return NULL; }
-    }
-    if (count > s->cap[slot]) {
-        free(s->p[slot]);
-        s->p[slot] = aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
-        s->cap[slot] = s->p[slot] ? count : 0;
-    }
-    return s->p[slot];
-}
-
 // `rows` × `kc` of A (row stride lda) into micro-panels `[tile][kc][MR]`, the last tile's missing
 // rows zero: the micro-kernel then broadcasts from one sequential stream instead of six rows.
 __attribute__((target("avx2,fma"))) static void pack_a(const float *a, long lda, int rows, int kc, float *dst) {
@@ -303,7 +246,7 @@ __attribute__((target("avx2,fma"))) static void pack_a(const float *a, long lda,
 }
 
 // Rows [m0, m1) × panels [p0, p1) of the output.
-__attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job, int m0, int m1, int p0, int p1) {
+__attribute__((target("avx2,fma"))) void ck_gemm_region(const gemm_job *job, int m0, int m1, int p0, int p1) {
     int k = job->k;
     int kcBase = k_block(k);
     size_t npad = (size_t)((job->n + 15) / 16) * 16;
@@ -318,8 +261,8 @@ __attribute__((target("avx2,fma"))) static void gemm_region(const gemm_job *job,
     // attention products, N = 50 or 64) or short K (64) the packing pass costs more than the six
     // row streams do.
     int pack = p1 - p0 >= 8 && kcBase >= 128;
-    float *apack = pack ? scratch(SCRATCH_A, (size_t)(mc + MR) * kcBase) : NULL;
-    float *bwide = job->packed16 ? scratch(SCRATCH_B, (size_t)kcBase * 16) : NULL;
+    float *apack = pack ? ck_scratch(SCRATCH_A, (size_t)(mc + MR) * kcBase) : NULL;
+    float *bwide = job->packed16 ? ck_scratch(SCRATCH_B, (size_t)kcBase * 16) : NULL;
     if ((pack && !apack) || (job->packed16 && !bwide)) { __atomic_store_n(job->failed, 1, __ATOMIC_RELAXED); return; }
     for (int mb = m0; mb < m1; mb += mc) {
         int mend = mb + mc < m1 ? mb + mc : m1;
@@ -395,30 +338,27 @@ static void gemm_thread(void *data, int t, int T) {
     int panels = (job->n + 15) / 16;
     if (panels >= 2 * T || job->m < MR * T) {
         int p0 = (int)((long)panels * t / T), p1 = (int)((long)panels * (t + 1) / T);
-        if (p0 < p1) gemm_region(job, 0, job->m, p0, p1);
+        if (p0 < p1) ck_gemm_region(job, 0, job->m, p0, p1);
     } else {
         int tiles = (job->m + MR - 1) / MR;
         int r0 = (int)((long)tiles * t / T) * MR, r1 = (int)((long)tiles * (t + 1) / T) * MR;
         if (r1 > job->m) r1 = job->m;
-        if (r0 < r1) gemm_region(job, r0, r1, 0, panels);
+        if (r0 < r1) ck_gemm_region(job, r0, r1, 0, panels);
     }
 }
 
-static int gemm_run(int m, int n, int k, const float *a, long lda, const float *packed, const uint16_t *packed16, int format,
-                    const float *bias, float *c, long ldc, const int *ops, const float *args, int nops);
-
 int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, const float *bias,
             float *c, long ldc, const int *ops, const float *args, int nops) {
-    return gemm_run(m, n, k, a, lda, packed, NULL, 0, bias, c, ldc, ops, args, nops);
+    return ck_gemm_run(m, n, k, a, lda, packed, NULL, 0, bias, c, ldc, ops, args, nops);
 }
 
 int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *packed, int format, const float *bias,
               float *c, long ldc, const int *ops, const float *args, int nops) {
     if (!ck_gemm16_supported(format)) return -1;
-    return gemm_run(m, n, k, a, lda, NULL, packed, format, bias, c, ldc, ops, args, nops);
+    return ck_gemm_run(m, n, k, a, lda, NULL, packed, format, bias, c, ldc, ops, args, nops);
 }
 
-static int gemm_run(int m, int n, int k, const float *a, long lda, const float *packed, const uint16_t *packed16, int format,
+int ck_gemm_run(int m, int n, int k, const float *a, long lda, const float *packed, const uint16_t *packed16, int format,
                     const float *bias, float *c, long ldc, const int *ops, const float *args, int nops) {
     if (m <= 0 || n <= 0) return 0;
     int failed = 0;
@@ -447,241 +387,28 @@ static int gemm_run(int m, int n, int k, const float *a, long lda, const float *
     }
     // Small products are not worth a thread hand-off.
     int threads = (double)m * n * k < 2e5 ? 1 : ck_team_threads();
-    if (threads <= 1) gemm_region(&job, 0, m, 0, (n + 15) / 16);
+    if (threads <= 1) ck_gemm_region(&job, 0, m, 0, (n + 15) / 16);
     else ck_parallel(gemm_thread, &job, threads);
     return failed ? -1 : 0;
 }
 
-// ---- fused attention: softmax(scale · Q·Kᵀ)·V per image and head ----
-//
-// Scores are computed for a block of query rows at a time into a buffer that stays in L2, the
-// softmax runs on it there, and P·V writes the block's context straight into the merged-head
-// output: the full [Tq, Tk] score matrix (9.8 MB per image in CvT-13's first stage) never goes
-// through memory. K_hᵀ and V_h are packed into GEMM panels once per image and head.
-
-typedef struct {
-    int batch, heads, tq, tk, d;
-    const float *q; long q_image, q_row;
-    const float *k; long k_image, k_row;
-    const float *v; long v_image, v_row;
-    float *ctx; long c_image, c_row;
-    float scale;
-    int failed;
-    int round_p;  // round the probabilities to bfloat16 (emulated bf16 attention)
-} attention_job;
-
-// Softmax of each row in place. (Scaling P·V's rows by 1/sum afterwards instead would save this
-// pass over the scores, but moves the results away from PyTorch's, past the tolerance of the
-// formula-defined cvt-13 vector in SpecVectorTests.)
-// Two accumulators per pass and masked tails (no scalar tail through a stack copy) keep short rows
-// (stage 3's 50 columns) cheap. A NaN score makes its row NaN, as in PyTorch.
-__attribute__((target("avx2,fma"))) static void softmax_rows(float *s, int rows, int cols, long ld, int round_p) {
-    int full = cols & ~7, rem = cols - full;
-    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int r = 0; r < rows; r++) {
-        float *x = s + r * ld;
-        __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
-        int j = 0;
-        for (; j + 16 <= full; j += 16) { m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j)); m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8)); }
-        if (j < full) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
-        if (rem) m1 = _mm256_max_ps(m1, _mm256_blendv_ps(m1, _mm256_maskload_ps(x + full, tail), _mm256_castsi256_ps(tail)));
-        // The row maximum in every lane.
-        m0 = _mm256_max_ps(m0, m1);
-        m0 = _mm256_max_ps(m0, _mm256_permute2f128_ps(m0, m0, 1));
-        m0 = _mm256_max_ps(m0, _mm256_shuffle_ps(m0, m0, 0x4E));
-        const __m256 mb = _mm256_max_ps(m0, _mm256_shuffle_ps(m0, m0, 0xB1));
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-        for (j = 0; j + 16 <= full; j += 16) {
-            __m256 e0 = exp_nonpositive_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mb));
-            __m256 e1 = exp_nonpositive_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j + 8), mb));
-            _mm256_storeu_ps(x + j, e0);
-            _mm256_storeu_ps(x + j + 8, e1);
-            s0 = _mm256_add_ps(s0, e0);
-            s1 = _mm256_add_ps(s1, e1);
-        }
-        if (j < full) {
-            __m256 e = exp_nonpositive_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), mb));
-            _mm256_storeu_ps(x + j, e);
-            s0 = _mm256_add_ps(s0, e);
-        }
-        if (rem) {
-            __m256 e = _mm256_and_ps(exp_nonpositive_ps(_mm256_sub_ps(_mm256_maskload_ps(x + full, tail), mb)), _mm256_castsi256_ps(tail));
-            _mm256_maskstore_ps(x + full, tail, e);
-            s1 = _mm256_add_ps(s1, e);
-        }
-        // The row sum in every lane.
-        __m256 sum = _mm256_add_ps(s0, s1);
-        sum = _mm256_add_ps(sum, _mm256_permute2f128_ps(sum, sum, 1));
-        sum = _mm256_add_ps(sum, _mm256_shuffle_ps(sum, sum, 0x4E));
-        sum = _mm256_add_ps(sum, _mm256_shuffle_ps(sum, sum, 0xB1));
-        const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), sum);
-        // What a bf16 softmax output holds (round_p): each probability rounded to nearest even
-        // bfloat16 (they are finite and in [0, 1]), kept as float32 for P·V.
-        const __m256i lsb = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7FFF), top = _mm256_set1_epi32((int)0xFFFF0000u);
-        for (j = 0; j < cols; j += 8) {
-            __m256 p = j < full ? _mm256_loadu_ps(x + j) : _mm256_maskload_ps(x + j, tail);
-            p = _mm256_mul_ps(p, inv);
-            if (round_p) {
-                __m256i b = _mm256_castps_si256(p);
-                b = _mm256_add_epi32(b, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(b, 16), lsb)));
-                p = _mm256_castsi256_ps(_mm256_and_si256(b, top));
-            }
-            if (j < full) _mm256_storeu_ps(x + j, p);
-            else _mm256_maskstore_ps(x + j, tail, p);
-        }
-    }
-}
-
-// One image and head, query rows [r0, r1), with this thread's buffers.
-__attribute__((target("avx2,fma"))) static void attention_unit(const attention_job *job, int unit, int r0, int r1,
-                                                               float *kt, float *vp, float *scores, int *failed) {
-    int image = unit / job->heads, h = unit % job->heads;
-    int tk = job->tk, d = job->d;
-    long tkpad = (tk + 15) / 16 * 16;
-    const float *k = job->k + image * job->k_image + h * d;
-    const float *v = job->v + image * job->v_image + h * d;
-    // K_hᵀ as [d, Tk] weights and V_h as [Tk, d] weights, in GEMM panels.
-    ck_gemm_pack(k, 1, job->k_row, d, tk, kt);
-    ck_gemm_pack(v, job->v_row, 1, tk, d, vp);
-    int ops[1] = {2};
-    float args[1] = {job->scale};
-    // Row blocks whose scores take ≤ 128 KB.
-    int mb = (int)(32768 / tkpad) / MR * MR;
-    if (mb < MR) mb = MR;
-    for (int r = r0; r < r1; r += mb) {
-        int rows = r1 - r < mb ? r1 - r : mb;
-        gemm_job s = {rows, tk, d, job->q + image * job->q_image + (long)r * job->q_row + h * d, job->q_row,
-                      kt, NULL, scores, tkpad, ops, args, 1, 0, failed, NULL, 0};
-        gemm_region(&s, 0, rows, 0, (tk + 15) / 16);
-        softmax_rows(scores, rows, tk, tkpad, job->round_p);
-        float *ctx = job->ctx + image * job->c_image + (long)r * job->c_row + h * d;
-        gemm_job o = {rows, d, tk, scores, tkpad, vp, NULL, ctx, job->c_row, NULL, NULL, 0, 0, failed, NULL, 0};
-        gemm_region(&o, 0, rows, 0, (d + 15) / 16);
-        if (*failed) return;
-    }
-}
-
-// Member t of T.
-static void attention_work(void *data, int t, int T) {
-    attention_job *job = data;
-    long tkpad = (job->tk + 15) / 16 * 16;
-    int mb = (int)(32768 / tkpad) / MR * MR;
-    if (mb < MR) mb = MR;
-    size_t ktCount = ck_gemm_packed_count(job->d, job->tk), vCount = ck_gemm_packed_count(job->tk, job->d);
-    size_t scoreCount = (size_t)mb * tkpad;
-    float *buffer = scratch(SCRATCH_ATTENTION, ktCount + vCount + scoreCount);
-    if (!buffer) { job->failed = 1; return; }
-    float *kt = buffer, *vp = buffer + ktCount, *scores = vp + vCount;
-    // The images × heads × query-row tiles, split evenly into contiguous ranges: a thread packs K
-    // and V of every image and head its range touches (at most two are shared with a neighbour).
-    long tiles = (job->tq + MR - 1) / MR, total = (long)job->batch * job->heads * tiles;
-    long g0 = total * t / T, g1 = total * (t + 1) / T;
-    while (g0 < g1) {
-        int unit = (int)(g0 / tiles);
-        long end = (long)(unit + 1) * tiles < g1 ? (long)(unit + 1) * tiles : g1;
-        int r0 = (int)(g0 - (long)unit * tiles) * MR, r1 = (int)(end - (long)unit * tiles) * MR;
-        if (r1 > job->tq) r1 = job->tq;
-        attention_unit(job, unit, r0, r1, kt, vp, scores, &job->failed);
-        if (job->failed) break;
-        g0 = end;
-    }
-}
-
-int ck_attention(int batch, int heads, int tq, int tk, int d,
-                 const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
-                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p) {
-    if (batch <= 0 || heads <= 0 || tq <= 0 || tk <= 0 || d <= 0) return 0;
-    attention_job job = {batch, heads, tq, tk, d, q, q_image, q_row, k, k_image, k_row, v, v_image, v_row,
-                         ctx, c_image, c_row, scale, 0, round_p};
-    int threads = (double)batch * heads * tq * tk * d < 2e5 ? 1 : ck_team_threads();
-    if (threads <= 1) attention_work(&job, 0, 1);
-    else ck_parallel(attention_work, &job, threads);
-    return job.failed ? -1 : 0;
-}
-
-// ---- dense convolution as im2col + GEMM ----
-
-typedef struct { const float *src; int h, w, c, kh, kw, stride, pad, ho, wo; float *dst; } im2col_job;
-
-// The patch rows of output pixels p0 ..< p1, written from `dst` on.
-static void im2col_pixels(const im2col_job *j, long p0, long p1, float *dst) {
-    int w = j->w, c = j->c, kh = j->kh, kw = j->kw, wo = j->wo;
-    size_t row = (size_t)kh * kw * c;
-    for (long p = p0; p < p1; p++) {
-        int oy = (int)(p / wo), ox = (int)(p % wo);
-        float *out = dst + (size_t)(p - p0) * row;
-        int x0 = ox * j->stride - j->pad;
-        for (int ky = 0; ky < kh; ky++) {
-            int iy = oy * j->stride - j->pad + ky;
-            float *o = out + (size_t)ky * kw * c;
-            if (iy < 0 || iy >= j->h) { memset(o, 0, (size_t)kw * c * sizeof(float)); continue; }
-            const float *line = j->src + (size_t)iy * w * c;
-            if (x0 >= 0 && x0 + kw <= w) { memcpy(o, line + (size_t)x0 * c, (size_t)kw * c * sizeof(float)); continue; }
-            for (int kx = 0; kx < kw; kx++) {
-                int ix = x0 + kx;
-                if (ix < 0 || ix >= w) memset(o + (size_t)kx * c, 0, (size_t)c * sizeof(float));
-                else memcpy(o + (size_t)kx * c, line + (size_t)ix * c, (size_t)c * sizeof(float));
-            }
-        }
-    }
-}
-
-static void im2col_thread(void *data, int t, int T) {
-    const im2col_job *j = data;
-    long pixels = (long)j->ho * j->wo, p0 = pixels * t / T, p1 = pixels * (t + 1) / T;
-    im2col_pixels(j, p0, p1, j->dst + (size_t)p0 * j->kh * j->kw * j->c);
-}
-
-void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
-    if (ho <= 0 || wo <= 0) return;
-    im2col_job j = {src, h, w, c, kh, kw, stride, pad, ho, wo, dst};
-    // A copy: below 64k values not worth a hand-off.
-    int threads = (double)ho * wo * kh * kw * c < 65536 ? 1 : ck_team_threads();
-    if (threads <= 1) im2col_pixels(&j, 0, (long)ho * wo, dst);
-    else ck_parallel(im2col_thread, &j, threads);
-}
-
-typedef struct { im2col_job patches; const float *packed, *bias; int cout; float *dst; _Atomic int failed; } conv_job;
-
-// Member t of T convolves its share of the output pixels, in blocks whose patch rows stay in L2:
-// im2col of a block into a private buffer, then the block's GEMM on this thread.
-static void conv_thread(void *data, int t, int T) {
-    conv_job *j = data;
-    long pixels = (long)j->patches.ho * j->patches.wo, p0 = pixels * t / T, p1 = pixels * (t + 1) / T;
-    int row = j->patches.kh * j->patches.kw * j->patches.c;
-    long block = 16384 / row / MR * MR;  // 64 KB of patches (at least one micro-tile)
-    if (block < MR) block = MR;
-    float *buffer = scratch(SCRATCH_PATCHES, (size_t)block * row);
-    if (!buffer) { j->failed = 1; return; }
-    for (long p = p0; p < p1; p += block) {
-        long n = p1 - p < block ? p1 - p : block;
-        im2col_pixels(&j->patches, p, p + n, buffer);
-        if (gemm_run((int)n, j->cout, row, buffer, row, j->packed, NULL, 0, j->bias, j->dst + (size_t)p * j->cout, j->cout,
-                     NULL, NULL, 0) != 0) { j->failed = 1; break; }
-    }
-}
-
-int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
-                 const float *packed, const float *bias, int cout, float *dst) {
-    if (!ck_gemm_supported()) return -1;
-    if (ho <= 0 || wo <= 0 || cout <= 0) return 0;
-    conv_job j = {{src, h, w, c, k, k, stride, pad, ho, wo, NULL}, packed, bias, cout, dst, 0};
-    double flops = 2.0 * ho * wo * k * k * c * cout;
-    int threads = flops < 2e5 ? 1 : ck_team_threads();
-    if (threads > ho * wo / MR) threads = ho * wo / MR > 0 ? ho * wo / MR : 1;
-    ck_parallel(conv_thread, &j, threads);
-    return j.failed ? -1 : 0;
-}
-
 #else
-int ck_gemm_supported(void) { return 0; }
-int ck_cpu_has_avx512f(void) { return 0; }
 size_t ck_gemm_packed_count(int k, int n) { return (size_t)k * (size_t)((n + 15) / 16) * 16; }
-void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) { (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed; }
-void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) { (void)packed; (void)k; (void)n; (void)b; (void)rs; (void)cs; }
-void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed) { (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed; }
+void ck_gemm_pack(const float *b, long rs, long cs, int k, int n, float *packed) {
+    (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed;
+    ck_unreachable("ck_gemm_pack");
+}
+void ck_gemm_unpack(const float *packed, int k, int n, float *b, long rs, long cs) {
+    (void)packed; (void)k; (void)n; (void)b; (void)rs; (void)cs;
+    ck_unreachable("ck_gemm_unpack");
+}
+void ck_gemm_pack16(const uint16_t *b, long rs, long cs, int k, int n, uint16_t *packed) {
+    (void)b; (void)rs; (void)cs; (void)k; (void)n; (void)packed;
+    ck_unreachable("ck_gemm_pack16");
+}
 void ck_gemm_unpack16(const uint16_t *packed, int format, int k, int n, void *b, int widen, long rs, long cs) {
     (void)packed; (void)format; (void)k; (void)n; (void)b; (void)widen; (void)rs; (void)cs;
+    ck_unreachable("ck_gemm_unpack16");
 }
 int ck_gemm16_supported(int format) { (void)format; return 0; }
 int ck_gemm16(int m, int n, int k, const float *a, long lda, const uint16_t *packed, int format, const float *bias,
@@ -694,20 +421,8 @@ int ck_gemm(int m, int n, int k, const float *a, long lda, const float *packed, 
     (void)m; (void)n; (void)k; (void)a; (void)lda; (void)packed; (void)bias; (void)c; (void)ldc; (void)ops; (void)args; (void)nops;
     return -1;
 }
-void ck_gelu(float *x, size_t count) { (void)x; (void)count; }
-int ck_conv_nhwc(const float *src, int h, int w, int c, int k, int stride, int pad, int ho, int wo,
-                 const float *packed, const float *bias, int cout, float *dst) {
-    (void)src; (void)h; (void)w; (void)c; (void)k; (void)stride; (void)pad; (void)ho; (void)wo; (void)packed; (void)bias; (void)cout; (void)dst;
-    return -1;
-}
-void ck_im2col_nhwc(const float *src, int h, int w, int c, int kh, int kw, int stride, int pad, int ho, int wo, float *dst) {
-    (void)src; (void)h; (void)w; (void)c; (void)kh; (void)kw; (void)stride; (void)pad; (void)ho; (void)wo; (void)dst;
-}
-int ck_attention(int batch, int heads, int tq, int tk, int d,
-                 const float *q, long q_image, long q_row, const float *k, long k_image, long k_row,
-                 const float *v, long v_image, long v_row, float *ctx, long c_image, long c_row, float scale, int round_p) {
-    (void)round_p; (void)batch; (void)heads; (void)tq; (void)tk; (void)d; (void)q; (void)q_image; (void)q_row; (void)k; (void)k_image;
-    (void)k_row; (void)v; (void)v_image; (void)v_row; (void)ctx; (void)c_image; (void)c_row; (void)scale;
-    return -1;
+void ck_gelu(float *x, size_t count) {
+    (void)x; (void)count;
+    ck_unreachable("ck_gelu");
 }
 #endif

@@ -1,10 +1,9 @@
 // LayerNorm and depthwise convolution for AVX2+FMA CPUs, on the team the GEMMs use (team.c).
 //
 // Why here: both are memory-bound and short (cvt-13's stage-3 LayerNorm is 197 × 384 values, its
-// depthwise 3×3 convs 14 × 14 × 384). In Swift (SSE only without per-module target flags) and split
-// across Dispatch threads while the OpenMP team spins, a LayerNorm took about 150 µs in the model;
-// oneDNN's depthwise conv about 70 µs per call, most of it call overhead. Here, on 2 threads in
-// isolation: 12–16 µs for that LayerNorm, 27–44 µs for the stride-1 conv, 13–16 µs stride 2.
+// depthwise 3×3 convs 14 × 14 × 384), so their cost is mostly call overhead and thread hand-offs.
+// Swift code compiles to SSE only without per-module target flags, and oneDNN's depthwise
+// convolution pays a primitive call per use; these run AVX2 code on the kernels' own team.
 #include "ckernels.h"
 #include <math.h>
 #include <string.h>

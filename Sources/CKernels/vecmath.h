@@ -17,8 +17,8 @@ __attribute__((target("avx2,fma"))) static inline __m256 poly5(__m256 t, float c
 
 // exp(x) for x ≤ 0 (a score minus its row's maximum): 2^n · exp(r), r = x − n·ln2 in [−ln2/2, ln2/2],
 // degree-6 polynomial (< 2 ulp). n is rounded to nearest by adding 1.5·2²³ (its bits then hold n,
-// so no round or convert instruction: 0.30 instead of 0.32–0.43 ns per value on Zen 3, the same
-// results). Below −87 the result is exp(−87) (≈ 1.6e-38, as before), and NaN stays NaN.
+// so no round or convert instruction is needed). Below −87 the result is exp(−87) (≈ 1.6e-38), and
+// NaN stays NaN.
 __attribute__((target("avx2,fma"))) static inline __m256 exp_nonpositive_ps(__m256 x) {
     x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);  // max(a, b) returns b when either is NaN
     const __m256 magic = _mm256_set1_ps(12582912.0f);
@@ -33,12 +33,6 @@ __attribute__((target("avx2,fma"))) static inline __m256 exp_nonpositive_ps(__m2
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// GELU(x) = x/2 · (1 + erf(x/√2)), with erf(x/√2) ≈ x·P(x²)/Q(x²), a rational fit on |x| ≤ 5.6
-// (Scripts/fit_gelu_erf.py; 2e-8 in float64), and ±1 from |x| ≥ 5.5, where erf(x/√2) is ±1 to
-// within float32's half ulp. Error over [−12, 12] against float64: at most 2.1e-7·max(|x|, 1), as
-// the exp-based Abramowitz & Stegun 7.1.26 it replaced (1.9e-7), in half the time (0.43 vs 0.77
-// ns per value on Zen 3): the first MLP GEMM of stage 1 (K = 64) had spent more time in GELU
-// than in its products.
 // erf(x/√2) ≈ x·P(x²)/Q(x²), a rational fit on |x| ≤ 5.6 (Scripts/fit_gelu_erf.py; 2e-8 in
 // float64), and ±1 from |x| ≥ 5.5, where erf(x/√2) is ±1 to within float32's half ulp.
 __attribute__((target("avx2,fma"))) static inline __m256 erf_sqrt2_ps(__m256 x) {
@@ -55,10 +49,10 @@ __attribute__((target("avx2,fma"))) static inline __m256 erf_sqrt2_ps(__m256 x) 
     return _mm256_blendv_ps(erf, _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign, x)), saturated);
 }
 
-// GELU(x) = x/2 · (1 + erf(x/√2)). Error over [−12, 12] against float64: at most
-// 2.1e-7·max(|x|, 1), as the exp-based Abramowitz & Stegun 7.1.26 it replaced (1.9e-7), in half
-// the time (0.43 vs 0.77 ns per value on Zen 3): the first MLP GEMM of stage 1 (K = 64) had spent
-// more time in GELU than in its products.
+// GELU(x) = x/2 · (1 + erf(x/√2)) (the exact-erf GELU of PyTorch's `nn.GELU()`). Error over
+// [−12, 12] against float64: at most 2.1e-7·max(|x|, 1). A rational fit rather than an exp-based
+// formula: it is cheap enough that GELU costs little next to the GEMM whose epilogue it is, even
+// when K is small (64 in cvt-13's first stage).
 __attribute__((target("avx2,fma"))) static inline __m256 gelu_ps(__m256 x) {
     __m256 half = _mm256_mul_ps(x, _mm256_set1_ps(0.5f));
     return _mm256_fmadd_ps(half, erf_sqrt2_ps(x), half);
