@@ -50,6 +50,15 @@ public struct CheckpointFolder: Sendable {
     public var tfH5URL: URL { url.appendingPathComponent("tf_model.h5") }
     public var preprocessorURL: URL { url.appendingPathComponent("preprocessor_config.json") }
 
+    /// The image processor settings: `preprocessor_config.json`, or, for a folder without one,
+    /// microsoft/cvt-13's (not the processor class's defaults) with a warning to show the user.
+    public func loadPreprocessorConfig() throws -> (config: PreprocessorConfig, warning: String?) {
+        guard FileManager.default.fileExists(atPath: preprocessorURL.path) else {
+            return (.cvt13Default, "\(preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing (224, crop_pct 0.875, bicubic, ImageNet mean/std)")
+        }
+        return (try PreprocessorConfig.load(contentsOf: preprocessorURL), nil)
+    }
+
     public func loadConfig() throws -> CvtConfig {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {

@@ -57,17 +57,7 @@ public final class ImageClassificationPipeline: Sendable {
     /// file the microsoft/cvt-13 settings are used (not the processor's class defaults), with a warning.
     public convenience init(model url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
         let model = try CvtForImageClassification(pretrained: url, engine: engine, dtype: dtype)
-        let folder = CheckpointFolder(url)
-        var warning: String?
-        let config: PreprocessorConfig
-        if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
-            do { config = try JSONDecoder().decode(PreprocessorConfig.self, from: data) } catch {
-                throw CheckpointError(path: folder.preprocessorURL.path, "is not a valid image processor config: \(error)")
-            }
-        } else {
-            config = .cvt13Default
-            warning = "\(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing (224, crop_pct 0.875, bicubic, ImageNet mean/std)"
-        }
+        let (config, warning) = try CheckpointFolder(url).loadPreprocessorConfig()
         var warnings = warning.map { [$0] } ?? []
         if dtype == .bfloat16, !Engine.hasNativeBFloat16 { warnings.append(InferenceDType.bfloat16EmulationNote) }
         self.init(model: model, processor: ConvNextImageProcessor(config: config), warnings: warnings)
@@ -77,9 +67,7 @@ public final class ImageClassificationPipeline: Sendable {
     /// so that a pipeline loaded from `url` preprocesses as this one does.
     public func savePretrained(to url: URL, dtype: SafetensorsDType = .f32) throws {
         try model.savePretrained(to: url, dtype: dtype)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        try encoder.encode(processor.config).write(to: url.appendingPathComponent("preprocessor_config.json"), options: .atomic)
+        try processor.config.jsonData().write(to: url.appendingPathComponent("preprocessor_config.json"), options: .atomic)
     }
 
     /// Ranks labels for decoded images, `batchSize` images per forward pass.

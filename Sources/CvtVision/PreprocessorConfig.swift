@@ -76,6 +76,13 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         return try decode(data, name: url.path)
     }
 
+    /// `preprocessor_config.json` bytes as `save_pretrained` writes them (keys sorted, indented).
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self)
+    }
+
     /// Parses `preprocessor_config.json` bytes; `name` is used in error messages.
     public static func decode(_ data: Data, name: String = "preprocessor_config.json") throws -> PreprocessorConfig {
         do {

@@ -111,12 +111,9 @@ struct Classify: ParsableCommand {
 /// The image processor settings of `model` (default: the bundled model), as every command reads
 /// them: microsoft/cvt-13's, with a warning, when the folder has no preprocessor_config.json.
 func preprocessorConfig(_ model: String?) throws -> PreprocessorConfig {
-    let folder = CheckpointFolder(try ModelResolver.resolve(model ?? defaultModelPath()))
-    if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
-        return try JSONDecoder().decode(PreprocessorConfig.self, from: data)
-    }
-    FileHandle.standardError.write(Data("warning: \(folder.preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing\n".utf8))
-    return .cvt13Default
+    let (config, warning) = try CheckpointFolder(ModelResolver.resolve(model ?? defaultModelPath())).loadPreprocessorConfig()
+    if let warning { FileHandle.standardError.write(Data("warning: \(warning)\n".utf8)) }
+    return config
 }
 
 struct Preprocess: ParsableCommand {
