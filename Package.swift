@@ -31,8 +31,9 @@ let package = Package(
         // TensorFlow tf_model.h5 checkpoints through Debian's libhdf5 (pkg-config hdf5).
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5", providers: [.apt(["libhdf5-dev"])]),
         .target(name: "TFCheckpoint", dependencies: ["CHDF5", "CheckpointSupport"]),
-        // Hugging Face cache layout and Hub downloads.
-        .target(name: "HubClient"),
+        // Hugging Face cache layout and Hub downloads; SHA-256 from OpenSSL's libcrypto (Debian).
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "HubClient", dependencies: ["CCrypto"]),
         .target(name: "CvtNN", dependencies: ["CvtTensor"]),
         .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor"]),
         // libjpeg-turbo and libpng (Debian), wrapped in C because their error handling uses setjmp.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the Swift build links against: oneDNN (compute), libjpeg-turbo and
-# libpng (image decoding), zlib, and the Fashion-MNIST data set (bundled model, evaluation). Idempotent; needs root (or sudo) the first time.
+# libpng (image decoding), zlib, libhdf5 (TensorFlow checkpoints), libcrypto (SHA-256 of downloads), and the Fashion-MNIST data set (bundled model, evaluation). Idempotent; needs root (or sudo) the first time.
 set -euo pipefail
-packages=(libdnnl-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev libhdf5-dev dataset-fashion-mnist)
+packages=(libdnnl-dev libjpeg62-turbo-dev libpng-dev zlib1g-dev libhdf5-dev libssl-dev dataset-fashion-mnist)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -30,4 +30,15 @@ final class SHA256Tests: XCTestCase {
         XCTAssertEqual(SHA256.hexDigest(Data(repeating: 0x61, count: 56)), "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a")
         XCTAssertEqual(SHA256.hexDigest(Data(repeating: 0x61, count: 64)), "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb")
     }
+
+    /// A copy hashes on by itself (the OpenSSL context is copied on write).
+    func testCopiesAreIndependent() {
+        var a = SHA256()
+        a.update(Data("ab".utf8))
+        var b = a
+        b.update(Data("c".utf8))
+        a.update(Data("x".utf8))
+        XCTAssertEqual(b.finalizeHex(), SHA256.hexDigest(Data("abc".utf8)))
+        XCTAssertEqual(a.finalizeHex(), SHA256.hexDigest(Data("abx".utf8)))
+    }
 }
