@@ -88,7 +88,7 @@ final class CLITests: XCTestCase {
         // 9 images in parts of at most 4 (set: the default depends on the CPU): 3 parts, run by one
         // worker per thread.
         let r = try run(["bench", "--model", tiny, "--image-size", "64", "--batch-size", "9", "--iterations", "1",
-                         "--images-per-part", "4", "--profile"])
+                         "--images-per-part", "4", "--threads", "2", "--profile"])
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("batch split in 3 parts across 2 workers"), r.stdout)
         let shares = r.stdout.split(separator: "\n").compactMap { line -> Double? in

@@ -443,7 +443,6 @@ final class ParallelKernelTests: XCTestCase {
     /// Large inputs are split across threads; every row must come out as the one-thread result.
     func testParallelLayerNormEqualsSerial() throws {
         let engine = try Engine(threads: 2)
-        defer { engine.threads = ProcessInfo.processInfo.activeProcessorCount }
         let rows = 1001, cols = 96  // above the split threshold, odd row count
         let x = Tensor(shape: [rows, cols]) { Float(($0 * 7919) % 1013) / 97 - 5 }
         let w = Tensor(shape: [cols]) { 0.5 + Float($0) / 50 }, b = Tensor(shape: [cols]) { Float($0) / 70 - 0.4 }
@@ -891,7 +890,6 @@ final class AVX2GemmTests: XCTestCase {
         let engine = try Engine()
         engine.linearKernel = .avx2
         engine.threads = 4
-        defer { engine.threads = 2 }
         let reference = try Engine()
         reference.linearKernel = .onednn
         let (m, k, n) = (97, 128, 256)

@@ -215,7 +215,6 @@ final class BatchSplitTests: XCTestCase {
         // oversubscribe the 2-core test machine, which only makes it slower).
         let whole = try model(config(), splits: false), split = try model(config(), splits: true)
         split.engine.threads = 4
-        defer { split.engine.threads = 2 }
         let x = syntheticPixels([3, 3, 32, 32])
         assertClose("logits, 4 threads over 3 parts", try split(x).logits.scalars, try whole(x).logits.scalars, tol: 2e-5)
         XCTAssertEqual(split.engine.threads, 4)

@@ -254,6 +254,7 @@ final class DownloadTests: HubTestCase {
         hub.cdnPacing = (12, 250)
         let started = Date()
         let folder = try client(["HF_HUB_DOWNLOAD_TIMEOUT": "1"]).snapshot(repo: repoID, files: ["model.safetensors"])
+        // A lower bound only (the server's pacing): the whole download outlived the stall timeout.
         XCTAssertGreaterThan(Date().timeIntervalSince(started), 2.5)
         XCTAssertEqual(try Data(contentsOf: folder.appendingPathComponent("model.safetensors")), weights)
         XCTAssertEqual(cdnRequests.count, 1)
@@ -300,10 +301,10 @@ final class DownloadTests: HubTestCase {
         hub.cdnPacing = (2, 2500)  // nothing for 2.5 s, with a 1 s stall timeout
         var c = client(["HF_HUB_DOWNLOAD_TIMEOUT": "1"])
         c.downloadAttempts = 1
-        let started = Date()
         let e = hubError { try c.snapshot(repo: repoID, files: ["model.safetensors"]) }
         XCTAssertEqual(e?.kind, .network)
-        XCTAssertLessThan(Date().timeIntervalSince(started), 2.4)
+        // The stall watchdog ended it (not the server finishing late), whatever the machine's speed.
+        XCTAssertTrue("\(e.map { "\($0)" } ?? "")".contains("no data for 1.0 s"), "\(String(describing: e))")
         XCTAssertFalse(listFiles(snapshotFolder(commitA)).contains("model.safetensors"))
         XCTAssertFalse(FileManager.default.fileExists(atPath: blobs.appendingPathComponent(SHA256.hexDigest(weights)).path))
     }
