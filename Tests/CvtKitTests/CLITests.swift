@@ -57,6 +57,55 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(rows?.first?["pixel_values_shape"] as? [Int], [1, 3, 28, 28], bench.stdout)
     }
 
+    /// Invalid option values, a missing default model and a folder without a processor config get
+    /// a message naming the value, and a non-zero exit.
+    func testBadOptionValuesAndMissingFiles() throws {
+        let bundled = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        let image = bundled.appendingPathComponent("samples/00-t-shirt-top.png").path
+        for (args, needle) in [(["classify", "--top-k", "-1", image], "--top-k"),
+                               (["classify", "--function", "softplus", image], "softplus"),
+                               (["classify", "--dtype", "int8", image], "int8"),
+                               (["classify", "--threads", "0", image], "--threads"),
+                               (["bench", "--dtype", "float64", "--iterations", "1"], "float64")] {
+            let r = try run(args)
+            XCTAssertNotEqual(r.status, 0, "\(args) succeeded")
+            XCTAssertTrue(r.stderr.contains(needle), "\(args): \(r.stderr)")
+        }
+
+        // Without --model, CVT_DEFAULT_MODEL or the bundled model next to the binary or the
+        // current folder: an error that says how to give one.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-alone-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let copy = dir.appendingPathComponent("cvt")
+        try FileManager.default.copyItem(at: CLITests.executable, to: copy)
+        let p = Process()
+        p.executableURL = copy
+        p.arguments = ["classify", image]
+        p.currentDirectoryURL = dir
+        p.environment = ProcessInfo.processInfo.environment.filter { $0.key != "CVT_DEFAULT_MODEL" }
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(message.contains("CVT_DEFAULT_MODEL") && message.contains("--model"), message)
+
+        // A checkpoint folder without preprocessor_config.json: microsoft/cvt-13's settings, with a warning.
+        let noProcessor = dir.appendingPathComponent("model")
+        try FileManager.default.createDirectory(at: noProcessor, withIntermediateDirectories: true)
+        for f in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(at: bundled.appendingPathComponent(f), to: noProcessor.appendingPathComponent(f))
+        }
+        let out = dir.appendingPathComponent("pixels.safetensors")
+        let r = try run(["preprocess", "--model", noProcessor.path, "--output", out.path, image])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stderr.contains("preprocessor_config.json not found"), r.stderr)
+        XCTAssertEqual(try SafetensorsFile(url: out).info("pixel_values")?.shape, [1, 3, 224, 224])
+    }
+
     func testErrorsGoToStderrWithNonZeroExit() throws {
         let dir = fixturesRoot.appendingPathComponent("parity/tiny")
         let missing = try run(["forward", "--model", "/nonexistent/model", "--input", dir.appendingPathComponent("input.safetensors").path,
