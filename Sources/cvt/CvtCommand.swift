@@ -108,20 +108,20 @@ struct Bench: ParsableCommand {
     @Option(help: "Images per forward pass.") var batchSize = 1
     @Option(help: "Input height and width.") var imageSize = 224
     @Option(help: "float32, bfloat16 (bf16 matmuls with float32 accumulation, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
-    var dtype = "float32"
+    var dtype: InferenceDType = .float32
     @Option(help: "Timed iterations (after 2 warm-up passes).") var iterations = 10
     @Option(name: .customLong("mode"), help: "inference (forward passes) or train (optimizer steps: forward, loss, backward, clipping, AdamW).")
-    var runMode = "inference"
+    var runMode: BenchMode = .inference
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
     @Flag(help: "Keep matmul weights in their plain layout instead of oneDNN's blocked one (for comparison).")
     var plainWeights = false
     @Flag(help: "Run every operation on all threads instead of splitting the batch across them (for comparison).")
     var noBatchSplit = false
-    @Option(help: "Kernels for the Linear layers' float32 matmuls: onednn or avx2 (our GEMM; default on CPUs without AVX-512).")
-    var linearKernel: String?
-    @Option(help: "Kernel for the depthwise Q/K/V convolutions: avx2 (ours, default on CPUs with AVX2 and FMA) or onednn (for comparison).")
-    var depthwiseKernel: String?
+    @Option(help: "Kernels for the Linear layers' float32 matmuls: avx2 is our GEMM (default on CPUs without AVX-512).")
+    var linearKernel: KernelChoice?
+    @Option(help: "Kernel for the depthwise Q/K/V convolutions: avx2 is ours (default on CPUs with AVX2 and FMA), onednn for comparison.")
+    var depthwiseKernel: KernelChoice?
     @Option(help: "Images per part when a batch is split across the threads (0: one part per thread).")
     var imagesPerPart: Int?
     @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
@@ -131,18 +131,15 @@ struct Bench: ParsableCommand {
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
-        guard let mode = InferenceDType(rawValue: dtype) else {
-            throw ValidationError("--dtype must be one of \(InferenceDType.names), got \(dtype)")
-        }
+        let mode = dtype
         guard batchSize > 0, imageSize > 0, iterations > 0 else {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
         let engine = try threadOptions.engine()
-        if runMode == "train" {
-            guard dtype != "float16" else { throw ValidationError("--mode train runs float32 or bfloat16") }
-            return try runTrain(engine, precision: dtype == "bfloat16" ? .bfloat16 : .float32)
+        if runMode == .train {
+            guard dtype != .float16 else { throw ValidationError("--mode train runs float32 or bfloat16") }
+            return try runTrain(engine, precision: dtype.precision)
         }
-        guard runMode == "inference" else { throw ValidationError("--mode must be inference or train, got \(runMode)") }
         engine.packsWeights = !plainWeights
         engine.splitsBatches = !noBatchSplit
         engine.allowsFusedAttention = !noFusedAttention
@@ -151,16 +148,12 @@ struct Bench: ParsableCommand {
             engine.imagesPerPart = imagesPerPart
         }
         if let linearKernel {
-            guard let k = LinearKernel(rawValue: linearKernel), k.isSupported else {
-                throw ValidationError("--linear-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(linearKernel)")
-            }
-            engine.linearKernel = k
+            guard linearKernel.kernel.isSupported else { throw ValidationError("--linear-kernel avx2 needs a CPU with AVX2 and FMA") }
+            engine.linearKernel = linearKernel.kernel
         }
         if let depthwiseKernel {
-            guard let k = LinearKernel(rawValue: depthwiseKernel), k.isSupported else {
-                throw ValidationError("--depthwise-kernel must be onednn or avx2 (on a CPU with AVX2 and FMA), got \(depthwiseKernel)")
-            }
-            engine.depthwiseKernel = k
+            guard depthwiseKernel.kernel.isSupported else { throw ValidationError("--depthwise-kernel avx2 needs a CPU with AVX2 and FMA") }
+            engine.depthwiseKernel = depthwiseKernel.kernel
         }
         let classifier: CvtForImageClassification
         if let model {
@@ -212,7 +205,7 @@ struct Bench: ParsableCommand {
         let name = model ?? preset
         if json {
             let obj: [String: Any] = [
-                "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype,
+                "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype.rawValue,
                 "threads": engine.threads, "iterations": iterations, "median_ms": median,
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
@@ -227,7 +220,7 @@ struct Bench: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "%@ batch %d, %dx%d, %@, %d threads: median %.2f ms/batch (%.2f ms/image, min %.2f, max %.2f), %.1f images/s, peak RSS %.0f MB, weights %.1f MB",
-                         name, batchSize, imageSize, imageSize, dtype, engine.threads, median, median / Double(batchSize),
+                         name, batchSize, imageSize, imageSize, dtype.rawValue, engine.threads, median, median / Double(batchSize),
                          times.first ?? 0, times.last ?? 0, ips, rss, weightsMB))
         }
     }

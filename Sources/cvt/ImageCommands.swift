@@ -19,14 +19,12 @@ func defaultModelPath() throws -> String {
 
 struct ModelOptions: ParsableArguments {
     @Option(help: "Checkpoint folder or Hub id (default: the bundled Fashion-MNIST model).") var model: String?
-    @Option(help: "float32 (default, transformers' numbers), bfloat16 (bf16 matmuls, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
-    var dtype = "float32"
+    @Option(help: "float32 (transformers' numbers), bfloat16 (bf16 matmuls, bf16 weights) or float16 (float16-stored weights, float32 arithmetic).")
+    var dtype: InferenceDType = .float32
     @OptionGroup var threadOptions: ThreadOptions
 
     func pipeline() throws -> ImageClassificationPipeline {
-        guard let mode = InferenceDType(rawValue: dtype) else {
-            throw ValidationError("--dtype must be one of \(InferenceDType.names), got \(dtype)")
-        }
+        let mode = dtype
         let engine = try threadOptions.engine()
         let p = try ImageClassificationPipeline(model: model ?? defaultModelPath(), engine: engine, dtype: mode,
                                                 progress: TerminalProgressBar()?.callback)
@@ -41,20 +39,14 @@ struct Classify: ParsableCommand {
     @Argument(help: "Image files (JPEG or PNG); `-` reads one image from standard input.") var images: [String]
     @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Labels to show per image (clipped to the label count).") var topK = 5
-    @Option(help: "Score function: softmax, sigmoid or none (default: from the model's problem_type).") var function: String?
+    @Option(help: "Score function (default: from the model's problem_type).") var function: ClassificationFunction?
     @Option(help: "Images per forward pass.") var batchSize = 1
     @Flag(help: "Print one JSON array, one element per image in input order.") var json = false
 
     func run() throws {
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
         guard topK >= 0, batchSize > 0 else { throw ValidationError("--top-k must be >= 0 and --batch-size > 0") }
-        var f: ClassificationFunction?
-        if let function {
-            guard let parsed = ClassificationFunction(caseInsensitive: function) else {
-                throw ValidationError("--function must be softmax, sigmoid or none, got \(function)")
-            }
-            f = parsed
-        }
+        let f = function
         let pipeline = try modelOptions.pipeline()
         let results: [Result<[Prediction], Error>]
         if images.contains("-") {

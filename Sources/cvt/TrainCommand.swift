@@ -59,7 +59,7 @@ struct Train: ParsableCommand {
     @Option(help: "AdamW beta1.") var adamBeta1: Double = 0.9
     @Option(help: "AdamW beta2.") var adamBeta2: Double = 0.999
     @Option(help: "AdamW epsilon.") var adamEpsilon: Double = 1e-8
-    @Option(help: "linear, cosine, constant or constant_with_warmup.") var lrSchedulerType = "linear"
+    @Option(help: "Learning-rate schedule, as transformers names it.") var lrSchedulerType: SchedulerChoice = .linear
     @Option(help: "Warm-up steps (a value below 1 is a ratio of the total steps, as transformers 5 reads it).") var warmupSteps: Double = 0
     @Option(help: "Warm-up as a ratio of the total steps (transformers 4's warmup_ratio).") var warmupRatio: Double?
     @Option(help: "Clip the global gradient norm to this (0: no clipping).") var maxGradNorm: Double = 1
@@ -68,17 +68,17 @@ struct Train: ParsableCommand {
     @Option(help: "Seed for the split, data order, augmentation, dropout and random init.") var seed: Int = 42
     // Logging, evaluation, checkpoints
     @Option(help: "Log the mean training loss every this many steps (steps strategy).") var loggingSteps: Double = 10
-    @Option(help: "no, steps or epoch.") var loggingStrategy = "steps"
-    @Option(help: "When to evaluate: no, steps or epoch.") var evalStrategy = "epoch"
+    @Option(help: "When to log the training loss.") var loggingStrategy: IntervalStrategy = .steps
+    @Option(help: "When to evaluate.") var evalStrategy: IntervalStrategy = .epoch
     @Option(help: "Evaluate every this many steps (eval strategy steps; default: logging steps).") var evalSteps: Double?
-    @Option(help: "When to write a checkpoint: no, steps, epoch or best.") var saveStrategy = "epoch"
+    @Option(help: "When to write a checkpoint.") var saveStrategy: SaveStrategy = .epoch
     @Option(help: "Write a checkpoint every this many steps (save strategy steps).") var saveSteps: Double = 500
     @Option(help: "Keep at most this many checkpoints (the best one is always kept).") var saveTotalLimit: Int?
     @Flag(help: "Load the best checkpoint's weights at the end (needs matching eval and save strategies).") var loadBestModelAtEnd = false
     @Option(help: "Metric deciding the best model (accuracy or loss).") var metricForBestModel: String?
     @Flag(help: "Print JSON lines (steps, logs, evaluations, checkpoints) instead of text.") var json = false
     @Option(help: "float32, or bfloat16: bf16 matmuls and convolutions with float32 weights and optimizer state (as PyTorch's CPU autocast).")
-    var dtype = "float32"
+    var dtype: TrainingDType = .float32
     @OptionGroup var threadOptions: ThreadOptions
 
     func arguments() throws -> TrainingArguments {
@@ -88,16 +88,12 @@ struct Train: ParsableCommand {
         a.perDeviceTrainBatchSize = perDeviceTrainBatchSize; a.perDeviceEvalBatchSize = perDeviceEvalBatchSize
         a.learningRate = learningRate; a.weightDecay = weightDecay
         a.adamBeta1 = adamBeta1; a.adamBeta2 = adamBeta2; a.adamEpsilon = adamEpsilon
-        a.lrSchedulerType = try SchedulerType(name: lrSchedulerType); a.warmupSteps = warmupRatio ?? warmupSteps
+        a.lrSchedulerType = try SchedulerType(name: lrSchedulerType.rawValue); a.warmupSteps = warmupRatio ?? warmupSteps
         a.maxGradNorm = maxGradNorm; a.gradientAccumulationSteps = gradientAccumulationSteps
         a.labelSmoothingFactor = labelSmoothingFactor; a.seed = seed
-        func choice<T: RawRepresentable & CaseIterable>(_ name: String, _ v: String) throws -> T where T.RawValue == String {
-            guard let c = T(rawValue: v) else { throw ValidationError("--\(name) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), got \(v)") }
-            return c
-        }
-        a.loggingStrategy = try choice("logging-strategy", loggingStrategy); a.loggingSteps = loggingSteps
-        a.evalStrategy = try choice("eval-strategy", evalStrategy); a.evalSteps = evalSteps
-        a.saveStrategy = try choice("save-strategy", saveStrategy); a.saveSteps = saveSteps
+        a.loggingStrategy = loggingStrategy; a.loggingSteps = loggingSteps
+        a.evalStrategy = evalStrategy; a.evalSteps = evalSteps
+        a.saveStrategy = saveStrategy; a.saveSteps = saveSteps
         a.saveTotalLimit = saveTotalLimit; a.loadBestModelAtEnd = loadBestModelAtEnd
         a.metricForBestModel = metricForBestModel ?? (loadBestModelAtEnd && trainData == nil ? "accuracy" : nil)
         if let r = warmupRatio, !(r >= 0 && r < 1) { throw ValidationError("--warmup-ratio must be in [0, 1), got \(r)") }
@@ -119,7 +115,6 @@ struct Train: ParsableCommand {
     func run() throws {
         var args = try arguments()
         let aug = try augmentationChoice()
-        guard dtype == "float32" || dtype == "bfloat16" else { throw ValidationError("--dtype must be float32 or bfloat16, got \(dtype)") }
         guard (trainDir == nil) != (trainData == nil) else { throw ValidationError("give exactly one of --train-dir and --train-data") }
         guard (model == nil) != (config == nil) else { throw ValidationError("give exactly one of --model and --config") }
         let out = URL(fileURLWithPath: outputDir)
@@ -129,7 +124,7 @@ struct Train: ParsableCommand {
         }
         try Trainer.checkWritable(out)
         let engine = try threadOptions.engine()
-        engine.precision = dtype == "bfloat16" ? .bfloat16 : .float32
+        engine.precision = dtype.precision
         if engine.emulatesBFloat16 { warn(InferenceDType.bfloat16EmulationNote) }
         let seed64 = UInt64(truncatingIfNeeded: seed)
         let reporter = TrainingReporter(json: json)

@@ -84,7 +84,7 @@ extension Bench {
         }
         if json {
             let obj: [String: Any] = [
-                "mode": "train", "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype,
+                "mode": "train", "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype.rawValue,
                 "threads": engine.threads, "iterations": iterations, "median_ms": median, "min_ms": times.first ?? 0,
                 "max_ms": times.last ?? 0, "images_per_second": ips, "peak_rss_mb": rss, "thread_team": engine.threadTeam,
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
@@ -93,7 +93,7 @@ extension Bench {
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "%@ training step, batch %d, %dx%d, %@, %d threads: median %.1f ms/step (min %.1f, max %.1f), %.1f images/s, peak RSS %.0f MB",
-                         name, batchSize, imageSize, imageSize, dtype, engine.threads, median, times.first ?? 0, times.last ?? 0, ips, rss))
+                         name, batchSize, imageSize, imageSize, dtype.rawValue, engine.threads, median, times.first ?? 0, times.last ?? 0, ips, rss))
         }
     }
 }
