@@ -4,7 +4,7 @@ import Foundation
 
 /// Swift kernels for the memory-bound ops (the GEMM-heavy work goes through `Engine`).
 /// They work on raw rows so layers can point them at slices of token buffers without copies.
-public enum Kernels {
+package enum Kernels {
     /// LayerNorm over the last axis: `dst[r] = (src[r] - mean) / sqrt(var_biased + eps) * w + b`
     /// for `rows` rows of `cols` values. `src` and `dst` may alias.
     public static func layerNorm(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, rows: Int, cols: Int,

@@ -11,7 +11,7 @@ public struct TensorError: Error, CustomStringConvertible, Equatable {
 /// directly (page-aligned, zero-filled on first touch, returned on free), so large weights and
 /// activations never sit in a fragmented malloc heap; a freed float32 copy of a weight really
 /// gives its memory back. Smaller blocks use malloc.
-public enum RawMemory {
+package enum RawMemory {
     static let mapThreshold = 256 << 10
     /// Large blocks that came from malloc because mmap failed (normally empty).
     nonisolated(unsafe) private static var fallbacks: Set<UnsafeMutableRawPointer> = []

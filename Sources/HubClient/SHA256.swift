@@ -3,7 +3,7 @@ import Foundation
 
 /// SHA-256, incremental, computed by OpenSSL's libcrypto (`EVP_sha256`). Used to verify LFS blobs,
 /// whose Hub etag is the file's SHA-256. A value type: a copy hashes on independently.
-public struct SHA256: Sendable {
+package struct SHA256: Sendable {
     /// The digest context; copied before a write when the value has been copied.
     private final class Context: @unchecked Sendable {
         let ctx: OpaquePointer
