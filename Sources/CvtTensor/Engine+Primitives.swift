@@ -99,6 +99,10 @@ extension Engine {
             throw EngineError(operation: name, status: String(cString: dnnl_status2str(st)))
         }
         let p = Primitive(pd: pd, primitive: prim)
+        var info: UnsafePointer<CChar>?
+        if dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &info) == dnnl_success, let info {
+            noteImplementation(name, String(cString: info))
+        }
         if let q = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) {
             var m = q.pointee
             let bytes = dnnl_memory_desc_get_size(&m)

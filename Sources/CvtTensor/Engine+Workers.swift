@@ -67,6 +67,9 @@ extension Engine {
             job.body = nil  // `body` must not outlive this call
             return job.errors
         }
+        for w in team {
+            for (op, names) in w.backendImplementations { for n in names { noteImplementation(op, n) } }
+        }
         if settings.profile {
             for w in team {
                 for (k, v) in w.profileTimes { _profileTimes[k, default: 0] += v }

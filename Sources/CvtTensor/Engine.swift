@@ -90,6 +90,34 @@ public final class Engine: @unchecked Sendable {
         set { callLock.withLock { _profileDetail = newValue } }
     }
 
+    private let implementationsLock = NSLock()
+    private var _implementations: [String: Set<String>] = [:]
+    /// oneDNN's implementations of the primitives this engine (and its batch workers) created, by
+    /// operation (`matmul`: e.g. `brg:avx512_core_bf16`, `brg:avx512_core_amx` on CPUs with AMX,
+    /// `gemm:jit`): which code paths oneDNN chose for this CPU.
+    public var backendImplementations: [String: Set<String>] {
+        implementationsLock.withLock { _implementations }
+    }
+    func noteImplementation(_ operation: String, _ implementation: String) {
+        implementationsLock.withLock { _implementations[operation, default: []].insert(implementation) }
+    }
+
+    /// The instruction set oneDNN uses on this CPU (`dnnl_get_effective_cpu_isa`): `avx2`,
+    /// `avx512_core`, `avx512_core_bf16` (bf16 dot products), `avx512_core_amx` (AMX tiles), …
+    public static var backendISA: String {
+        switch dnnl_get_effective_cpu_isa() {
+        case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx"
+        case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16"
+        case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni"
+        case dnnl_cpu_isa_avx512_core: return "avx512_core"
+        case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni"
+        case dnnl_cpu_isa_avx2: return "avx2"
+        case dnnl_cpu_isa_avx: return "avx"
+        case dnnl_cpu_isa_sse41: return "sse41"
+        default: return "other"
+        }
+    }
+
     /// The CPUs this process may run on.
     public static var availableCores: Int { ProcessInfo.processInfo.activeProcessorCount }
 

@@ -211,6 +211,9 @@ struct Bench: ParsableCommand {
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
                 "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
                 "linear_kernel": engine.linearKernel.rawValue, "depthwise_kernel": engine.depthwiseKernel.rawValue,
+                // The code paths oneDNN chose on this CPU (AMX tiles where the CPU has them).
+                "onednn_isa": Engine.backendISA,
+                "onednn_implementations": engine.backendImplementations.mapValues { $0.sorted() },
                 "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
                 "output": fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.

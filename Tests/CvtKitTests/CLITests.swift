@@ -128,6 +128,9 @@ final class CLITests: XCTestCase {
         }
         XCTAssertEqual(obj["batch_size"] as? Int, 2)
         XCTAssertTrue(["own", "openmp"].contains(obj["thread_team"] as? String ?? ""), r.stdout)
+        // Which code paths oneDNN chose on this CPU (AMX on CPUs with it): reported, never guessed.
+        XCTAssertEqual(obj["onednn_isa"] as? String, Engine.backendISA)
+        XCTAssertNotNil(obj["onednn_implementations"] as? [String: [String]], r.stdout)
     }
 
     /// `--profile` shares out the time of a split batch over its workers, and the layout and
