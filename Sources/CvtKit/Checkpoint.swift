@@ -103,11 +103,34 @@ extension CvtForImageClassification {
     public convenience init(pretrained url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
+        let (weights, path) = try folder.openWeights()
+        try Self.checkSize(of: config, against: weights, configPath: folder.configURL.path, weightsPath: path)
         try self.init(config: config, engine: engine)
         try dtype?.apply(to: self)
-        let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
         if let file = weights as? SafetensorsFile { try loadBatchNormCounters(from: file) }
+    }
+
+    /// Models above this many parameters are allocated only when the weights file holds at least as
+    /// many values (a config.json cannot make a small checkpoint allocate gigabytes). Below it the
+    /// strict load reports the missing keys by name.
+    public static let parametersAllocatedWithoutWeights = 1 << 24
+
+    static func checkSize(of config: CvtConfig, against weights: TensorSource, configPath: String, weightsPath: String) throws {
+        guard let count = config.parameterCount, count > parametersAllocatedWithoutWeights else { return }
+        var held = 0
+        for name in weights.tensorNames {
+            guard let shape = weights.shape(of: name) else { continue }
+            var n = 1
+            for d in shape {
+                let (r, o) = n.multipliedReportingOverflow(by: max(d, 0))
+                n = o ? Int.max : r
+            }
+            held = held.addingReportingOverflow(n).overflow ? Int.max : held + n
+        }
+        if count > held {
+            throw CheckpointError(path: configPath, "declares a model with \(count) parameters but \(weightsPath) holds only \(held) values")
+        }
     }
 
     /// Each BatchNorm's `num_batches_tracked`, where the file has it (the counters are unused at

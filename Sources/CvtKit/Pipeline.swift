@@ -77,6 +77,8 @@ public final class ImageClassificationPipeline {
         for start in stride(from: 0, to: images.count, by: step) {
             let batch = Array(images[start..<min(images.count, start + step)])
             let pixels = try processor(batch)
+            // Attention is quadratic in the token count: refuse an input size the model cannot hold.
+            try model.config.checkInputSize(height: pixels.shape[2], width: pixels.shape[3], what: "image size")
             let logits = try model.logits(pixels)
             results += rank(logits, topK: topK, function: function)
         }

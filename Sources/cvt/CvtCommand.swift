@@ -43,10 +43,15 @@ struct ThreadOptions: ParsableArguments {
     @Option(help: "Compute threads (default: all cores).")
     var threads: Int?
 
+    /// More threads than this only add stacks and contention (libgomp fails at 100,000).
+    static let maxThreads = 1024
+
     func engine() throws -> Engine {
         let e = try Engine.shared()
         if let threads {
-            guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+            guard (1...Self.maxThreads).contains(threads) else {
+                throw ValidationError("--threads must be between 1 and \(Self.maxThreads), got \(threads)")
+            }
             e.threads = threads
         }
         return e
@@ -136,6 +141,10 @@ struct Bench: ParsableCommand {
         guard batchSize > 0, imageSize > 0, iterations > 0 else {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
+        guard imageSize <= PreprocessorConfig.maxEdge else {
+            throw ValidationError("--image-size must be at most \(PreprocessorConfig.maxEdge), got \(imageSize)")
+        }
         let engine = try threadOptions.engine()
         if runMode == "train" {
             guard dtype != "float16" else { throw ValidationError("--mode train runs float32 or bfloat16") }
@@ -170,6 +179,7 @@ struct Bench: ParsableCommand {
             }
             classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
+        try checkInput(classifier.config)
         try mode.apply(to: classifier)
         if engine.emulatesBFloat16 { FileHandle.standardError.write(Data("warning: \(InferenceDType.bfloat16EmulationNote)\n".utf8)) }
         var rng = SplitMix64(seed: 1)
@@ -231,6 +241,23 @@ struct Bench: ParsableCommand {
         }
     }
 }
+
+extension Bench {
+    /// The input batch and one image's largest buffer within bounds, before anything is allocated.
+    func checkInput(_ config: CvtConfig) throws {
+        let (perImage, o1) = config.numChannels.multipliedReportingOverflow(by: imageSize * imageSize)
+        let (total, o2) = perImage.multipliedReportingOverflow(by: batchSize)
+        guard !o1, !o2, total <= CvtConfig.maxActivation else {
+            throw ValidationError("--batch-size \(batchSize) × --image-size \(imageSize)² is more than \(CvtConfig.maxActivation) input values")
+        }
+        do { try config.checkInputSize(height: imageSize, width: imageSize, what: "--image-size") } catch let e as CvtConfigError {
+            throw ValidationError(e.description)
+        }
+    }
+}
+
+/// The largest `--batch-size` any command accepts.
+let maxBatchSize = 65536
 
 /// Peak resident set size of this process (VmHWM), in MB.
 func peakRSSMegabytes() -> Double {

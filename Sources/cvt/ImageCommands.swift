@@ -48,6 +48,7 @@ struct Classify: ParsableCommand {
     func run() throws {
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
         guard topK >= 0, batchSize > 0 else { throw ValidationError("--top-k must be >= 0 and --batch-size > 0") }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
         var f: ClassificationFunction?
         if let function {
             guard let parsed = ClassificationFunction(caseInsensitive: function) else {
@@ -148,6 +149,7 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
         let pipeline = try modelOptions.pipeline()
         let url = URL(fileURLWithPath: data)
         let count: Int
