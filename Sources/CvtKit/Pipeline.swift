@@ -44,6 +44,12 @@ public final class ImageClassificationPipeline {
     public let processor: ConvNextImageProcessor
     /// Things the user should know (e.g. a missing preprocessor_config.json).
     public private(set) var warnings: [String] = []
+    /// Images of more pixels are refused before their pixels are allocated (default: Pillow's
+    /// decompression-bomb error limit); a server or batch job may set a lower one.
+    public var maxImagePixels: Int = ImageDecoder.defaultMaxPixels
+    /// Called with the name and size of each decoded image above `ImageDecoder.warningPixels`
+    /// (Pillow's `MAX_IMAGE_PIXELS`, where it warns `DecompressionBombWarning`).
+    public var largeImageWarning: ((String, Int, Int) -> Void)?
 
     public init(model: CvtForImageClassification, processor: ConvNextImageProcessor) {
         self.model = model; self.processor = processor
@@ -88,7 +94,7 @@ public final class ImageClassificationPipeline {
     /// Classifies image files; one result per path, so a bad file does not stop the others.
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
                          batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(paths.map { path in { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path)) } },
+        classify(paths.map { path in { try self.checked(ImageDecoder.load(contentsOf: URL(fileURLWithPath: path), maxPixels: self.maxImagePixels), path) } },
                  topK: topK, function: function, batchSize: batchSize)
     }
 
@@ -98,8 +104,14 @@ public final class ImageClassificationPipeline {
     public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
                          batchSize: Int = 1) -> [Result<[Prediction], Error>] {
         classify(images.enumerated().map { i, data in
-            { try ImageDecoder.decode(data: data, name: names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)") }
+            let name = names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)"
+            return { try self.checked(ImageDecoder.decode(data: data, name: name, maxPixels: self.maxImagePixels), name) }
         }, topK: topK, function: function, batchSize: batchSize)
+    }
+
+    private func checked(_ image: RGBImage, _ name: String) -> RGBImage {
+        if image.width * image.height > ImageDecoder.warningPixels { largeImageWarning?(name, image.width, image.height) }
+        return image
     }
 
     private func classify(_ sources: [() throws -> RGBImage], topK: Int, function: ClassificationFunction?,

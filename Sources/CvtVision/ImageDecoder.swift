@@ -26,7 +26,10 @@ public struct DecodedImage: Sendable {
 public enum ImageDecoder {
     /// Pillow's decompression-bomb limit: `2 × PIL.Image.MAX_IMAGE_PIXELS` = 178,956,970 pixels.
     /// Larger images are refused before any pixel memory is allocated.
-    public static let defaultMaxPixels = 2 * 89_478_485
+    public static let defaultMaxPixels = 2 * warningPixels
+    /// Pillow's `PIL.Image.MAX_IMAGE_PIXELS`: larger images get a `DecompressionBombWarning`
+    /// (Image.py, `_decompression_bomb_check`), twice as large an error.
+    public static let warningPixels = 89_478_485
 
     /// Decodes and orients an image. `name` is used in error messages.
     /// - Parameter maxPixels: the largest `width × height` accepted; nil for no limit.

@@ -12,7 +12,69 @@ enum Entry {
         if let i = args.firstIndex(of: "--resume-from-checkpoint"), i + 1 == args.count || args[i + 1].hasPrefix("--") {
             args.insert("last", at: i + 1)
         }
-        Cvt.main(args)
+        run(args)
+    }
+
+    /// `Cvt.main`, with the error and help text written in one `write` (ArgumentParser writes
+    /// stderr a byte at a time: a 10 MB message took 20 s), control characters escaped and the
+    /// length bounded; and results that could not be written to stdout (a full disk, a closed
+    /// descriptor) are an error, not exit 0.
+    static func run(_ args: [String]) {
+        do {
+            var command = try Cvt.parseAsRoot(args)
+            try command.run()
+        } catch {
+            let code = Cvt.exitCode(for: error)
+            let text = Cvt.fullMessage(for: error)
+            if code == .success {
+                writeAll(STDOUT_FILENO, text.isEmpty ? "" : text + "\n")
+                flushStdoutOrFail()
+                exit(code.rawValue)
+            }
+            fflush(stdout)
+            if !text.isEmpty { writeAll(STDERR_FILENO, terminalSafe(text.hasPrefix("Error: ") || text.hasPrefix("error: ") ? text : "Error: " + text) + "\n") }
+            exit(code.rawValue)
+        }
+        flushStdoutOrFail()
+    }
+
+    static func flushStdoutOrFail() {
+        if fflush(stdout) != 0 || ferror(stdout) != 0 {
+            let reason = String(cString: strerror(errno))
+            writeAll(STDERR_FILENO, "Error: cannot write to standard output: \(reason)\n")
+            exit(1)
+        }
+    }
+
+    /// Longest message printed: the start and the end of anything longer are kept.
+    static let maxMessageBytes = 16 << 10
+
+    /// Control characters (other than newline and tab) escaped, at most `maxMessageBytes`.
+    static func terminalSafe(_ text: String) -> String {
+        var out = ""
+        for u in text.unicodeScalars {
+            if (u.value < 0x20 && u != "\n" && u != "\t") || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
+                out += "\\u{\(String(u.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        let bytes = Array(out.utf8)
+        guard bytes.count > maxMessageBytes else { return out }
+        let half = maxMessageBytes / 2
+        return String(decoding: bytes.prefix(half), as: UTF8.self) + "\n… (\(bytes.count - maxMessageBytes) bytes left out) …\n"
+            + String(decoding: bytes.suffix(half), as: UTF8.self)
+    }
+
+    /// Writes all of `text` with as few `write` calls as the descriptor allows.
+    static func writeAll(_ fd: Int32, _ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
+        }
     }
 
     /// libgomp's default wait policy spins between parallel regions; when anything else runs on
