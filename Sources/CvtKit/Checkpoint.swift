@@ -55,8 +55,8 @@ public struct CheckpointFolder {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {
             throw CheckpointError(path: url.path, "is not a checkpoint folder (expected a directory with config.json and model.safetensors)")
         }
-        guard let data = FileManager.default.contents(atPath: configURL.path) else {
-            throw CheckpointError(path: configURL.path, "cannot be read (missing or unreadable)")
+        guard let data = Self.regularFileContents(configURL.path) else {
+            throw CheckpointError(path: configURL.path, "cannot be read (missing, unreadable or not a regular file)")
         }
         do {
             return try CvtConfig.decode(data)
@@ -67,6 +67,14 @@ public struct CheckpointFolder {
         } catch {
             throw CheckpointError(path: configURL.path, "is not valid JSON: \(error)")
         }
+    }
+
+    /// The bytes of a regular file (following symlinks, as the Hugging Face cache uses them), nil
+    /// for anything else: a FIFO would block the read, a device never end it.
+    static func regularFileContents(_ path: String) -> Data? {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return FileManager.default.contents(atPath: path)
     }
 
     static func describe(_ e: DecodingError) -> String {

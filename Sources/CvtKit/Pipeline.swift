@@ -62,7 +62,7 @@ public final class ImageClassificationPipeline {
         let folder = CheckpointFolder(url)
         var warning: String?
         let config: PreprocessorConfig
-        if let data = FileManager.default.contents(atPath: folder.preprocessorURL.path) {
+        if let data = CheckpointFolder.regularFileContents(folder.preprocessorURL.path) {
             do { config = try JSONDecoder().decode(PreprocessorConfig.self, from: data) } catch {
                 throw CheckpointError(path: folder.preprocessorURL.path, "is not a valid image processor config: \(error)")
             }

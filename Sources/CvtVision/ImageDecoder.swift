@@ -83,6 +83,10 @@ public enum ImageDecoder {
         if isDirectory.boolValue {
             throw ImageError(kind: .unreadable, file: path, message: "is a directory, not an image file")
         }
+        // A FIFO or device would block or never end: only regular files are read.
+        if let type = (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType, type != .typeRegular {
+            throw ImageError(kind: .unreadable, file: path, message: "is not a regular file (\(type.rawValue))")
+        }
         do {
             return try Data(contentsOf: url, options: .mappedIfSafe)
         } catch {

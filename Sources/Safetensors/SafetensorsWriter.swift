@@ -167,6 +167,12 @@ public struct SafetensorsWriter: Sendable {
             let code = errno
             return SafetensorsError(file: path, message: "\(what): \(String(cString: strerror(code))) (errno \(code))")
         }
+        // The rename below would replace whatever is there: a device node, a FIFO or a symlink
+        // is refused instead (it is not an earlier output).
+        var existing = stat()
+        if lstat(path, &existing) == 0 && (existing.st_mode & S_IFMT) != S_IFREG {
+            throw SafetensorsError(file: path, message: "exists and is not a regular file (a device, FIFO, folder or symlink); refusing to replace it")
+        }
         let tmp = url.deletingLastPathComponent()
             .appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UUID().uuidString)").path
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)

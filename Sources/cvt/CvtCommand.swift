@@ -338,6 +338,8 @@ struct Convert: ParsableCommand {
     @Option(help: "Source checkpoint folder or Hub id (safetensors or pytorch_model.bin).") var model: String
     @Option(help: "Output folder.") var output: String
     @Option(help: "Stored weight dtype: float32, float16 or bfloat16.") var dtype = "float32"
+    @Flag(help: "Replace the model files of an existing output folder (the folder is swapped in one step; its other files are kept).")
+    var overwrite = false
 
     func run() throws {
         let stored: SafetensorsDType
@@ -349,13 +351,20 @@ struct Convert: ParsableCommand {
         }
         let source = try ModelResolver.resolve(model, progress: TerminalProgressBar()?.callback)
         let classifier = try CvtForImageClassification(pretrained: source)
-        let out = URL(fileURLWithPath: output)
-        try classifier.savePretrained(to: out, dtype: stored)
-        let preprocessor = CheckpointFolder(source).preprocessorURL
-        if FileManager.default.fileExists(atPath: preprocessor.path) {
-            let target = out.appendingPathComponent("preprocessor_config.json")
-            try? FileManager.default.removeItem(at: target)
-            try FileManager.default.copyItem(at: preprocessor, to: target)
+        // Everything is written into a staging folder, then swapped in: the output (which may be
+        // the source itself) is never left with new config and old weights.
+        let folder = try StagedFolder(destination: URL(fileURLWithPath: output), overwrite: overwrite,
+                                      writes: ["config.json", "model.safetensors", "preprocessor_config.json"])
+        do {
+            try classifier.savePretrained(to: folder.staging, dtype: stored)
+            let preprocessor = CheckpointFolder(source).preprocessorURL
+            if FileManager.default.fileExists(atPath: preprocessor.path) {
+                try Data(contentsOf: preprocessor).write(to: folder.staging.appendingPathComponent("preprocessor_config.json"))
+            }
+            try folder.commit()
+        } catch {
+            folder.discard()
+            throw error
         }
     }
 }

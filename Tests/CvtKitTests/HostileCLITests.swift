@@ -55,4 +55,102 @@ final class HostileCLITests: XCTestCase {
         try FileManager.default.moveItem(at: dir.appendingPathComponent("config.json.tmp"), to: dir.appendingPathComponent("config.json"))
         try expectRefused(["classify", "--model", dir.path, "x.png"], naming: "shortest_edge")
     }
+
+    private func temporaryFolder() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-hostile-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// A copy of the bundled model (config, weights, preprocessor config).
+    private func modelCopy(in dir: URL, named name: String = "model") throws -> URL {
+        let bundled = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        let copy = dir.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: copy, withIntermediateDirectories: true)
+        for f in ["config.json", "model.safetensors", "preprocessor_config.json"] {
+            try FileManager.default.copyItem(at: bundled.appendingPathComponent(f), to: copy.appendingPathComponent(f))
+        }
+        return copy
+    }
+
+    private func contents(_ folder: URL) throws -> [String: Data] {
+        var out: [String: Data] = [:]
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder.path) {
+            out[name] = try Data(contentsOf: folder.appendingPathComponent(name))
+        }
+        return out
+    }
+
+    /// `convert` onto its own input or an existing folder: refused without --overwrite (nothing
+    /// changed), and with it the folder is replaced as a whole, other files kept.
+    func testConvertOntoItsInputOrAnExistingFolder() throws {
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = try modelCopy(in: dir)
+        try Data("notes".utf8).write(to: model.appendingPathComponent("NOTES.md"))
+        let before = try contents(model)
+        try expectRefused(["convert", "--model", model.path, "--output", model.path], naming: "--overwrite")
+        XCTAssertEqual(try contents(model), before, "a refused convert changes nothing")
+
+        let r = try runCvt(["convert", "--model", model.path, "--output", model.path, "--dtype", "bfloat16", "--overwrite"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let after = try contents(model)
+        XCTAssertEqual(Set(after.keys), Set(before.keys), "preprocessor_config.json and other files kept")
+        XCTAssertEqual(after["preprocessor_config.json"], before["preprocessor_config.json"])
+        XCTAssertEqual(after["NOTES.md"], before["NOTES.md"])
+        XCTAssertLessThan(after["model.safetensors"]!.count, before["model.safetensors"]!.count, "bf16 weights written")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["model"], "no staging folder left")
+        let classify = try runCvt(["classify", "--model", model.path, fixturesRoot.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/cvt-fashion-mnist/samples/00-t-shirt-top.png").path])
+        XCTAssertEqual(classify.status, 0, classify.stderr)
+
+        // A failing conversion (the source's weights are damaged) leaves an existing output as it was.
+        let target = try modelCopy(in: dir, named: "target")
+        let targetBefore = try contents(target)
+        let broken = try modelCopy(in: dir, named: "broken")
+        try Data("not safetensors".utf8).write(to: broken.appendingPathComponent("model.safetensors"))
+        let failed = try runCvt(["convert", "--model", broken.path, "--output", target.path, "--overwrite"])
+        XCTAssertNotEqual(failed.status, 0)
+        XCTAssertEqual(try contents(target), targetBefore)
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir.path)), ["model", "target", "broken"])
+    }
+
+    /// Outputs that are not regular files are refused, never replaced; a FIFO never blocks a read.
+    func testSpecialFilesAreRefused() throws {
+        let dir = try temporaryFolder()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let fifo = dir.appendingPathComponent("out.safetensors")
+        XCTAssertEqual(mkfifo(fifo.path, 0o644), 0)
+        let tiny = fixturesRoot.appendingPathComponent("parity/tiny")
+        try expectRefused(["forward", "--model", tiny.path, "--input", tiny.appendingPathComponent("input.safetensors").path,
+                           "--output", fifo.path], naming: "not a regular file")
+        var st = stat()
+        XCTAssertEqual(lstat(fifo.path, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "the FIFO is still there")
+        try expectRefused(["convert", "--model", tiny.path, "--output", fifo.path], naming: "not a folder")
+
+        // A model folder whose weights file is a FIFO: an error, not a hang.
+        let model = try modelCopy(in: dir)
+        try FileManager.default.removeItem(at: model.appendingPathComponent("model.safetensors"))
+        XCTAssertEqual(mkfifo(model.appendingPathComponent("model.safetensors").path, 0o644), 0)
+        try expectRefused(["classify", "--model", model.path, "x.png"], naming: "not a regular file")
+        try expectRefused(["classify", "--model", tiny.path, fifo.path], naming: "not a regular file")
+    }
+
+    /// Results that cannot be written (a full disk, a closed stdout) are an error.
+    func testUnwritableStdoutIsAnError() throws {
+        let sample = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models/cvt-fashion-mnist/samples/00-t-shirt-top.png").path
+        let p = Process()
+        p.executableURL = CLITests.executable
+        p.arguments = ["classify", sample]
+        p.standardOutput = try XCTUnwrap(FileHandle(forWritingAtPath: "/dev/full"))
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 1, message)
+        XCTAssertTrue(message.contains("standard output"), message)
+    }
 }
