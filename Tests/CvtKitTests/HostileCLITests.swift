@@ -153,4 +153,56 @@ final class HostileCLITests: XCTestCase {
         XCTAssertEqual(p.terminationStatus, 1, message)
         XCTAssertTrue(message.contains("standard output"), message)
     }
+
+    /// Runs `cvt` in a child process and reads that child's own peak RSS (wait4's rusage).
+    private func runMeasured(_ args: [String]) throws -> (status: Int32, stderr: String, peakMB: Double) {
+        let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-stderr-\(UUID().uuidString)").path
+        defer { unlink(errPath) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, errPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let exe = CLITests.executable.path
+        var argv: [UnsafeMutablePointer<CChar>?] = ([exe] + args).map { strdup($0) }
+        argv.append(nil)
+        defer { for a in argv { free(a) } }
+        var env: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment
+            .merging(["OMP_WAIT_POLICY": "passive"]) { $1 }.map { strdup("\($0.key)=\($0.value)") }
+        env.append(nil)
+        defer { for e in env { free(e) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, exe, &actions, nil, argv, env) == 0 else { throw CocoaError(.fileReadUnknown) }
+        var status: Int32 = 0
+        var usage = rusage()
+        guard wait4(pid, &status, 0, &usage) == pid else { throw CocoaError(.fileReadUnknown) }
+        let exited = status & 0x7F == 0
+        let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
+        return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), stderr, Double(usage.ru_maxrss) / 1024)
+    }
+
+    /// The hostile files, each refused with a named reason by a process whose peak memory
+    /// stays near the CLI's own (tens of MB; before the bounds: 2.1 GB, 2.1 GB, 132 MB at this
+    /// size and 3.7 GB at full size).
+    func testHostileFilesCostLittleMemory() throws {
+        let hostile = fixturesRoot.appendingPathComponent("hostile")
+        let input = fixturesRoot.appendingPathComponent("parity/tiny/input.safetensors").path
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-\(UUID().uuidString).safetensors").path
+        defer { unlink(out) }
+        let cases: [([String], String)] = [
+            (["forward", "--model", hostile.appendingPathComponent("checkpoints/tuple_bomb").path, "--input", input, "--output", out],
+             "dictionary key has more than"),
+            (["forward", "--model", hostile.appendingPathComponent("checkpoints/compressed_oversize").path, "--input", input, "--output", out],
+             "view only 64"),
+            (["classify", hostile.appendingPathComponent("huge_text_before_idat.png").path], "declares 2147483632 bytes"),
+            (["classify", hostile.appendingPathComponent("huge_ztxt_after_idat.png").path], "after the image data"),
+            (["classify", hostile.appendingPathComponent("interlaced_large_declared.png").path], "truncated PNG data"),
+        ]
+        for (args, message) in cases {
+            let r = try runMeasured(args)
+            XCTAssertTrue(r.status > 0 && r.status < 128, "\(args): status \(r.status)\n\(r.stderr)")
+            XCTAssertTrue(r.stderr.contains(message), "\(args): \(r.stderr)")
+            XCTAssertLessThan(r.peakMB, 200, "\(args): peak RSS \(r.peakMB) MB")
+        }
+    }
 }
