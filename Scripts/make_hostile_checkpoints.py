@@ -6,8 +6,11 @@ Writes Tests/Fixtures/hostile/checkpoints/<case>/{config.json, pytorch_model.bin
                       when expanded; 2.1 GB and 15 s before the unpickler bounded keys)
   compressed_oversize a DEFLATE storage of 100 MB of zeros (100 KB compressed) viewed by 16
                       elements of a real key (inflated whole before, 3.7 GB at 925 M elements)
+and Tests/Fixtures/hostile/idx/bomb-labels-idx1-ubyte.gz: an IDX header declaring 10 labels,
+gzip-compressed with 100 MB of zeros after them (inflated whole before the bound).
     python3 Scripts/make_hostile_checkpoints.py
 """
+import gzip
 import shutil
 import struct
 import zipfile
@@ -50,7 +53,11 @@ def main() -> None:
     numel = 25_000_000
     oversize = b"\x80\x02}(" + s(KEY) + tensor("0", numel, 16) + b"u."
     write("compressed_oversize", oversize, {"0": (bytes(numel * 4), zipfile.ZIP_DEFLATED)})
-    for f in sorted(OUT.rglob("*.bin")):
+    idx = OUT.parent / "idx"
+    idx.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(idx / "bomb-labels-idx1-ubyte.gz", "wb", compresslevel=9, mtime=0) as f:
+        f.write(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + bytes(10) + bytes(100_000_000))
+    for f in sorted(OUT.rglob("*.bin")) + [idx / "bomb-labels-idx1-ubyte.gz"]:
         print(f.relative_to(ROOT), f.stat().st_size)
 
 

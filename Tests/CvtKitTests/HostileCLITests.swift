@@ -205,4 +205,13 @@ final class HostileCLITests: XCTestCase {
             XCTAssertLessThan(r.peakMB, 200, "\(args): peak RSS \(r.peakMB) MB")
         }
     }
+
+    /// A gzip IDX file that inflates past what its header declares stops there (it used to be
+    /// inflated whole: 100 MB here from 97 KB).
+    func testGzipIDXInflatesOnlyWhatItsHeaderDeclares() {
+        let bomb = fixturesRoot.appendingPathComponent("hostile/idx/bomb-labels-idx1-ubyte.gz")
+        XCTAssertThrowsError(try IDXFile(url: bomb)) { error in
+            XCTAssertTrue("\(error)".contains("inflates to more than the 18 bytes its header declares"), "\(error)")
+        }
+    }
 }
