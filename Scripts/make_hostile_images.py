@@ -117,6 +117,10 @@ def make() -> dict[str, bytes]:
     i = jpg.index(b"\xff\xc0")
     files["sof9_on_huffman.jpg"] = jpg[:i] + b"\xff\xc9" + jpg[i + 2:]
     files["sof1_extended.jpg"] = jpg[:i] + b"\xff\xc1" + jpg[i + 2:]
+    # A baseline JPEG that declares 4000 x 4000 with a few hundred bytes of data (and an EOI):
+    # libjpeg fills the rest and Pillow accepts it, so no size-to-data bound applies to JPEG.
+    sof = jpg.index(b"\xff\xc0")
+    files["jpeg_large_declared.jpg"] = jpg[:sof + 5] + struct.pack(">HH", 4000, 4000) + jpg[sof + 9:]
     # The same on a real photo (more Huffman data for the arithmetic decoder to trip on).
     rocket = (ROOT / "Tests" / "Fixtures" / "images" / "rocket.jpg").read_bytes()
     i = rocket.index(b"\xff\xc0")
