@@ -55,8 +55,8 @@ public struct CheckpointFolder {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {
             throw CheckpointError(path: url.path, "is not a checkpoint folder (expected a directory with config.json and model.safetensors)")
         }
-        guard let data = Self.regularFileContents(configURL.path) else {
-            throw CheckpointError(path: configURL.path, "cannot be read (missing, unreadable or not a regular file)")
+        guard let data = Self.regularFileContents(configURL.path, maxBytes: Self.maxConfigBytes) else {
+            throw CheckpointError(path: configURL.path, "cannot be read (missing, unreadable, not a regular file or over \(Self.maxConfigBytes >> 20) MiB)")
         }
         do {
             return try CvtConfig.decode(data)
@@ -71,11 +71,15 @@ public struct CheckpointFolder {
 
     /// The bytes of a regular file (following symlinks, as the Hugging Face cache uses them), nil
     /// for anything else: a FIFO would block the read, a device never end it.
-    static func regularFileContents(_ path: String) -> Data? {
+    static func regularFileContents(_ path: String, maxBytes: Int = Int.max) -> Data? {
         var st = stat()
-        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxBytes else { return nil }
         return FileManager.default.contents(atPath: path)
     }
+
+    /// The largest config.json / preprocessor_config.json read (an id2label of a million labels is
+    /// about 30 MB).
+    public static let maxConfigBytes = 64 << 20
 
     static func describe(_ e: DecodingError) -> String {
         func path(_ c: DecodingError.Context) -> String { c.codingPath.map(\.stringValue).joined(separator: ".") }

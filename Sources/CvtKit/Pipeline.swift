@@ -62,7 +62,7 @@ public final class ImageClassificationPipeline {
         let folder = CheckpointFolder(url)
         var warning: String?
         let config: PreprocessorConfig
-        if let data = CheckpointFolder.regularFileContents(folder.preprocessorURL.path) {
+        if let data = CheckpointFolder.regularFileContents(folder.preprocessorURL.path, maxBytes: CheckpointFolder.maxConfigBytes) {
             do { config = try JSONDecoder().decode(PreprocessorConfig.self, from: data) } catch {
                 throw CheckpointError(path: folder.preprocessorURL.path, "is not a valid image processor config: \(error)")
             }

@@ -53,6 +53,8 @@ final class HostileConfigTests: XCTestCase {
     func testInputSizeIsBounded() throws {
         let c = CvtConfig.cvt13
         XCTAssertNoThrow(try c.checkInputSize(height: 384, width: 384, what: "image size"))
+        XCTAssertNoThrow(try c.checkInputSize(height: 1024, width: 1024, what: "image size"), "docs/security.md: up to 1024×1024")
+        XCTAssertThrowsError(try c.checkInputSize(height: 1100, width: 1100, what: "image size"))
         XCTAssertThrowsError(try c.checkInputSize(height: 8192, width: 8192, what: "image size")) { e in
             XCTAssertEqual((e as? CvtConfigError)?.field, "image size")
         }
