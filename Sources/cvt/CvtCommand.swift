@@ -6,6 +6,15 @@ import Foundation
 enum Entry {
     static func main() {
         useSleepingOpenMPThreads()
+        // Diagnostics (used by the tests' memory bounds): the peak RSS of this process, written
+        // at exit. A parent's wait4/getrusage cannot tell it, as Linux carries the parent's peak
+        // over a vfork + exec into the child's.
+        if getenv("CVT_PEAK_RSS_FILE") != nil {
+            atexit {
+                guard let path = getenv("CVT_PEAK_RSS_FILE") else { return }
+                try? Data("\(peakRSSMegabytes())\n".utf8).write(to: URL(fileURLWithPath: String(cString: path)))
+            }
+        }
         // `--resume-from-checkpoint` may come without a value (the newest checkpoint), as in
         // transformers' scripts; the argument parser needs one.
         var args = Array(CommandLine.arguments.dropFirst())

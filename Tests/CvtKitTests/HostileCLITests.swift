@@ -154,10 +154,13 @@ final class HostileCLITests: XCTestCase {
         XCTAssertTrue(message.contains("standard output"), message)
     }
 
-    /// Runs `cvt` in a child process and reads that child's own peak RSS (wait4's rusage).
+    /// Runs `cvt` in a child process and reads that child's own peak RSS (VmHWM, which `cvt`
+    /// writes at exit to CVT_PEAK_RSS_FILE: wait4's ru_maxrss would include the test runner's own
+    /// peak, carried over the vfork + exec), and checks wait4 saw the process end.
     private func runMeasured(_ args: [String]) throws -> (status: Int32, stderr: String, peakMB: Double) {
         let errPath = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-stderr-\(UUID().uuidString)").path
-        defer { unlink(errPath) }
+        let rssPath = errPath + ".rss"
+        defer { unlink(errPath); unlink(rssPath) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -168,7 +171,7 @@ final class HostileCLITests: XCTestCase {
         argv.append(nil)
         defer { for a in argv { free(a) } }
         var env: [UnsafeMutablePointer<CChar>?] = ProcessInfo.processInfo.environment
-            .merging(["OMP_WAIT_POLICY": "passive"]) { $1 }.map { strdup("\($0.key)=\($0.value)") }
+            .merging(["OMP_WAIT_POLICY": "passive", "CVT_PEAK_RSS_FILE": rssPath]) { $1 }.map { strdup("\($0.key)=\($0.value)") }
         env.append(nil)
         defer { for e in env { free(e) } }
         var pid: pid_t = 0
@@ -178,7 +181,8 @@ final class HostileCLITests: XCTestCase {
         guard wait4(pid, &status, 0, &usage) == pid else { throw CocoaError(.fileReadUnknown) }
         let exited = status & 0x7F == 0
         let stderr = (try? String(contentsOfFile: errPath, encoding: .utf8)) ?? ""
-        return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), stderr, Double(usage.ru_maxrss) / 1024)
+        let peak = (try? String(contentsOfFile: rssPath, encoding: .utf8)).flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        return (exited ? (status >> 8) & 0xFF : 128 + (status & 0x7F), stderr, peak ?? .infinity)
     }
 
     /// The hostile files, each refused with a named reason by a process whose peak memory
