@@ -171,6 +171,14 @@ extension CvtForImageClassification {
     /// Writes `config.json` and `model.safetensors` (weights in `dtype`), as `save_pretrained` does.
     public func savePretrained(to url: URL, dtype: SafetensorsDType = .f32) throws {
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        // Each file is replaced by a rename, which would replace a device node or FIFO too.
+        for name in ["config.json", "model.safetensors"] {
+            var st = stat()
+            let path = url.appendingPathComponent(name).path
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG {
+                throw CheckpointError(path: path, "exists and is not a regular file (a device, FIFO, folder or symlink); refusing to replace it")
+            }
+        }
         try config.jsonData().write(to: url.appendingPathComponent("config.json"), options: .atomic)
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
         let sd = try stateDict()

@@ -44,12 +44,6 @@ public final class ImageClassificationPipeline {
     public let processor: ConvNextImageProcessor
     /// Things the user should know (e.g. a missing preprocessor_config.json).
     public private(set) var warnings: [String] = []
-    /// Images of more pixels are refused before their pixels are allocated (default: Pillow's
-    /// decompression-bomb error limit); a server or batch job may set a lower one.
-    public var maxImagePixels: Int = ImageDecoder.defaultMaxPixels
-    /// Called with the name and size of each decoded image above `ImageDecoder.warningPixels`
-    /// (Pillow's `MAX_IMAGE_PIXELS`, where it warns `DecompressionBombWarning`).
-    public var largeImageWarning: ((String, Int, Int) -> Void)?
 
     public init(model: CvtForImageClassification, processor: ConvNextImageProcessor) {
         self.model = model; self.processor = processor
@@ -91,10 +85,23 @@ public final class ImageClassificationPipeline {
         return results
     }
 
+    /// What `classify` does with large images: those of more than `maxPixels` are refused
+    /// before their pixels are allocated (default: Pillow's decompression-bomb error limit; a
+    /// server or batch job may set a lower one), and `warning` is called with the name and size of
+    /// each decoded image above `ImageDecoder.warningPixels` (Pillow's `MAX_IMAGE_PIXELS`, where
+    /// it warns `DecompressionBombWarning`).
+    public struct ImageLimits {
+        public var maxPixels: Int
+        public var warning: ((_ name: String, _ width: Int, _ height: Int) -> Void)?
+        public init(maxPixels: Int = ImageDecoder.defaultMaxPixels, warning: ((String, Int, Int) -> Void)? = nil) {
+            self.maxPixels = maxPixels; self.warning = warning
+        }
+    }
+
     /// Classifies image files; one result per path, so a bad file does not stop the others.
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
-                         batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(paths.map { path in { try self.checked(ImageDecoder.load(contentsOf: URL(fileURLWithPath: path), maxPixels: self.maxImagePixels), path) } },
+                         batchSize: Int = 1, limits: ImageLimits = ImageLimits()) -> [Result<[Prediction], Error>] {
+        classify(paths.map { path in { try Self.checked(ImageDecoder.load(contentsOf: URL(fileURLWithPath: path), maxPixels: limits.maxPixels), path, limits) } },
                  topK: topK, function: function, batchSize: batchSize)
     }
 
@@ -102,15 +109,15 @@ public final class ImageClassificationPipeline {
     /// request or stdin); `names` (default "image 0", "image 1", …) appear in error messages. One
     /// result per image, so a bad one does not stop the others.
     public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
-                         batchSize: Int = 1) -> [Result<[Prediction], Error>] {
+                         batchSize: Int = 1, limits: ImageLimits = ImageLimits()) -> [Result<[Prediction], Error>] {
         classify(images.enumerated().map { i, data in
             let name = names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)"
-            return { try self.checked(ImageDecoder.decode(data: data, name: name, maxPixels: self.maxImagePixels), name) }
+            return { try Self.checked(ImageDecoder.decode(data: data, name: name, maxPixels: limits.maxPixels), name, limits) }
         }, topK: topK, function: function, batchSize: batchSize)
     }
 
-    private func checked(_ image: RGBImage, _ name: String) -> RGBImage {
-        if image.width * image.height > ImageDecoder.warningPixels { largeImageWarning?(name, image.width, image.height) }
+    private static func checked(_ image: RGBImage, _ name: String, _ limits: ImageLimits) -> RGBImage {
+        if image.width * image.height > ImageDecoder.warningPixels { limits.warning?(name, image.width, image.height) }
         return image
     }
 

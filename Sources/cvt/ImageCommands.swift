@@ -62,8 +62,7 @@ struct Classify: ParsableCommand {
             f = parsed
         }
         let pipeline = try modelOptions.pipeline()
-        pipeline.maxImagePixels = maxImagePixels
-        pipeline.largeImageWarning = { name, width, height in
+        let limits = ImageClassificationPipeline.ImageLimits(maxPixels: maxImagePixels) { name, width, height in
             FileHandle.standardError.write(Data(Entry.terminalSafe(
                 "warning: \(name): image size (\(width * height) pixels, \(width)x\(height)) exceeds \(ImageDecoder.warningPixels) pixels, could be a decompression bomb (Pillow's DecompressionBombWarning)\n").utf8))
         }
@@ -80,11 +79,12 @@ struct Classify: ParsableCommand {
                     loaded[i] = .failure(CheckpointError(path: names[i], "cannot be read (missing or unreadable)"))
                 }
             }
-            let ranked = pipeline.classify(encoded: decodable, names: index.map { names[$0] }, topK: topK, function: f, batchSize: batchSize)
+            let ranked = pipeline.classify(encoded: decodable, names: index.map { names[$0] }, topK: topK, function: f, batchSize: batchSize,
+                                           limits: limits)
             for (i, r) in zip(index, ranked) { loaded[i] = r }
             results = loaded.map { $0! }
         } else {
-            results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize)
+            results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize, limits: limits)
         }
         var failed = 0
         if json {
