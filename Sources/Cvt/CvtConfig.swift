@@ -276,7 +276,24 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         if let t = try c.decodeIfPresent(String.self, forKey: .modelType), t != "cvt" {
             throw CvtConfigError(field: "model_type", "is \"\(t)\", expected \"cvt\"")
         }
-        func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
+        // Foundation reports a number that is not an integer (1e300, 1.5) where an integer is
+        // expected as "not valid JSON" with no key: name the field and the value instead.
+        func decode<T: Decodable>(_ type: T.Type, _ k: CodingKeys) throws -> T? {
+            do {
+                return try c.decodeIfPresent(T.self, forKey: k)
+            } catch {
+                // (Any error is examined: this one does not match a `DecodingError.dataCorrupted` pattern.)
+                guard T.self == Int.self || T.self == [Int].self else { throw error }
+                if let list = try? c.decodeIfPresent([Double].self, forKey: k) {
+                    throw CvtConfigError(field: k.stringValue, "must hold integers, got \(list.prefix(8))")
+                }
+                if let value = try? c.decodeIfPresent(Double.self, forKey: k) {
+                    throw CvtConfigError(field: k.stringValue, "must be an integer, got \(value)")
+                }
+                throw error
+            }
+        }
+        func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try decode(T.self, k) ?? d }
         numChannels = try get(.numChannels, numChannels); patchSizes = try get(.patchSizes, patchSizes)
         patchStride = try get(.patchStride, patchStride); patchPadding = try get(.patchPadding, patchPadding)
         embedDim = try get(.embedDim, embedDim); numHeads = try get(.numHeads, numHeads); depth = try get(.depth, depth)
@@ -296,10 +313,10 @@ public struct CvtConfig: Codable, Equatable, Sendable {
                 m[i] = v
             }
             id2label = m
-            if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels), n != m.count {
+            if let n = try decode(Int.self, .numLabels), n != m.count {
                 throw CvtConfigError(field: "num_labels", "is \(n) but id2label has \(m.count) entries")
             }
-        } else if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels) {
+        } else if let n = try decode(Int.self, .numLabels) {
             guard n >= 0 else { throw CvtConfigError(field: "num_labels", "must not be negative, got \(n)") }
             // Checked before the LABEL_i names are made.
             guard n <= Bounds.numLabels else {

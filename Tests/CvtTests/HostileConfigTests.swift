@@ -31,6 +31,11 @@ final class HostileConfigTests: XCTestCase {
         expectError(#"{"num_channels": \#(max)}"#, field: "num_channels")
         expectError(#"{"num_labels": 1000000000}"#, field: "num_labels")
         expectError(#"{"num_labels": \#(max)}"#, field: "num_labels")
+        // Numbers that are not integers where integers are expected (Foundation names no key).
+        expectError(#"{"patch_sizes": [7, 3, 1e300]}"#, field: "patch_sizes")
+        expectError(#"{"padding_q": [1, 1, 1.5]}"#, field: "padding_q")
+        expectError(#"{"num_labels": 1e300}"#, field: "num_labels")
+        expectError(#"{"num_channels": 3.5}"#, field: "num_channels")
         let stages = Array(repeating: "1", count: 100).joined(separator: ",")
         expectError(#"{"depth": [\#(stages)]}"#, field: "depth")
     }
