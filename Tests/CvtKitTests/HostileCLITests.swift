@@ -135,6 +135,9 @@ final class HostileCLITests: XCTestCase {
         XCTAssertEqual(mkfifo(model.appendingPathComponent("model.safetensors").path, 0o644), 0)
         try expectRefused(["classify", "--model", model.path, "x.png"], naming: "not a regular file")
         try expectRefused(["classify", "--model", tiny.path, fifo.path], naming: "not a regular file")
+        try FileManager.default.removeItem(at: model.appendingPathComponent("model.safetensors"))
+        XCTAssertEqual(mkfifo(model.appendingPathComponent("tf_model.h5").path, 0o644), 0)
+        try expectRefused(["classify", "--model", model.path, "x.png"], naming: "not a regular file")
     }
 
     /// Results that cannot be written (a full disk, a closed stdout) are an error.
