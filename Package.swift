@@ -43,6 +43,9 @@ let package = Package(
         .executableTarget(name: "cvt", dependencies: [
             "CvtKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Fuzz harnesses for the parsers (Scripts/fuzz.sh builds them with libFuzzer; the flags are
+        // given on the command line, never here). Not part of any product.
+        .executableTarget(name: "cvt-fuzz", dependencies: ["CvtKit", "CvtVision"]),
         .testTarget(name: "CvtTensorTests", dependencies: ["CvtTensor", "CKernels", "CDNNL"]),
         .testTarget(name: "SafetensorsTests", dependencies: ["Safetensors"]),
         .testTarget(name: "TorchCheckpointTests", dependencies: ["TorchCheckpoint"]),

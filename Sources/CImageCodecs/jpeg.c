@@ -5,6 +5,9 @@
 //     (inverted) polarity, then Pillow's cmyk2rgb; other component counts are refused;
 //   - data that ends before the last scanline is decoded is an error ("image file is truncated"),
 //     a missing tail after the last scanline (EOI) is not; libjpeg warnings are ignored;
+//   - SOF9–SOF15 (arithmetic coding) are decoded as libjpeg decodes them for Pillow: an SOF9 in
+//     front of Huffman-coded data gives the same (meaningless) pixels in both, not an error
+//     (Tests/Fixtures/hostile/sof9_on_huffman*.jpg, decided by Pillow 13);
 //   - EXIF: the first APP1 "Exif\0\0" segment plus later ones appended without their prefix;
 //     XMP: the last APP1 "http://ns.adobe.com/xap/1.0/\0" packet (markers before the first SOS).
 

@@ -49,7 +49,9 @@ public final class MappedFile: @unchecked Sendable {
             let code = errno
             return .system("\(what): \(String(cString: strerror(code))) (errno \(code))")
         }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the file is
+        // checked to be regular before anything is read.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw fail("cannot open file") }
         defer { close(fd) }
         var st = stat()

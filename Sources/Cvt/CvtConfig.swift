@@ -58,6 +58,9 @@ public struct CvtConfig: Codable, Equatable, Sendable {
     public func validate() throws {
         let n = depth.count
         guard n >= 1 else { throw CvtConfigError(field: "depth", "must list at least one stage, got []") }
+        if n > Bounds.stages {
+            throw CvtConfigError(field: "depth", "lists \(n) stages; at most \(Bounds.stages) are supported")
+        }
         guard numChannels > 0 else { throw CvtConfigError(field: "num_channels", "must be positive, got \(numChannels)") }
         func lengths(_ name: String, _ c: Int) throws {
             if c != n { throw CvtConfigError(field: name, "has \(c) entries but `depth` has \(n) stages") }
@@ -85,6 +88,7 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         try positive("kernel_qkv", kernelQkv); try positive("stride_kv", strideKv); try positive("stride_q", strideQ)
         try nonNegative("depth", depth); try nonNegative("patch_padding", patchPadding)
         try nonNegative("padding_kv", paddingKv); try nonNegative("padding_q", paddingQ)
+        try withinBounds()
         for s in 0..<n {
             if embedDim[s] % numHeads[s] != 0 {
                 throw CvtConfigError(field: "embed_dim", "[\(s)] = \(embedDim[s]) is not divisible by num_heads[\(s)] = \(numHeads[s])")
@@ -107,6 +111,128 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         }
         if let p = problemType, !Self.problemTypes.contains(p) {
             throw CvtConfigError(field: "problem_type", "\"\(p)\" is not one of regression, single_label_classification, multi_label_classification")
+        }
+    }
+
+    // MARK: bounds
+
+    /// Upper bounds on the sizes a config may declare, checked before anything is allocated (a
+    /// config is untrusted input: `embed_dim` 1e9 or `padding_q` Int.max must be an error, not an
+    /// allocation abort or an overflow trap). Each is far above any published CvT (cvt-w24:
+    /// embed_dim 1024, depth 20, 277 M parameters); docs/security.md lists them.
+    public enum Bounds {
+        public static let stages = 16
+        public static let numChannels = 1024
+        public static let depth = 1024
+        public static let embedDim = 16384
+        /// `int(embed_dim * mlp_ratio)`.
+        public static let mlpHidden = 65536
+        /// Every kernel size, stride and padding (patch_sizes, patch_stride, patch_padding, kernel_qkv, …).
+        public static let spatial = 1024
+        public static let numLabels = 1 << 20
+        /// All parameters together (4 GiB as float32).
+        public static let parameters = 1 << 30
+    }
+
+    /// The bounds of `Bounds`, field by field, then the parameter count (overflow-checked).
+    func withinBounds() throws {
+        func atMost(_ name: String, _ v: [Int], _ limit: Int) throws {
+            if let (i, x) = v.enumerated().first(where: { $0.element > limit }) {
+                throw CvtConfigError(field: name, "is \(x) at stage \(i); at most \(limit) is supported")
+            }
+        }
+        if numChannels > Bounds.numChannels {
+            throw CvtConfigError(field: "num_channels", "is \(numChannels); at most \(Bounds.numChannels) is supported")
+        }
+        try atMost("depth", depth, Bounds.depth); try atMost("embed_dim", embedDim, Bounds.embedDim)
+        try atMost("num_heads", numHeads, Bounds.embedDim)
+        for (name, v) in [("patch_sizes", patchSizes), ("patch_stride", patchStride), ("patch_padding", patchPadding),
+                          ("kernel_qkv", kernelQkv), ("stride_kv", strideKv), ("padding_kv", paddingKv),
+                          ("stride_q", strideQ), ("padding_q", paddingQ)] {
+            try atMost(name, v, Bounds.spatial)
+        }
+        for (s, r) in mlpRatio.enumerated() where !(r.isFinite && Double(embedDim[s]) * r < Double(Bounds.mlpHidden + 1)) {
+            throw CvtConfigError(field: "mlp_ratio", "[\(s)] = \(r) gives an MLP width above \(Bounds.mlpHidden) (embed_dim \(embedDim[s]))")
+        }
+        if numLabels > Bounds.numLabels {
+            throw CvtConfigError(field: "num_labels", "is \(numLabels); at most \(Bounds.numLabels) is supported")
+        }
+        guard let count = parameterCount, count <= Bounds.parameters else {
+            throw CvtConfigError(field: "embed_dim", "with depth, mlp_ratio and the kernel sizes gives \(parameterCount.map(String.init) ?? "more than Int.max") parameters; at most \(Bounds.parameters) are supported")
+        }
+    }
+
+    /// The number of parameters the model has (`named_parameters()`, without BatchNorm buffers),
+    /// nil when it overflows `Int`. Assumes the per-stage lists have `depth.count` entries.
+    public var parameterCount: Int? {
+        var total = 0, ok = true
+        func add(_ factors: Int...) {
+            var p = 1
+            for f in factors {
+                let (r, o) = p.multipliedReportingOverflow(by: f)
+                if o { ok = false; return }
+                p = r
+            }
+            let (r, o) = total.addingReportingOverflow(p)
+            if o { ok = false } else { total = r }
+        }
+        var inChannels = numChannels
+        for s in 0..<depth.count {
+            let hd = Double(embedDim[s]) * mlpRatio[s]
+            guard hd.isFinite, abs(hd) < 0x1p62 else { return nil }
+            let c = embedDim[s], hidden = Int(hd), k = kernelQkv[s]
+            if k > 1 << 31 { return nil }
+            add(inChannels, c, patchSizes[s], patchSizes[s]); add(3, c)   // embedding conv + bias, LayerNorm
+            if clsToken[s] { add(c) }
+            add(depth[s], 2, c, hidden); add(depth[s], hidden)             // MLP weights and biases
+            add(depth[s], 4, c, c); add(depth[s], qkvBias[s] ? 9 : 6, c)  // Q/K/V/out weights, biases, LayerNorms
+            if qkvProjectionMethod[s] == "dw_bn" { add(depth[s], 3, c, k * k + 2) }
+            inChannels = c
+        }
+        add(2, inChannels); add(inChannels + 1, numLabels)
+        return ok ? total : nil
+    }
+
+    /// The most values one image's forward pass holds in a single buffer at `height × width` input
+    /// (the larger of a stage's attention scores, heads × tokens × key tokens, and its MLP
+    /// activations, tokens × hidden width), nil when that overflows `Int`. Attention is quadratic in
+    /// the token count, so this, not the input size, is what an input size must be checked by.
+    public func largestActivation(height: Int, width: Int) -> Int? {
+        guard (try? validate()) != nil, height <= 1 << 24, width <= 1 << 24 else { return nil }
+        var h = height, w = width, largest = numChannels.multipliedReportingOverflow(by: h).partialValue
+        func out(_ n: Int, _ k: Int, _ s: Int, _ p: Int) -> Int { max(0, (n + 2 * p - k) / max(s, 1) + 1) }
+        for s in 0..<depth.count {
+            h = out(h, patchSizes[s], patchStride[s], patchPadding[s]); w = out(w, patchSizes[s], patchStride[s], patchPadding[s])
+            let (hw, o1) = h.multipliedReportingOverflow(by: w)
+            if o1 { return nil }
+            let cls = clsToken[s] ? 1 : 0
+            let kv = out(h, kernelQkv[s], strideKv[s], paddingKv[s]).multipliedReportingOverflow(by: out(w, kernelQkv[s], strideKv[s], paddingKv[s]))
+            if kv.overflow { return nil }
+            let kvGrid = qkvProjectionMethod[s] == "linear" ? hw : kv.partialValue
+            var stage = 0
+            for candidate in [[numHeads[s], hw + cls, kvGrid + cls], [hw + cls, max(mlpHidden(s), 3 * embedDim[s])]] {
+                var p = 1
+                for f in candidate {
+                    let (r, o) = p.multipliedReportingOverflow(by: f)
+                    if o { return nil }
+                    p = r
+                }
+                stage = max(stage, p)
+            }
+            largest = max(largest, stage)
+        }
+        return largest
+    }
+
+    /// `largestActivation` bound for one image: 2^30 values (4 GiB as float32).
+    public static let maxActivation = 1 << 30
+
+    /// Throws, naming `what`, when one image of `height × width` needs more than `maxActivation`
+    /// values in one buffer.
+    public func checkInputSize(height: Int, width: Int, what: String) throws {
+        guard height > 0, width > 0, height <= 65536, width <= 65536,
+              let n = largestActivation(height: height, width: width), n <= Self.maxActivation else {
+            throw CvtConfigError(field: what, "\(height)x\(width) needs more than \(Self.maxActivation) values in one buffer per image for this model (attention grows with the square of the token count)")
         }
     }
 
@@ -150,7 +276,24 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         if let t = try c.decodeIfPresent(String.self, forKey: .modelType), t != "cvt" {
             throw CvtConfigError(field: "model_type", "is \"\(t)\", expected \"cvt\"")
         }
-        func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
+        // Foundation reports a number that is not an integer (1e300, 1.5) where an integer is
+        // expected as "not valid JSON" with no key: name the field and the value instead.
+        func decode<T: Decodable>(_ type: T.Type, _ k: CodingKeys) throws -> T? {
+            do {
+                return try c.decodeIfPresent(T.self, forKey: k)
+            } catch {
+                // (Any error is examined: this one does not match a `DecodingError.dataCorrupted` pattern.)
+                guard T.self == Int.self || T.self == [Int].self else { throw error }
+                if let list = try? c.decodeIfPresent([Double].self, forKey: k) {
+                    throw CvtConfigError(field: k.stringValue, "must hold integers, got \(list.prefix(8))")
+                }
+                if let value = try? c.decodeIfPresent(Double.self, forKey: k) {
+                    throw CvtConfigError(field: k.stringValue, "must be an integer, got \(value)")
+                }
+                throw error
+            }
+        }
+        func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try decode(T.self, k) ?? d }
         numChannels = try get(.numChannels, numChannels); patchSizes = try get(.patchSizes, patchSizes)
         patchStride = try get(.patchStride, patchStride); patchPadding = try get(.patchPadding, patchPadding)
         embedDim = try get(.embedDim, embedDim); numHeads = try get(.numHeads, numHeads); depth = try get(.depth, depth)
@@ -170,11 +313,15 @@ public struct CvtConfig: Codable, Equatable, Sendable {
                 m[i] = v
             }
             id2label = m
-            if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels), n != m.count {
+            if let n = try decode(Int.self, .numLabels), n != m.count {
                 throw CvtConfigError(field: "num_labels", "is \(n) but id2label has \(m.count) entries")
             }
-        } else if let n = try c.decodeIfPresent(Int.self, forKey: .numLabels) {
+        } else if let n = try decode(Int.self, .numLabels) {
             guard n >= 0 else { throw CvtConfigError(field: "num_labels", "must not be negative, got \(n)") }
+            // Checked before the LABEL_i names are made.
+            guard n <= Bounds.numLabels else {
+                throw CvtConfigError(field: "num_labels", "is \(n); at most \(Bounds.numLabels) is supported")
+            }
             numLabels = n
         }
         try validate()

@@ -46,9 +46,9 @@ extension ImageClassificationPipeline {
     /// throwing `CancellationError`, when the task is cancelled. `progress` is called after each
     /// batch (from that thread).
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil, batchSize: Int = 1,
-                         progress: (@Sendable (ProgressReport) -> Void)? = nil) async throws -> [Result<[Prediction], Error>] {
+                         limits: ImageLimits = ImageLimits(), progress: (@Sendable (ProgressReport) -> Void)? = nil) async throws -> [Result<[Prediction], Error>] {
         try await runOffPool("cvt-pipeline") { flag in
-            let results = self.classify(self.sources(paths), topK: topK, function: function, batchSize: batchSize,
+            let results = self.classify(self.sources(paths, limits: limits), topK: topK, function: function, batchSize: batchSize,
                                         isCancelled: { flag.isCancelled }, onBatch: { done, _ in progress?(ProgressReport(completed: done, total: paths.count)) })
             if flag.isCancelled { throw CancellationError() }
             return results
@@ -58,9 +58,10 @@ extension ImageClassificationPipeline {
     /// Classifies encoded images (JPEG or PNG bytes) as `classify(encoded:)` does, on a thread of
     /// its own, stopping between batches when the task is cancelled.
     public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
-                         batchSize: Int = 1, progress: (@Sendable (ProgressReport) -> Void)? = nil) async throws -> [Result<[Prediction], Error>] {
+                         batchSize: Int = 1, limits: ImageLimits = ImageLimits(),
+                         progress: (@Sendable (ProgressReport) -> Void)? = nil) async throws -> [Result<[Prediction], Error>] {
         try await runOffPool("cvt-pipeline") { flag in
-            let results = self.classify(self.sources(encoded: images, names: names), topK: topK, function: function, batchSize: batchSize,
+            let results = self.classify(self.sources(encoded: images, names: names, limits: limits), topK: topK, function: function, batchSize: batchSize,
                                         isCancelled: { flag.isCancelled }, onBatch: { done, _ in progress?(ProgressReport(completed: done, total: images.count)) })
             if flag.isCancelled { throw CancellationError() }
             return results
@@ -70,12 +71,12 @@ extension ImageClassificationPipeline {
     /// Classifies image files as a stream: each batch's items as soon as it is done, in input
     /// order. The work stops when the consumer stops iterating or its task is cancelled.
     public func stream(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
-                       batchSize: Int = 1) -> AsyncStream<ClassifiedItem> {
+                       batchSize: Int = 1, limits: ImageLimits = ImageLimits()) -> AsyncStream<ClassifiedItem> {
         let (stream, continuation) = AsyncStream.makeStream(of: ClassifiedItem.self)
         let flag = CancellationFlag()
         continuation.onTermination = { _ in flag.cancel() }
         let thread = Thread {
-            _ = self.classify(self.sources(paths), topK: topK, function: function, batchSize: batchSize,
+            _ = self.classify(self.sources(paths, limits: limits), topK: topK, function: function, batchSize: batchSize,
                               isCancelled: { flag.isCancelled }, onBatch: { _, items in
                                   for item in items { continuation.yield(item) }
                               })

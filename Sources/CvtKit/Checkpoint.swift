@@ -53,10 +53,14 @@ public struct CheckpointFolder: Sendable {
     /// The image processor settings: `preprocessor_config.json`, or, for a folder without one,
     /// microsoft/cvt-13's (not the processor class's defaults) with a warning to show the user.
     public func loadPreprocessorConfig() throws -> (config: PreprocessorConfig, warning: String?) {
-        guard FileManager.default.fileExists(atPath: preprocessorURL.path) else {
-            return (.cvt13Default, "\(preprocessorURL.path) not found; using the microsoft/cvt-13 preprocessing (224, crop_pct 0.875, bicubic, ImageNet mean/std)")
+        let path = preprocessorURL.path
+        guard FileManager.default.fileExists(atPath: path) else {
+            return (.cvt13Default, "\(path) not found; using the microsoft/cvt-13 preprocessing (224, crop_pct 0.875, bicubic, ImageNet mean/std)")
         }
-        return (try PreprocessorConfig.load(contentsOf: preprocessorURL), nil)
+        guard let data = Self.regularFileContents(path, maxBytes: Self.maxConfigBytes) else {
+            throw CheckpointError(path: path, "cannot be read (unreadable, not a regular file or over \(Self.maxConfigBytes >> 20) MiB)")
+        }
+        return (try PreprocessorConfig.decode(data, name: path), nil)
     }
 
     public func loadConfig() throws -> CvtConfig {
@@ -64,8 +68,8 @@ public struct CheckpointFolder: Sendable {
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {
             throw CheckpointError(path: url.path, "is not a checkpoint folder (expected a directory with config.json and model.safetensors)")
         }
-        guard let data = FileManager.default.contents(atPath: configURL.path) else {
-            throw CheckpointError(path: configURL.path, "cannot be read (missing or unreadable)")
+        guard let data = Self.regularFileContents(configURL.path, maxBytes: Self.maxConfigBytes) else {
+            throw CheckpointError(path: configURL.path, "cannot be read (missing, unreadable, not a regular file or over \(Self.maxConfigBytes >> 20) MiB)")
         }
         do {
             return try CvtConfig.decode(data)
@@ -77,6 +81,18 @@ public struct CheckpointFolder: Sendable {
             throw CheckpointError(path: configURL.path, "is not valid JSON: \(error)")
         }
     }
+
+    /// The bytes of a regular file (following symlinks, as the Hugging Face cache uses them), nil
+    /// for anything else: a FIFO would block the read, a device never end it.
+    static func regularFileContents(_ path: String, maxBytes: Int = Int.max) -> Data? {
+        var st = stat()
+        guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxBytes else { return nil }
+        return FileManager.default.contents(atPath: path)
+    }
+
+    /// The largest config.json / preprocessor_config.json read (an id2label of a million labels is
+    /// about 30 MB).
+    public static let maxConfigBytes = 64 << 20
 
     static func describe(_ e: DecodingError) -> String {
         func path(_ c: DecodingError.Context) -> String { c.codingPath.map(\.stringValue).joined(separator: ".") }
@@ -112,11 +128,34 @@ extension CvtForImageClassification {
     public convenience init(pretrained url: URL, engine: Engine? = nil, dtype: InferenceDType? = nil) throws {
         let folder = CheckpointFolder(url)
         let config = try folder.loadConfig()
+        let (weights, path) = try folder.openWeights()
+        try Self.checkSize(of: config, against: weights, configPath: folder.configURL.path, weightsPath: path)
         try self.init(zeroed: config, engine: engine)
         try dtype?.apply(to: self)
-        let (weights, path) = try folder.openWeights()
         try load(from: weights, sourceName: path)
         if let file = weights as? SafetensorsFile { try loadBatchNormCounters(from: file) }
+    }
+
+    /// Models above this many parameters are allocated only when the weights file holds at least as
+    /// many values (a config.json cannot make a small checkpoint allocate gigabytes). Below it the
+    /// strict load reports the missing keys by name.
+    public static let parametersAllocatedWithoutWeights = 1 << 24
+
+    static func checkSize(of config: CvtConfig, against weights: TensorSource, configPath: String, weightsPath: String) throws {
+        guard let count = config.parameterCount, count > parametersAllocatedWithoutWeights else { return }
+        var held = 0
+        for name in weights.tensorNames {
+            guard let shape = weights.shape(of: name) else { continue }
+            var n = 1
+            for d in shape {
+                let (r, o) = n.multipliedReportingOverflow(by: max(d, 0))
+                n = o ? Int.max : r
+            }
+            held = held.addingReportingOverflow(n).overflow ? Int.max : held + n
+        }
+        if count > held {
+            throw CheckpointError(path: configPath, "declares a model with \(count) parameters but \(weightsPath) holds only \(held) values")
+        }
     }
 
     /// Each BatchNorm's `num_batches_tracked`, where the file has it (the counters are unused at
@@ -154,6 +193,14 @@ extension CvtForImageClassification {
         default: throw CheckpointError(path: url.path, "weights can be saved as F32, BF16 or F16, not \(dtype.rawValue)")
         }
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        // Each file is replaced by a rename, which would replace a device node or FIFO too.
+        for name in ["config.json", "model.safetensors"] {
+            var st = stat()
+            let path = url.appendingPathComponent(name).path
+            if lstat(path, &st) == 0 && (st.st_mode & S_IFMT) != S_IFREG {
+                throw CheckpointError(path: path, "exists and is not a regular file (a device, FIFO, folder or symlink); refusing to replace it")
+            }
+        }
         try config.jsonData(dtype: dtypeName).write(to: url.appendingPathComponent("config.json"), options: .atomic)
         var writer = SafetensorsWriter(metadata: ["format": "pt"])
         let sd = try stateDict()

@@ -10,8 +10,10 @@ public struct DatasetError: Error, CustomStringConvertible, LocalizedError {
     public var errorDescription: String? { description }
 }
 
-/// Reads gzip-compressed (or plain) bytes fully, with zlib.
-func gunzipIfNeeded(_ data: Data, path: String) throws -> Data {
+/// Reads gzip-compressed (or plain) bytes fully, with zlib. `limit` is asked, with the bytes
+/// inflated so far, how many the whole may have: inflating stops with an error past it, so a
+/// small file cannot inflate into more memory than its header declares.
+func gunzipIfNeeded(_ data: Data, path: String, limit: (Data) -> Int = { _ in Int.max }) throws -> Data {
     guard data.count >= 2, data[data.startIndex] == 0x1F, data[data.startIndex + 1] == 0x8B else { return data }
     var stream = z_stream()
     // 16 + MAX_WBITS: expect a gzip header.
@@ -36,6 +38,10 @@ func gunzipIfNeeded(_ data: Data, path: String) throws -> Data {
                 }
                 out.append(b.baseAddress!, count: chunk - Int(stream.avail_out))
             }
+            let most = limit(out)
+            if out.count > most {
+                throw DatasetError(path: path, "inflates to more than the \(most) bytes its header declares")
+            }
             if status != Z_STREAM_END && stream.avail_in == 0 && stream.avail_out != 0 {
                 throw DatasetError(path: path, "truncated gzip data")
             }
@@ -51,10 +57,10 @@ public struct IDXFile: Sendable {
     public let bytes: [UInt8]
 
     public init(url: URL) throws {
-        guard let raw = FileManager.default.contents(atPath: url.path) else {
-            throw DatasetError(path: url.path, "cannot be read (missing or unreadable)")
+        guard let raw = CheckpointFolder.regularFileContents(url.path) else {
+            throw DatasetError(path: url.path, "cannot be read (missing, unreadable or not a regular file)")
         }
-        let data = [UInt8](try gunzipIfNeeded(raw, path: url.path))
+        let data = [UInt8](try gunzipIfNeeded(raw, path: url.path, limit: Self.declaredSize))
         guard data.count >= 4, data[0] == 0, data[1] == 0 else {
             throw DatasetError(path: url.path, "is not an IDX file (bad magic number)")
         }
@@ -70,7 +76,9 @@ public struct IDXFile: Sendable {
             let d = Int(data[o]) << 24 | Int(data[o + 1]) << 16 | Int(data[o + 2]) << 8 | Int(data[o + 3])
             shape.append(d)
             let (c, overflow) = count.multipliedReportingOverflow(by: d)
-            guard !overflow else { throw DatasetError(path: url.path, "declares too many elements \(shape)") }
+            guard !overflow, c <= Self.maxValues else {
+                throw DatasetError(path: url.path, "declares \(shape): more than \(Self.maxValues) values")
+            }
             count = c
         }
         let header = 4 + 4 * rank
@@ -79,6 +87,28 @@ public struct IDXFile: Sendable {
         }
         self.shape = shape
         bytes = Array(data[header...])
+    }
+}
+
+extension IDXFile {
+    /// The most values an IDX file may declare (8 GiB of bytes; Fashion-MNIST's training images are 47 MB).
+    public static let maxValues = 1 << 33
+
+    /// Header plus declared values, once the header has been inflated (Int.max before, and
+    /// for a header that is not IDX: the parser reports it).
+    static func declaredSize(_ prefix: Data) -> Int {
+        let p = [UInt8](prefix.prefix(4 + 4 * 255))
+        guard p.count >= 4 else { return Int.max }
+        let rank = Int(p[3])
+        guard p.count >= 4 + 4 * rank else { return Int.max }
+        var count = 1
+        for i in 0..<rank {
+            let o = 4 + 4 * i
+            let d = Int(p[o]) << 24 | Int(p[o + 1]) << 16 | Int(p[o + 2]) << 8 | Int(p[o + 3])
+            let (c, overflow) = count.multipliedReportingOverflow(by: d)
+            count = overflow ? Int.max : c
+        }
+        return min(count, maxValues) + 4 + 4 * rank
     }
 }
 

@@ -78,25 +78,41 @@ public final class ImageClassificationPipeline: Sendable {
         for start in stride(from: 0, to: images.count, by: step) {
             let batch = Array(images[start..<min(images.count, start + step)])
             let pixels = try processor(batch)
+            // Attention is quadratic in the token count: refuse an input size the model cannot hold.
+            try model.config.checkInputSize(height: pixels.shape[2], width: pixels.shape[3], what: "image size")
             let logits = try model.logits(pixels)
             results += rank(logits, topK: topK, function: function)
         }
         return results
     }
 
+    /// What `classify` does with large images: those of more than `maxPixels` are refused
+    /// before their pixels are allocated (default: Pillow's decompression-bomb error limit; a
+    /// server or batch job may set a lower one), and `warning` is called with the name and size of
+    /// each decoded image above `ImageDecoder.warningPixels` (Pillow's `MAX_IMAGE_PIXELS`, where
+    /// it warns `DecompressionBombWarning`).
+    public struct ImageLimits: Sendable {
+        public var maxPixels: Int
+        public var warning: (@Sendable (_ name: String, _ width: Int, _ height: Int) -> Void)?
+        public init(maxPixels: Int = ImageDecoder.defaultMaxPixels, warning: (@Sendable (String, Int, Int) -> Void)? = nil) {
+            self.maxPixels = maxPixels; self.warning = warning
+        }
+    }
+
     /// Classifies image files; one result per path, so a bad file does not stop the others.
     public func classify(_ paths: [String], topK: Int = 5, function: ClassificationFunction? = nil,
-                         batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(sources(paths), topK: topK, function: function, batchSize: batchSize)
+                         batchSize: Int = 1, limits: ImageLimits = ImageLimits()) -> [Result<[Prediction], Error>] {
+        classify(sources(paths, limits: limits), topK: topK, function: function, batchSize: batchSize)
     }
 
-    func sources(_ paths: [String]) -> [() throws -> RGBImage] {
-        paths.map { path in { try ImageDecoder.load(contentsOf: URL(fileURLWithPath: path)) } }
+    func sources(_ paths: [String], limits: ImageLimits) -> [() throws -> RGBImage] {
+        paths.map { path in { try Self.checked(ImageDecoder.load(contentsOf: URL(fileURLWithPath: path), maxPixels: limits.maxPixels), path, limits) } }
     }
 
-    func sources(encoded images: [Data], names: [String]?) -> [() throws -> RGBImage] {
+    func sources(encoded images: [Data], names: [String]?, limits: ImageLimits) -> [() throws -> RGBImage] {
         images.enumerated().map { i, data in
-            { try ImageDecoder.decode(data: data, name: names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)") }
+            let name = names.flatMap { i < $0.count ? $0[i] : nil } ?? "image \(i)"
+            return { try Self.checked(ImageDecoder.decode(data: data, name: name, maxPixels: limits.maxPixels), name, limits) }
         }
     }
 
@@ -104,8 +120,13 @@ public final class ImageClassificationPipeline: Sendable {
     /// request or stdin); `names` (default "image 0", "image 1", …) appear in error messages. One
     /// result per image, so a bad one does not stop the others.
     public func classify(encoded images: [Data], names: [String]? = nil, topK: Int = 5, function: ClassificationFunction? = nil,
-                         batchSize: Int = 1) -> [Result<[Prediction], Error>] {
-        classify(sources(encoded: images, names: names), topK: topK, function: function, batchSize: batchSize)
+                         batchSize: Int = 1, limits: ImageLimits = ImageLimits()) -> [Result<[Prediction], Error>] {
+        classify(sources(encoded: images, names: names, limits: limits), topK: topK, function: function, batchSize: batchSize)
+    }
+
+    private static func checked(_ image: RGBImage, _ name: String, _ limits: ImageLimits) -> RGBImage {
+        if image.width * image.height > ImageDecoder.warningPixels { limits.warning?(name, image.width, image.height) }
+        return image
     }
 
     /// Decodes and classifies `sources` in batches of `batchSize` decodable images. After each

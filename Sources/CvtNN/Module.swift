@@ -106,15 +106,37 @@ public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
             && a.mismatched.map { "\($0.key)\($0.expected)\($0.found)" } == b.mismatched.map { "\($0.key)\($0.expected)\($0.found)" }
     }
 
+    /// Keys named per kind in `description`; the rest are counted. Keys come from the file, so
+    /// each is shortened and its control characters escaped.
+    public static let keysShown = 20
+
     public var description: String {
+        func list(_ items: [String]) -> String {
+            let shown = items.prefix(Self.keysShown).joined(separator: ", ")
+            return items.count > Self.keysShown ? shown + ", … (\(items.count - Self.keysShown) more)" : shown
+        }
         var parts: [String] = []
-        if !missing.isEmpty { parts.append("missing keys: " + missing.joined(separator: ", ")) }
-        if !unexpected.isEmpty { parts.append("unexpected keys: " + unexpected.joined(separator: ", ")) }
+        if !missing.isEmpty { parts.append("missing keys: " + list(missing.map(printableKey))) }
+        if !unexpected.isEmpty { parts.append("unexpected keys: " + list(unexpected.map(printableKey))) }
         if !mismatched.isEmpty {
-            parts.append("mis-shaped keys: " + mismatched.map { "\($0.key) (expected \($0.expected), found \($0.found))" }.joined(separator: ", "))
+            parts.append("mis-shaped keys: " + list(mismatched.map { "\(printableKey($0.key)) (expected \($0.expected), found \($0.found))" }))
         }
         return "\(source): weights do not match the model: " + parts.joined(separator: "; ")
     }
+}
+
+/// A key from a file for a message: at most 120 characters, control characters escaped.
+func printableKey(_ key: String) -> String {
+    var out = ""
+    for (i, u) in key.unicodeScalars.enumerated() {
+        if i == 120 { out += "…"; break }
+        if u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
+            out += "\\u{\(String(u.value, radix: 16))}"
+        } else {
+            out.unicodeScalars.append(u)
+        }
+    }
+    return out
 }
 
 /// Strict loading: walks the model, takes each key from the source, and at `finish()` reports

@@ -86,10 +86,15 @@ public struct ConvNextImageProcessor: Sendable {
                     throw PreprocessingError("crop_pct must be set when shortest_edge (\(edge)) is below 384")
                 }
                 let q = Double(edge) / cropPct
-                guard q.isFinite, q >= 1, q < Double(Int32.max) else {
+                guard q.isFinite, q >= 1, q <= Double(PreprocessorConfig.maxResizeEdge) else {
                     throw PreprocessingError("crop_pct \(cropPct) gives an invalid resize target \(q) for shortest_edge \(edge)")
                 }
                 let target = Self.shortestEdgeSize(width: img.width, height: img.height, shortestEdge: Int(q))
+                // A very long, thin image resizes to a very long one: bounded as a decoded image is.
+                guard target.width.multipliedReportingOverflow(by: target.height).partialValue <= Self.maxResizedPixels,
+                      Double(target.width) * Double(target.height) <= Double(Self.maxResizedPixels) else {
+                    throw PreprocessingError("resizing a \(img.width)x\(img.height) image to shortest edge \(Int(q)) gives \(target.width)x\(target.height) pixels, more than \(Self.maxResizedPixels)")
+                }
                 img = try Self.resizeCenterCrop(img, width: target.width, height: target.height,
                                                 resample: resample, cropWidth: edge, cropHeight: edge)
             } else {
@@ -105,11 +110,17 @@ public struct ConvNextImageProcessor: Sendable {
         return img
     }
 
+    /// The largest intermediate resize (Pillow's decompression-bomb error threshold).
+    public static let maxResizedPixels = 2 * 89_478_485
+
     /// transformers' `get_resize_output_image_size(image, size, default_to_square=False)`:
     /// the short side becomes `shortestEdge`, the long side `int(shortestEdge · long / short)`.
     public static func shortestEdgeSize(width: Int, height: Int, shortestEdge: Int) -> (width: Int, height: Int) {
         let (short, long) = width <= height ? (width, height) : (height, width)
-        let newLong = Int(Double(shortestEdge * long) / Double(short))
+        // In floating point: shortestEdge · long may overflow Int for a hostile size (the caller
+        // bounds the result); exact for every product below 2^53.
+        let product = Double(shortestEdge) * Double(long)
+        let newLong = Int(min(product / Double(max(short, 1)), Double(Int32.max)))
         return width <= height ? (shortestEdge, newLong) : (newLong, shortestEdge)
     }
 

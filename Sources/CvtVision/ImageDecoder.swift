@@ -26,7 +26,10 @@ public struct DecodedImage: Sendable {
 public enum ImageDecoder {
     /// Pillow's decompression-bomb limit: `2 × PIL.Image.MAX_IMAGE_PIXELS` = 178,956,970 pixels.
     /// Larger images are refused before any pixel memory is allocated.
-    public static let defaultMaxPixels = 2 * 89_478_485
+    public static let defaultMaxPixels = 2 * warningPixels
+    /// Pillow's `PIL.Image.MAX_IMAGE_PIXELS`: larger images get a `DecompressionBombWarning`
+    /// (Image.py, `_decompression_bomb_check`), twice as large an error.
+    public static let warningPixels = 89_478_485
 
     /// Decodes and orients an image. `name` is used in error messages.
     /// - Parameter maxPixels: the largest `width × height` accepted; nil for no limit.
@@ -79,6 +82,10 @@ public enum ImageDecoder {
         }
         if isDirectory.boolValue {
             throw ImageError(kind: .unreadable, file: path, message: "is a directory, not an image file")
+        }
+        // A FIFO or device would block or never end: only regular files are read.
+        if let type = (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType, type != .typeRegular {
+            throw ImageError(kind: .unreadable, file: path, message: "is not a regular file (\(type.rawValue))")
         }
         do {
             return try Data(contentsOf: url, options: .mappedIfSafe)

@@ -171,6 +171,41 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         cropSize = try sizeValue(.cropSize, d.cropSize, squareInt: true)
         imageProcessorType = try? c.decodeIfPresent(String.self, forKey: .imageProcessorType)
         featureExtractorType = try? c.decodeIfPresent(String.self, forKey: .featureExtractorType)
+        try checkBounds()
+    }
+
+    /// The largest `shortest_edge`, height or width a config may ask for (the model is then fed
+    /// images of that size: 8192² RGB floats are 805 MB per image). Published CvT checkpoints use
+    /// 224 and 384.
+    public static let maxEdge = 8192
+    /// The largest resize target `shortest_edge / crop_pct` (ConvNext resizes, then crops).
+    public static let maxResizeEdge = 65536
+
+    var shortestEdge: Int? { if case .shortestEdge(let e)? = size { return e } else { return nil } }
+
+    /// Sizes within `1...maxEdge` and a resize target within `maxResizeEdge`, before any image is resized.
+    public func checkBounds() throws {
+        func edge(_ field: String, _ v: Int) throws {
+            guard (1...Self.maxEdge).contains(v) else {
+                throw PreprocessingError("\(field) is \(v); it must be between 1 and \(Self.maxEdge)")
+            }
+        }
+        func check(_ key: String, _ s: Size?) throws {
+            switch s {
+            case nil: break
+            case .shortestEdge(let n)?: try edge("\(key).shortest_edge", n)
+            case .heightWidth(let h, let w)?: try edge("\(key).height", h); try edge("\(key).width", w)
+            }
+        }
+        try check("size", size); try check("crop_size", cropSize)
+        // ConvNext resizes to shortest_edge / crop_pct: a tiny crop_pct asks for a huge image.
+        if let p = cropPct, let e = shortestEdge, e < 384, !(p > 0 && Double(e) / p <= Double(Self.maxResizeEdge)) {
+            throw PreprocessingError("crop_pct is \(p); shortest_edge / crop_pct must be between 1 and \(Self.maxResizeEdge)")
+        }
+        for (key, v) in [("rescale_factor", rescaleFactor.map { [$0] }), ("image_mean", imageMean), ("image_std", imageStd)] {
+            if let v, v.contains(where: { !$0.isFinite }) { throw PreprocessingError("\(key) must be finite, got \(v.prefix(3))") }
+            if let v, v.count > 4 { throw PreprocessingError("\(key) must have 3 values, got \(v.count)") }
+        }
     }
 
     public func encode(to encoder: Encoder) throws {

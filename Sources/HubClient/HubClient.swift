@@ -123,9 +123,13 @@ public struct HubClient: @unchecked Sendable {
     }
 
     /// `{endpoint}/{repo}/resolve/{revision}/{filename}`, revision fully and filename path-encoded.
-    public func resolveURL(repo: String, revision: String, filename: String) -> URL {
+    /// An endpoint that does not form a URL (`HF_ENDPOINT` with a space, say) is an error naming it.
+    public func resolveURL(repo: String, revision: String, filename: String) throws -> URL {
         let s = "\(endpoint)/\(repo)/resolve/\(percentEncode(revision, safe: ""))/\(percentEncode(filename, safe: "/"))"
-        guard let url = URL(string: s) else { preconditionFailure("invalid endpoint URL \(s)") }
+        guard let url = URL(string: s), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme), url.host != nil else {
+            throw HubError(.invalidReference, "HF_ENDPOINT \(printable(endpoint)) is not an http(s) URL (it must look like https://huggingface.co)",
+                           repo: repo, file: filename, revision: revision)
+        }
         return url
     }
 
@@ -248,7 +252,7 @@ struct Resolution {
             if let c = commit { cache.markMissing(repo: repo, commit: c, filename: filename) }
             if required {
                 throw HubError(.notFound, "Repository or file not found: \(filename) does not exist in \(repo) at revision '\(revision)'",
-                               repo: repo, file: filename, revision: revision, url: client.resolveURL(repo: repo, revision: askedRevision, filename: filename).absoluteString,
+                               repo: repo, file: filename, revision: revision, url: (try? client.resolveURL(repo: repo, revision: askedRevision, filename: filename))?.absoluteString,
                                status: 404)
             }
             return false
@@ -276,7 +280,7 @@ struct Resolution {
     /// renamed repo) but stopping at a redirect to another host (the LFS CDN), whose hub headers
     /// carry the metadata, like huggingface_hub's `get_hf_file_metadata`.
     private func metadata(filename: String, revision askedRevision: String) throws -> Lookup {
-        let start = client.resolveURL(repo: repo, revision: askedRevision, filename: filename)
+        let start = try client.resolveURL(repo: repo, revision: askedRevision, filename: filename)
         var url = start
         var commitSeen: String?
         for _ in 0..<10 {
@@ -385,4 +389,19 @@ extension HubClient {
             return make(.httpStatus, "Unexpected HTTP \(status) for \(file) of \(repo).")
         }
     }
+}
+
+/// `text` for a message: at most 200 characters, control characters escaped (it may come from the
+/// environment or a server and goes to a terminal).
+func printable(_ text: String) -> String {
+    var out = ""
+    for (i, u) in text.unicodeScalars.enumerated() {
+        if i == 200 { out += "…"; break }
+        if u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
+            out += "\\u{\(String(u.value, radix: 16))}"
+        } else {
+            out.unicodeScalars.append(u)
+        }
+    }
+    return "'" + out + "'"
 }

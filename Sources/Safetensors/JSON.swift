@@ -1,7 +1,7 @@
 import Foundation
 
 /// Minimal JSON value for the safetensors header. Object members keep their order.
-enum JSONValue {
+enum JSONValue: Sendable {
     case object([(key: String, value: JSONValue)])
     case array([JSONValue])
     case string(String)

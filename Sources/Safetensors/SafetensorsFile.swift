@@ -14,8 +14,12 @@ import Darwin
 /// Instances are immutable and safe to share between threads. (As with any `mmap`, truncating
 /// the file on disk while it is mapped makes later accesses fault; do not do that.)
 ///
-/// Tolerated on read: unknown extra fields in a tensor entry, gaps between tensors, bytes after
-/// the last tensor, and zero-length tensors anywhere.
+/// As the reference implementation (the Rust `safetensors` crate, `Metadata::validate` and
+/// `SafeTensors::read_metadata` in safetensors/src/tensor.rs), the tensors' byte ranges, sorted by
+/// offset, must cover the data section exactly: the first begins at 0, each begins where the
+/// previous ends, the last ends at the end of the file. So a header-length field that is off by a
+/// byte (the JSON still parses, its padding cut) is an error, not tensors read shifted. Unknown
+/// extra fields in a tensor entry are tolerated.
 public final class SafetensorsFile: @unchecked Sendable {
     /// Largest header accepted, as in the Rust `safetensors` crate.
     public static let maxHeaderLength = 100_000_000
@@ -95,7 +99,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         let t = try tensor(name)
         guard t.dtype.isFloatingPoint else {
             throw SafetensorsError(file: fileName, message:
-                "tensor '\(name)' has dtype \(t.dtype.rawValue); floats() needs F32, F16, BF16 or F64")
+                "tensor \(quoted(name)) has dtype \(t.dtype.rawValue); floats() needs F32, F16, BF16 or F64")
         }
         return withBytes(of: t) { Conversions.floats(from: $0, dtype: t.dtype, count: t.elementCount) }
     }
@@ -106,14 +110,14 @@ public final class SafetensorsFile: @unchecked Sendable {
         let t = try tensor(name)
         guard !t.dtype.isFloatingPoint else {
             throw SafetensorsError(file: fileName, message:
-                "tensor '\(name)' has dtype \(t.dtype.rawValue); int64s() needs I64, I32, I16, I8, U8 or BOOL")
+                "tensor \(quoted(name)) has dtype \(t.dtype.rawValue); int64s() needs I64, I32, I16, I8, U8 or BOOL")
         }
         return withBytes(of: t) { Conversions.int64s(from: $0, dtype: t.dtype, count: t.elementCount) }
     }
 
     private func tensor(_ name: String) throws -> TensorInfo {
         guard let t = info(name) else {
-            throw SafetensorsError(file: fileName, message: "no tensor named '\(name)'")
+            throw SafetensorsError(file: fileName, message: "no tensor named \(quoted(name))")
         }
         return t
     }
@@ -182,7 +186,7 @@ public final class SafetensorsFile: @unchecked Sendable {
                 }
                 for (k, v) in entries {
                     guard case .string(let s) = v else {
-                        throw fail("'__metadata__' key '\(k)' must map to a string, got \(v.typeName) \(v.rendered())")
+                        throw fail("'__metadata__' key \(quoted(k)) must map to a string, got \(v.typeName) \(v.rendered())")
                     }
                     metadata[k] = s
                 }
@@ -201,14 +205,21 @@ public final class SafetensorsFile: @unchecked Sendable {
             }
             return a.name < b.name
         }
-        // Overlap check on the non-empty ranges: sorted by begin, each must start at or after the
-        // furthest end seen so far.
-        var furthest: TensorInfo?
-        for t in tensors where !t.dataOffsets.isEmpty {
-            if let f = furthest, t.dataOffsets.lowerBound < f.dataOffsets.upperBound {
-                throw fail("tensors '\(f.name)' data_offsets [\(f.dataOffsets.lowerBound), \(f.dataOffsets.upperBound)] and '\(t.name)' data_offsets [\(t.dataOffsets.lowerBound), \(t.dataOffsets.upperBound)] overlap")
+        // Contiguous from 0, in offset order (safetensors' `Metadata::validate`).
+        var end = 0
+        var previous: TensorInfo?
+        for t in tensors {
+            if t.dataOffsets.lowerBound != end {
+                let ranges = previous.map { p in "\(quoted(p.name)) data_offsets [\(p.dataOffsets.lowerBound), \(p.dataOffsets.upperBound)] and " } ?? ""
+                let what = t.dataOffsets.lowerBound < end ? "overlap" : "leave a gap of \(t.dataOffsets.lowerBound - end) bytes"
+                throw fail("tensors \(ranges)\(quoted(t.name)) data_offsets [\(t.dataOffsets.lowerBound), \(t.dataOffsets.upperBound)] \(what)\(previous == nil ? " (the first tensor must begin at 0)" : ""); the data must be covered exactly, as the safetensors format requires")
             }
-            if furthest.map({ t.dataOffsets.upperBound > $0.dataOffsets.upperBound }) ?? true { furthest = t }
+            end = t.dataOffsets.upperBound
+            previous = t
+        }
+        // …and to the end of the buffer (safetensors' `read_metadata`: MetadataIncompleteBuffer).
+        if end != dataLength {
+            throw fail("the tensors cover \(end) bytes but the data section after the \(headerLength)-byte header has \(dataLength); the header length field or the file is wrong (the data must be covered exactly, as the safetensors format requires)")
         }
         var index: [String: Int] = [:]
         index.reserveCapacity(tensors.count)
@@ -219,7 +230,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     private static func parseEntry(key: String, value: JSONValue, dataLength: Int, dataOffset: Int,
                                    file: String) throws -> TensorInfo {
         func fail(_ message: String) -> SafetensorsError {
-            SafetensorsError(file: file, message: "tensor '\(key)': \(message)")
+            SafetensorsError(file: file, message: "tensor \(quoted(key)): \(message)")
         }
         guard case .object(let fields) = value else {
             throw fail("entry must be an object, got \(value.typeName) \(value.rendered())")
@@ -236,7 +247,7 @@ public final class SafetensorsFile: @unchecked Sendable {
             throw fail("dtype must be a string, got \(dtypeValue.rendered())")
         }
         guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
-            throw fail("unknown dtype '\(dtypeName)' (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
+            throw fail("unknown dtype \(quoted(dtypeName)) (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
 
         let shapeValue = try field("shape")

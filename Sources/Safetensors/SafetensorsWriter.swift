@@ -1,3 +1,4 @@
+import CheckpointSupport
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -58,7 +59,7 @@ public struct SafetensorsWriter: Sendable {
             }
         case .i64, .i32, .i16, .i8, .u8, .bool:
             throw SafetensorsError(file: Self.file, message:
-                "tensor '\(name)': cannot store floats as \(dtype.rawValue) (use F32, F16, BF16 or F64)")
+                "tensor \(quoted(name)): cannot store floats as \(dtype.rawValue) (use F32, F16, BF16 or F64)")
         }
         entries[name] = Entry(dtype: dtype, shape: shape, bytes: bytes)
     }
@@ -72,7 +73,7 @@ public struct SafetensorsWriter: Sendable {
         func narrow<T: FixedWidthInteger>(_ type: T.Type, _ valid: (Int64) -> Bool = { T(exactly: $0) != nil }) throws -> [UInt8] {
             if let bad = int64s.firstIndex(where: { !valid($0) }) {
                 throw SafetensorsError(file: Self.file, message:
-                    "tensor '\(name)': value \(int64s[bad]) at index \(bad) does not fit in \(dtype.rawValue)")
+                    "tensor \(quoted(name)): value \(int64s[bad]) at index \(bad) does not fit in \(dtype.rawValue)")
             }
             return Self.encode(n, MemoryLayout<T>.size) { dst in
                 for i in 0..<n {
@@ -91,7 +92,7 @@ public struct SafetensorsWriter: Sendable {
         case .bool: bytes = try narrow(UInt8.self) { $0 == 0 || $0 == 1 }
         case .f64, .f32, .f16, .bf16:
             throw SafetensorsError(file: Self.file, message:
-                "tensor '\(name)': cannot store int64s as \(dtype.rawValue) (use I64, I32, I16, I8, U8 or BOOL)")
+                "tensor \(quoted(name)): cannot store int64s as \(dtype.rawValue) (use I64, I32, I16, I8, U8 or BOOL)")
         }
         entries[name] = Entry(dtype: dtype, shape: shape, bytes: bytes)
     }
@@ -101,11 +102,11 @@ public struct SafetensorsWriter: Sendable {
     public mutating func add(_ name: String, rawBytes: [UInt8], dtype: SafetensorsDType, shape: [Int]) throws {
         try checkName(name)
         guard let (_, byteCount) = checkedElementCount(shape, byteSize: dtype.byteSize) else {
-            throw SafetensorsError(file: Self.file, message: "tensor '\(name)': invalid shape \(shape)")
+            throw SafetensorsError(file: Self.file, message: "tensor \(quoted(name)): invalid shape \(shape)")
         }
         guard byteCount == rawBytes.count else {
             throw SafetensorsError(file: Self.file, message:
-                "tensor '\(name)': \(rawBytes.count) bytes given but \(dtype.rawValue) shape \(shape) needs \(byteCount)")
+                "tensor \(quoted(name)): \(rawBytes.count) bytes given but \(dtype.rawValue) shape \(shape) needs \(byteCount)")
         }
         entries[name] = Entry(dtype: dtype, shape: shape, bytes: rawBytes)
     }
@@ -166,6 +167,12 @@ public struct SafetensorsWriter: Sendable {
             let code = errno
             return SafetensorsError(file: path, message: "\(what): \(String(cString: strerror(code))) (errno \(code))")
         }
+        // The rename below would replace whatever is there: a device node, a FIFO or a symlink
+        // is refused instead (it is not an earlier output).
+        var existing = stat()
+        if lstat(path, &existing) == 0 && (existing.st_mode & S_IFMT) != S_IFREG {
+            throw SafetensorsError(file: path, message: "exists and is not a regular file (a device, FIFO, folder or symlink); refusing to replace it")
+        }
         let tmp = url.deletingLastPathComponent()
             .appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UUID().uuidString)").path
         let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
@@ -210,21 +217,21 @@ public struct SafetensorsWriter: Sendable {
             throw SafetensorsError(file: Self.file, message: "tensor name must not be empty")
         }
         guard !name.hasPrefix("__") else {
-            throw SafetensorsError(file: Self.file, message: "tensor name '\(name)' must not start with \"__\" (reserved)")
+            throw SafetensorsError(file: Self.file, message: "tensor name \(quoted(name)) must not start with \"__\" (reserved)")
         }
         guard entries[name] == nil else {
-            throw SafetensorsError(file: Self.file, message: "duplicate tensor name '\(name)'")
+            throw SafetensorsError(file: Self.file, message: "duplicate tensor name \(quoted(name))")
         }
     }
 
     private func checkShape(_ name: String, _ shape: [Int], count: Int) throws {
         guard let (elements, _) = checkedElementCount(shape) else {
             throw SafetensorsError(file: Self.file, message:
-                "tensor '\(name)': shape \(shape) has a negative dimension or its element count overflows")
+                "tensor \(quoted(name)): shape \(shape) has a negative dimension or its element count overflows")
         }
         guard elements == count else {
             throw SafetensorsError(file: Self.file, message:
-                "tensor '\(name)': shape \(shape) has \(elements) elements but \(count) values were given")
+                "tensor \(quoted(name)): shape \(shape) has \(elements) elements but \(count) values were given")
         }
     }
 }

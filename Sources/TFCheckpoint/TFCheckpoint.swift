@@ -144,6 +144,10 @@ public final class TFCheckpoint: @unchecked Sendable {
             throw FormatError("no such file")
         }
         guard !isDirectory.boolValue else { throw FormatError("is a directory, not an HDF5 file") }
+        // Opening a FIFO for reading would wait for a writer: only regular files are read.
+        if let type = (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType, type != .typeRegular {
+            throw FormatError("is not a regular file (\(type.rawValue))")
+        }
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw FormatError("cannot open the file for reading")
         }

@@ -64,6 +64,9 @@ public final class TorchCheckpoint: @unchecked Sendable {
     private let tensors: [String: TensorInfo]
     private let lock = NSLock()
     private var verifiedEntries = Set<Int>()
+    /// Compressed storages, inflated (and CRC-checked) the first time a tensor reads them and
+    /// kept: each is inflated once, however many tensors view it.
+    private var inflated: [Int: UnsafeMutableRawBufferPointer] = [:]
 
     /// Memory-maps `url` read-only and parses it. Nothing in the file is executed.
     public init(url: URL) throws {
@@ -113,6 +116,7 @@ public final class TorchCheckpoint: @unchecked Sendable {
     deinit {
         // A mapping is released by its MappedFile.
         if case .owned(let base) = memory { base.deallocate() }
+        for buffer in inflated.values { buffer.deallocate() }
     }
 
     // MARK: Public accessors
@@ -219,6 +223,16 @@ public final class TorchCheckpoint: @unchecked Sendable {
     /// checking the storage's CRC-32 the first time it is read.
     private func withStorage<R>(_ name: String, _ t: TensorInfo, _ body: (UnsafeRawPointer) throws -> R) throws -> R {
         let entry = archive.entries[t.entryIndex]
+        if entry.method != 0 {
+            lock.lock()
+            defer { lock.unlock() }
+            do {
+                if inflated[t.entryIndex] == nil { inflated[t.entryIndex] = try archive.inflated(entry) }
+            } catch let e as FormatError {
+                throw error("tensor \(quoted(name)): \(e.message)")
+            }
+            return try body(UnsafeRawPointer(inflated[t.entryIndex]!.baseAddress!))
+        }
         lock.lock()
         let verified = verifiedEntries.contains(t.entryIndex)
         lock.unlock()
@@ -293,7 +307,11 @@ public final class TorchCheckpoint: @unchecked Sendable {
         }
         let formatVersion = try archive[prefix + "version"].flatMap { Int(try smallText(archive, $0)) }
 
-        // Unpickle (CRC-checked first).
+        // Unpickle (CRC-checked first). A compressed pickle is inflated in memory: bounded.
+        let pickleRecord = archive.entries[pickleEntry]
+        if pickleRecord.method != 0 && pickleRecord.uncompressedSize > maxCompressedPickle {
+            throw FormatError("data.pkl is compressed and inflates to \(pickleRecord.uncompressedSize) bytes; at most \(maxCompressedPickle) are accepted")
+        }
         let unpickler: RestrictedUnpickler
         let root: PickleValue
         do {
@@ -328,6 +346,7 @@ public final class TorchCheckpoint: @unchecked Sendable {
 
         var names: [String] = []
         var tensors: [String: TensorInfo] = [:]
+        var viewed: [Int: Int] = [:]  // entry → bytes its tensors reach into
         let d = unpickler.dicts[dict]
         for (k, v) in Swift.zip(d.keys, d.values) {
             guard case .tensor(let ti) = v else { continue }
@@ -346,17 +365,35 @@ public final class TorchCheckpoint: @unchecked Sendable {
                 throw FormatError("tensor \(quoted(name)): storage \(quoted(storage.key)) declares \(storage.numel) \(storage.dtype.rawValue) elements but \(quoted(entryName)) holds only \(entry.uncompressedSize) bytes")
             }
             let layout = try checkExtent(name: name, record, storage)
+            viewed[entryIndex] = max(viewed[entryIndex] ?? 0, layout.extent * storage.dtype.itemSize)
             names.append(name)
             tensors[name] = TensorInfo(dtype: storage.dtype, shape: record.shape, strides: record.strides,
                                        offset: record.offset, count: layout.count, isContiguous: layout.contiguous,
                                        entryIndex: entryIndex)
         }
+        // A DEFLATE-compressed storage is inflated into memory (once, then kept): only what its
+        // tensors view justifies that memory. PyTorch writes storages STORED (mapped, never
+        // copied); a compressed storage that holds far more than its tensors view is refused.
+        var inflatedTotal = 0, viewedTotal = 0
+        for (entry, bytes) in viewed where archive.entries[entry].method != 0 {
+            inflatedTotal += archive.entries[entry].uncompressedSize
+            viewedTotal += bytes
+        }
+        if inflatedTotal > 2 * viewedTotal + compressedSlack {
+            throw FormatError("the compressed storages inflate to \(inflatedTotal) bytes but their tensors view only \(viewedTotal); refused (at most twice the viewed bytes + \(compressedSlack) are inflated)")
+        }
         return Parsed(zip: archive, archiveName: archiveName, bigEndian: bigEndian, formatVersion: formatVersion,
                       names: names, tensors: tensors, pickleEntry: pickleEntry)
     }
 
+    /// The largest compressed data.pkl inflated (a state dict's pickle is well below 1 MB per
+    /// thousand tensors).
+    static let maxCompressedPickle = 64 << 20
+    /// Compressed storages may inflate to twice what their tensors view plus this.
+    static let compressedSlack = 1 << 20
+
     /// Checks that every element the view addresses lies inside its storage.
-    private static func checkExtent(name: String, _ t: TensorRecord, _ s: StorageRecord) throws -> (count: Int, contiguous: Bool) {
+    private static func checkExtent(name: String, _ t: TensorRecord, _ s: StorageRecord) throws -> (count: Int, contiguous: Bool, extent: Int) {
         func overflow() -> FormatError {
             FormatError("tensor \(quoted(name)): size \(t.shape) with stride \(t.strides) overflows")
         }
@@ -388,7 +425,7 @@ public final class TorchCheckpoint: @unchecked Sendable {
             if stride != expected { contiguous = false; break }
             expected *= size
         }
-        return (count, contiguous)
+        return (count, contiguous, count > 0 ? lastIndex + 1 : 0)
     }
 
     private static func smallText(_ zip: ZipArchive, _ entry: ZipEntry) throws -> String {

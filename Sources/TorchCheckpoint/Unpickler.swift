@@ -158,9 +158,27 @@ struct RestrictedUnpickler {
     private(set) var tensors: [TensorRecord] = []
     private var storageByKey: [String: Int] = [:]
     private var opcodeOffset = 0
+    /// Work done beyond reading the bytes (elements copied, key elements hashed, arguments
+    /// converted), bounded by `workLimit`: memo references let a few bytes stand for a large
+    /// object, and copying or hashing it over and over would take time quadratic, or with nested
+    /// tuples exponential, in the file size.
+    private var work = 0
+    private let workLimit: Int
+    /// Elements a dictionary key may expand to (a tuple of tuples counted as a tree): state dict
+    /// keys are strings, and `t = (t, t)` repeated 24 times would expand to 16 million.
+    static let maxKeyElements = 4096
 
     init(_ data: ByteRange) {
         self.data = data
+        workLimit = 4 * data.count + (1 << 20)
+    }
+
+    /// Adds `n` units of work; refuses the pickle once the total exceeds `workLimit`.
+    private mutating func charge(_ n: Int) throws {
+        work += n
+        guard work <= workLimit else {
+            throw fail("the pickle does more work than its \(data.count) bytes justify (over \(workLimit) elements copied or hashed: repeated copies of a large object or a deeply shared structure); refused")
+        }
     }
 
     // MARK: Reading
@@ -217,6 +235,7 @@ struct RestrictedUnpickler {
 
     private mutating func popMark() throws -> [PickleValue] {
         guard let previous = metastack.popLast() else { throw fail("pickle has no MARK to pop to") }
+        try charge(stack.count)
         let items = stack
         stack = previous
         return items
@@ -234,8 +253,15 @@ struct RestrictedUnpickler {
 
     // MARK: Keys and dicts
 
-    func key(_ v: PickleValue, depth: Int = 0) throws -> PickleKey {
+    func key(_ v: PickleValue) throws -> PickleKey {
+        var budget = Self.maxKeyElements
+        return try key(v, depth: 0, budget: &budget)
+    }
+
+    private func key(_ v: PickleValue, depth: Int, budget: inout Int) throws -> PickleKey {
         guard depth < 32 else { throw fail("dictionary key nested too deeply") }
+        budget -= 1
+        guard budget >= 0 else { throw fail("dictionary key has more than \(Self.maxKeyElements) elements (a tuple shared within itself); refused") }
         switch v {
         case .none: return .none
         case .bool(let b): return .int(b ? 1 : 0)
@@ -246,19 +272,33 @@ struct RestrictedUnpickler {
             return .float(d == 0 ? 0 : d.bitPattern)
         case .string(let s): return .string(s)
         case .bytes(let b): return .bytes(b)
-        case .tuple(let t): return .tuple(try tuples[t].map { try key($0, depth: depth + 1) })
+        case .tuple(let t):
+            var items: [PickleKey] = []
+            for item in tuples[t] { items.append(try key(item, depth: depth + 1, budget: &budget)) }
+            return .tuple(items)
         default: throw fail("unhashable dictionary key of type \(v.typeName)")
         }
     }
 
     private mutating func setItem(_ d: Int, _ k: PickleValue, _ v: PickleValue) throws {
         let hk = try key(k)
+        try charge(1 + Self.size(of: hk))
         if let i = dicts[d].index[hk] {
             dicts[d].values[i] = v
         } else {
             dicts[d].index[hk] = dicts[d].keys.count
             dicts[d].keys.append(k)
             dicts[d].values.append(v)
+        }
+    }
+
+    /// What hashing a key costs: its elements and the bytes of its strings.
+    static func size(of k: PickleKey) -> Int {
+        switch k {
+        case .string(let s): return s.utf8.count / 16
+        case .bytes(let b), .bigInt(let b): return b.count / 16
+        case .tuple(let items): return items.reduce(items.count) { $0 + size(of: $1) }
+        default: return 0
         }
     }
 
@@ -285,13 +325,14 @@ struct RestrictedUnpickler {
         return n
     }
 
-    private func intTuple(_ v: PickleValue, _ what: String) throws -> [Int] {
+    private mutating func intTuple(_ v: PickleValue, _ what: String) throws -> [Int] {
         let items: [PickleValue]
         switch v {
         case .tuple(let t): items = tuples[t]
         case .list(let l): items = lists[l]
         default: throw fail("\(what) must be a tuple of ints, got \(v.typeName)")
         }
+        try charge(items.count)
         return try items.map { try int($0, what) }
     }
 
@@ -318,6 +359,7 @@ struct RestrictedUnpickler {
             case .dict(let src):
                 for (k, v) in zip(dicts[src].keys, dicts[src].values) { try setItem(di, k, v) }
             case .list(let l):
+                try charge(lists[l].count)
                 for item in lists[l] {
                     guard case .tuple(let t) = item, tuples[t].count == 2 else {
                         throw fail("OrderedDict(list) needs (key, value) pairs")

@@ -268,6 +268,26 @@ struct ZipArchive {
         return try body(result)
     }
 
+    /// A DEFLATEd entry inflated into a buffer the caller owns (and deallocates), CRC-checked.
+    func inflated(_ entry: ZipEntry) throws -> UnsafeMutableRawBufferPointer {
+        try checkReadable(entry)
+        let source = try bytes.bytes(entry.dataOffset, entry.compressedSize, "entry \(quoted(entry.name))")
+        let plausible = entry.compressedSize.multipliedReportingOverflow(by: 1032)
+        guard !plausible.overflow, entry.uncompressedSize <= plausible.partialValue + 64 else {
+            throw FormatError("zip archive is corrupt: entry \(quoted(entry.name)) claims \(entry.uncompressedSize) bytes from \(entry.compressedSize) compressed bytes")
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(entry.uncompressedSize, 1), alignment: 16)
+        do {
+            let output = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<entry.uncompressedSize])
+            try Self.inflateRaw(source, into: output, buffer.baseAddress!, name: entry.name)
+            try Self.verifyCRC(UnsafeRawBufferPointer(output), entry)
+        } catch {
+            buffer.deallocate()
+            throw error
+        }
+        return buffer
+    }
+
     static func verifyCRC(_ data: UnsafeRawBufferPointer, _ entry: ZipEntry) throws {
         let actual = crc32Of(data)
         guard actual == entry.crc32 else {

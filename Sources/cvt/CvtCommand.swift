@@ -1,18 +1,92 @@
 import ArgumentParser
 import CvtKit
 import Foundation
+// C's `stdout` (flushed and checked for write errors below) is a global that Swift 6 cannot prove
+// safe; the CLI touches it only from its main thread.
+@preconcurrency import SwiftGlibc
 
 @main
 enum Entry {
     static func main() {
         useSleepingOpenMPThreads()
+        // Diagnostics (used by the tests' memory bounds): the peak RSS of this process, written
+        // at exit. A parent's wait4/getrusage cannot tell it, as Linux carries the parent's peak
+        // over a vfork + exec into the child's.
+        if getenv("CVT_PEAK_RSS_FILE") != nil {
+            atexit {
+                guard let path = getenv("CVT_PEAK_RSS_FILE") else { return }
+                try? Data("\(peakRSSMegabytes())\n".utf8).write(to: URL(fileURLWithPath: String(cString: path)))
+            }
+        }
         // `--resume-from-checkpoint` may come without a value (the newest checkpoint), as in
         // transformers' scripts; the argument parser needs one.
         var args = Array(CommandLine.arguments.dropFirst())
         if let i = args.firstIndex(of: "--resume-from-checkpoint"), i + 1 == args.count || args[i + 1].hasPrefix("--") {
             args.insert("last", at: i + 1)
         }
-        Cvt.main(args)
+        run(args)
+    }
+
+    /// `Cvt.main`, with the error and help text written in one `write` (ArgumentParser writes
+    /// stderr a byte at a time: a 10 MB message took 20 s), control characters escaped and the
+    /// length bounded; and results that could not be written to stdout (a full disk, a closed
+    /// descriptor) are an error, not exit 0.
+    static func run(_ args: [String]) {
+        do {
+            var command = try Cvt.parseAsRoot(args)
+            try command.run()
+        } catch {
+            let code = Cvt.exitCode(for: error)
+            let text = Cvt.fullMessage(for: error)
+            if code == .success {
+                writeAll(STDOUT_FILENO, text.isEmpty ? "" : text + "\n")
+                flushStdoutOrFail()
+                exit(code.rawValue)
+            }
+            fflush(stdout)
+            if !text.isEmpty { writeAll(STDERR_FILENO, terminalSafe(text.hasPrefix("Error: ") || text.hasPrefix("error: ") ? text : "Error: " + text) + "\n") }
+            exit(code.rawValue)
+        }
+        flushStdoutOrFail()
+    }
+
+    static func flushStdoutOrFail() {
+        if fflush(stdout) != 0 || ferror(stdout) != 0 {
+            let reason = String(cString: strerror(errno))
+            writeAll(STDERR_FILENO, "Error: cannot write to standard output: \(reason)\n")
+            exit(1)
+        }
+    }
+
+    /// Longest message printed: the start and the end of anything longer are kept.
+    static let maxMessageBytes = 16 << 10
+
+    /// Control characters (other than newline and tab) escaped, at most `maxMessageBytes`.
+    static func terminalSafe(_ text: String) -> String {
+        var out = ""
+        for u in text.unicodeScalars {
+            if (u.value < 0x20 && u != "\n" && u != "\t") || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
+                out += "\\u{\(String(u.value, radix: 16))}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        let bytes = Array(out.utf8)
+        guard bytes.count > maxMessageBytes else { return out }
+        let half = maxMessageBytes / 2
+        return String(decoding: bytes.prefix(half), as: UTF8.self) + "\n… (\(bytes.count - maxMessageBytes) bytes left out) …\n"
+            + String(decoding: bytes.suffix(half), as: UTF8.self)
+    }
+
+    /// Writes all of `text` with as few `write` calls as the descriptor allows.
+    static func writeAll(_ fd: Int32, _ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
+        }
     }
 
     /// libgomp's default wait policy spins between parallel regions; when anything else runs on
@@ -44,10 +118,15 @@ struct ThreadOptions: ParsableArguments {
     @Option(help: "Compute threads (default: all cores).")
     var threads: Int?
 
+    /// More threads than this only add stacks and contention (libgomp fails at 100,000).
+    static let maxThreads = 1024
+
     func engine() throws -> Engine {
         let e = try Engine.shared()
         if let threads {
-            guard threads > 0 else { throw ValidationError("--threads must be positive, got \(threads)") }
+            guard (1...Self.maxThreads).contains(threads) else {
+                throw ValidationError("--threads must be between 1 and \(Self.maxThreads), got \(threads)")
+            }
             e.threads = threads
         }
         return e
@@ -135,6 +214,10 @@ struct Bench: ParsableCommand {
         guard batchSize > 0, imageSize > 0, iterations > 0 else {
             throw ValidationError("--batch-size, --image-size and --iterations must be positive")
         }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
+        guard imageSize <= PreprocessorConfig.maxEdge else {
+            throw ValidationError("--image-size must be at most \(PreprocessorConfig.maxEdge), got \(imageSize)")
+        }
         let engine = try threadOptions.engine()
         if runMode == .train {
             guard dtype != .float16 else { throw ValidationError("--mode train runs float32 or bfloat16") }
@@ -164,6 +247,7 @@ struct Bench: ParsableCommand {
             }
             classifier = try .randomlyInitialized(config: config, seed: 0, engine: engine, weightStorage: mode.weightStorage)
         }
+        try checkInput(classifier.config)
         try mode.apply(to: classifier)
         if mode == .bfloat16, !Engine.hasNativeBFloat16 { FileHandle.standardError.write(Data("warning: \(InferenceDType.bfloat16EmulationNote)\n".utf8)) }
         var rng = SplitMix64(seed: 1)
@@ -229,6 +313,23 @@ struct Bench: ParsableCommand {
     }
 }
 
+extension Bench {
+    /// The input batch and one image's largest buffer within bounds, before anything is allocated.
+    func checkInput(_ config: CvtConfig) throws {
+        let (perImage, o1) = config.numChannels.multipliedReportingOverflow(by: imageSize * imageSize)
+        let (total, o2) = perImage.multipliedReportingOverflow(by: batchSize)
+        guard !o1, !o2, total <= CvtConfig.maxActivation else {
+            throw ValidationError("--batch-size \(batchSize) × --image-size \(imageSize)² is more than \(CvtConfig.maxActivation) input values")
+        }
+        do { try config.checkInputSize(height: imageSize, width: imageSize, what: "--image-size") } catch let e as CvtConfigError {
+            throw ValidationError(e.description)
+        }
+    }
+}
+
+/// The largest `--batch-size` any command accepts.
+let maxBatchSize = 65536
+
 /// Peak resident set size of this process (VmHWM), in MB.
 func peakRSSMegabytes() -> Double {
     guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
@@ -246,6 +347,8 @@ struct Convert: ParsableCommand {
     @Option(help: "Source checkpoint folder or Hub id (model.safetensors, pytorch_model.bin or tf_model.h5).") var model: String
     @Option(help: "Output folder.") var output: String
     @Option(help: "Stored weight dtype: float32, float16 or bfloat16.") var dtype = "float32"
+    @Flag(help: "Replace the model files of an existing output folder (the folder is swapped in one step; its other files are kept).")
+    var overwrite = false
 
     func run() throws {
         let stored: SafetensorsDType
@@ -257,13 +360,20 @@ struct Convert: ParsableCommand {
         }
         let source = try ModelResolver.resolve(model, progress: TerminalProgressBar()?.callback)
         let classifier = try CvtForImageClassification(pretrained: source)
-        let out = URL(fileURLWithPath: output)
-        try classifier.savePretrained(to: out, dtype: stored)
-        let preprocessor = CheckpointFolder(source).preprocessorURL
-        if FileManager.default.fileExists(atPath: preprocessor.path) {
-            let target = out.appendingPathComponent("preprocessor_config.json")
-            try? FileManager.default.removeItem(at: target)
-            try FileManager.default.copyItem(at: preprocessor, to: target)
+        // Everything is written into a staging folder, then swapped in: the output (which may be
+        // the source itself) is never left with new config and old weights.
+        let folder = try StagedFolder(destination: URL(fileURLWithPath: output), overwrite: overwrite,
+                                      writes: ["config.json", "model.safetensors", "preprocessor_config.json"])
+        do {
+            try classifier.savePretrained(to: folder.staging, dtype: stored)
+            let preprocessor = CheckpointFolder(source).preprocessorURL
+            if FileManager.default.fileExists(atPath: preprocessor.path) {
+                try Data(contentsOf: preprocessor).write(to: folder.staging.appendingPathComponent("preprocessor_config.json"))
+            }
+            try folder.commit()
+        } catch {
+            folder.discard()
+            throw error
         }
     }
 }

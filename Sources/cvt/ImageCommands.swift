@@ -28,7 +28,7 @@ struct ModelOptions: ParsableArguments {
         let engine = try threadOptions.engine()
         let p = try ImageClassificationPipeline(model: model ?? defaultModelPath(), engine: engine, dtype: mode,
                                                 progress: TerminalProgressBar()?.callback)
-        for w in p.warnings { FileHandle.standardError.write(Data("warning: \(w)\n".utf8)) }
+        for w in p.warnings { FileHandle.standardError.write(Data(Entry.terminalSafe("warning: \(w)\n").utf8)) }
         return p
     }
 }
@@ -42,12 +42,22 @@ struct Classify: ParsableCommand {
     @Option(help: "Score function (default: from the model's problem_type).") var function: ClassificationFunction?
     @Option(help: "Images per forward pass.") var batchSize = 1
     @Flag(help: "Print one JSON array, one element per image in input order.") var json = false
+    @Option(help: "Refuse images of more pixels than this before decoding them (default and maximum: Pillow's decompression-bomb error limit, 178956970); images above Pillow's warning limit (89478485) are reported.")
+    var maxImagePixels = ImageDecoder.defaultMaxPixels
 
     func run() throws {
         guard !images.isEmpty else { throw ValidationError("give at least one image") }
+        guard (1...ImageDecoder.defaultMaxPixels).contains(maxImagePixels) else {
+            throw ValidationError("--max-image-pixels must be between 1 and \(ImageDecoder.defaultMaxPixels), got \(maxImagePixels)")
+        }
         guard topK >= 0, batchSize > 0 else { throw ValidationError("--top-k must be >= 0 and --batch-size > 0") }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
         let f = function
         let pipeline = try modelOptions.pipeline()
+        let limits = ImageClassificationPipeline.ImageLimits(maxPixels: maxImagePixels) { name, width, height in
+            FileHandle.standardError.write(Data(Entry.terminalSafe(
+                "warning: \(name): image size (\(width * height) pixels, \(width)x\(height)) exceeds \(ImageDecoder.warningPixels) pixels, could be a decompression bomb (Pillow's DecompressionBombWarning)\n").utf8))
+        }
         let results: [Result<[Prediction], Error>]
         if images.contains("-") {
             guard images.filter({ $0 == "-" }).count == 1 else { throw ValidationError("`-` (standard input) can be given once") }
@@ -61,11 +71,12 @@ struct Classify: ParsableCommand {
                     loaded[i] = .failure(CheckpointError(path: names[i], "cannot be read (missing or unreadable)"))
                 }
             }
-            let ranked = pipeline.classify(encoded: decodable, names: index.map { names[$0] }, topK: topK, function: f, batchSize: batchSize)
+            let ranked = pipeline.classify(encoded: decodable, names: index.map { names[$0] }, topK: topK, function: f, batchSize: batchSize,
+                                           limits: limits)
             for (i, r) in zip(index, ranked) { loaded[i] = r }
             results = loaded.map { $0! }
         } else {
-            results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize)
+            results = pipeline.classify(images, topK: topK, function: f, batchSize: batchSize, limits: limits)
         }
         var failed = 0
         if json {
@@ -85,11 +96,12 @@ struct Classify: ParsableCommand {
             for (path, r) in zip(images, results) {
                 switch r {
                 case .success(let preds):
-                    print(path)
-                    for p in preds { print(String(format: "  %8.4f  %@", p.score, p.label)) }
+                    print(Entry.terminalSafe(path))
+                    // Labels come from config.json: escaped before they reach a terminal.
+                    for p in preds { print(String(format: "  %8.4f  %@", p.score, Entry.terminalSafe(p.label))) }
                 case .failure(let e):
                     failed += 1
-                    FileHandle.standardError.write(Data("error: \(e)\n".utf8))
+                    FileHandle.standardError.write(Data(Entry.terminalSafe("error: \(e)") .utf8 + [0x0A]))
                 }
             }
         }
@@ -141,6 +153,7 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         guard batchSize > 0 else { throw ValidationError("--batch-size must be positive") }
+        guard batchSize <= maxBatchSize else { throw ValidationError("--batch-size must be at most \(maxBatchSize), got \(batchSize)") }
         let pipeline = try modelOptions.pipeline()
         let url = URL(fileURLWithPath: data)
         let count: Int

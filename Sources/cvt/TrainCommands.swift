@@ -51,6 +51,7 @@ extension Bench {
         }
         let classifier = try trainableModel(model ?? preset, engine: engine, seed: 0)
         guard classifier.config.numLabels > 1 else { throw ValidationError("--mode train times a classifier with at least 2 labels") }
+        try checkInput(classifier.config)
         var rng = SplitMix64(seed: 1)
         let pixels = Tensor(shape: [batchSize, classifier.config.numChannels, imageSize, imageSize]) { _ in rng.nextGaussian() }
         let labels = (0..<batchSize).map { _ in Int(rng.next() % UInt64(classifier.config.numLabels)) }

@@ -93,6 +93,7 @@ final class ConfigTests: XCTestCase {
             let counter = ParameterCounter()
             try CvtForImageClassification(zeroed: config).visitParameters(counter, prefix: "")
             XCTAssertEqual(counter.parameters, params, "\(config.depth) \(config.embedDim)")
+            XCTAssertEqual(config.parameterCount, params, "computed from the config alone")
             // state_dict keys also hold num_batches_tracked, one per BatchNorm (3 per layer).
             XCTAssertEqual(counter.keys + 3 * config.depth.reduce(0, +), keys)
         }

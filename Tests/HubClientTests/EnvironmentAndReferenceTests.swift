@@ -52,7 +52,7 @@ final class EnvironmentTests: XCTestCase {
 
     func testResolveURLEncoding() {
         let client = HubClient(environment: ["HOME": "/h", "HF_ENDPOINT": "http://127.0.0.1:1/"])
-        XCTAssertEqual(client.resolveURL(repo: "org/m", revision: "refs/pr/1", filename: "sub dir/a+b.json").absoluteString,
+        XCTAssertEqual(try client.resolveURL(repo: "org/m", revision: "refs/pr/1", filename: "sub dir/a+b.json").absoluteString,
                        "http://127.0.0.1:1/org/m/resolve/refs%2Fpr%2F1/sub%20dir/a%2Bb.json")
     }
 
@@ -121,5 +121,20 @@ final class ModelReferenceTests: HubTestCase {
         let e = hubError { try client.snapshot(.local(folder), files: ["config.json", "preprocessor_config.json"]) }
         XCTAssertTrue(e?.description.contains("preprocessor_config.json") ?? false)
         XCTAssertNotNil(hubError { try client.snapshot(.local(folder), files: [], alternatives: [["model.safetensors"]]) })
+    }
+}
+
+final class HostileEndpointTests: XCTestCase {
+    /// An endpoint that does not form a URL is an error naming HF_ENDPOINT, not a trap.
+    func testEndpointWithASpaceIsAnError() {
+        for endpoint in ["http://exa mple.invalid", "not a url", "ftp://example.invalid", "\u{1b}[2J"] {
+            let client = HubClient(environment: ["HOME": "/h", "HF_ENDPOINT": endpoint])
+            XCTAssertThrowsError(try client.resolveURL(repo: "org/m", revision: "main", filename: "config.json")) { error in
+                let e = error as? HubError
+                XCTAssertEqual(e?.kind, .invalidReference)
+                XCTAssertTrue(e?.message.contains("HF_ENDPOINT") == true, "\(error)")
+                XCTAssertFalse(e?.message.contains("\u{1b}") == true, "control bytes escaped")
+            }
+        }
     }
 }

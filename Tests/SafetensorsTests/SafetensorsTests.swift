@@ -418,10 +418,42 @@ final class SafetensorsTests: XCTestCase {
         // Identical ranges.
         try assertRejects(rawFile("{" + entry("a") + "," + entry("b") + "}", data: Array(repeating: 0, count: 8)),
                           mentions: ["'a'", "'b'", "overlap"])
-        // Empty tensors inside or next to others are fine; gaps are tolerated.
-        let ok = try SafetensorsFile(data: rawFile("{" + entry("a") + "," + entry("e", shape: "[0]", offsets: "[4,4]") + ","
-                                                   + entry("b", offsets: "[12,20]") + "}", data: Array(repeating: 0, count: 20)))
+        // Empty tensors next to others are fine.
+        let ok = try SafetensorsFile(data: rawFile("{" + entry("a") + "," + entry("e", shape: "[0]", offsets: "[8,8]") + ","
+                                                   + entry("b", offsets: "[8,16]") + "}", data: Array(repeating: 0, count: 16)))
         XCTAssertEqual(ok.tensorNames, ["a", "e", "b"])
+    }
+
+    /// The data section must be covered exactly, as the Rust `safetensors` crate requires: no gap,
+    /// no start past 0, no bytes after the last tensor.
+    func testDataMustBeCoveredExactly() throws {
+        try assertRejects(rawFile("{" + entry("a") + "," + entry("b", offsets: "[12,20]") + "}", data: Array(repeating: 0, count: 20)),
+                          mentions: ["'a'", "'b'", "gap of 4 bytes"])
+        try assertRejects(rawFile("{" + entry("a", offsets: "[4,12]") + "}", data: Array(repeating: 0, count: 12)),
+                          mentions: ["'a'", "begin at 0"])
+        try assertRejects(rawFile("{" + entry("a") + "}", data: Array(repeating: 0, count: 9)),
+                          mentions: ["cover 8 bytes", "has 9"])
+        try assertRejects(rawFile("{}", data: [0]), mentions: ["cover 0 bytes", "has 1"])
+    }
+
+    /// A header-length field 1 or 2 bytes short: the JSON still parses (its space padding is cut),
+    /// but every tensor would be read shifted. Refused.
+    func testHeaderLengthShortByAByteOrTwo() throws {
+        var w = SafetensorsWriter(metadata: ["format": "pt"])
+        try w.add("w", floats: [1, 2, 3], shape: [3])
+        let good = try w.data()
+        XCTAssertNoThrow(try SafetensorsFile(data: good))
+        var header = [UInt8](good.prefix(8))
+        let n = header.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+        let paddingEnd = Int(8 + n)
+        let padding = good[(paddingEnd - 2)..<paddingEnd]
+        guard padding.allSatisfy({ $0 == 0x20 }) else { throw XCTSkip("the writer's header has no padding to cut") }
+        for short in [1, 2] {
+            header = le64(n - UInt64(short))
+            var bad = Data(header)
+            bad.append(good.dropFirst(8))
+            try assertRejects(bad, mentions: ["12 bytes", "has \(12 + short)"])
+        }
     }
 
     func testBadMetadata() throws {

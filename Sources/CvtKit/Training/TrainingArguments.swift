@@ -91,6 +91,9 @@ public struct TrainingArguments: Codable, Sendable, Equatable {
 
     /// Rejects settings that cannot train (transformers' `_validate_args` checks plus the ranges
     /// `torch.optim.AdamW` enforces). The first problem found is reported.
+    /// The largest batch size and accumulation count accepted.
+    public static let maxBatchSize = 65536
+
     public func validate() throws {
         func finite(_ name: String, _ v: Double) throws {
             guard v.isFinite else { throw TrainingArgumentsError(field: name, "must be a finite number, got \(v)") }
@@ -101,6 +104,8 @@ public struct TrainingArguments: Codable, Sendable, Equatable {
         }
         func positive(_ name: String, _ v: Int) throws {
             guard v >= 1 else { throw TrainingArgumentsError(field: name, "must be at least 1, got \(v)") }
+            // training_args.json of a checkpoint is a file too: sizes are bounded before use.
+            guard v <= Self.maxBatchSize else { throw TrainingArgumentsError(field: name, "must be at most \(Self.maxBatchSize), got \(v)") }
         }
         guard !outputDir.isEmpty else { throw TrainingArgumentsError(field: "output_dir", "must not be empty") }
         try nonNegative("learning_rate", learningRate)
