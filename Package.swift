@@ -13,8 +13,10 @@ let package = Package(
         .executable(name: "cvt", targets: ["cvt"]),
     ],
     dependencies: [
-        // The only third-party package: the CLI's argument parsing.
+        // Third-party packages: the CLI's argument parsing, and the documentation plugin below.
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // Documentation only: `swift package generate-documentation` (plugins build only when invoked).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL"),

@@ -13,25 +13,31 @@ import Darwin
 public struct CheckpointFileError: Error, CustomStringConvertible, Equatable, Sendable {
     /// The path of the file (or the name given to an in-memory reader).
     public let file: String
+    /// What is wrong, naming the offending entry, key, opcode or dataset.
     public let message: String
 
+    /// Creates an error for `file` (a path, or the name given to an in-memory reader) with `message`.
     public init(file: String, message: String) {
         self.file = file
         self.message = message
     }
 
+    /// `"<file>: <message>"`.
     public var description: String { "\(file): \(message)" }
 }
 
 /// A failure without the file name; readers add it at their public boundary.
 public struct FormatError: Error {
+    /// What is wrong; the reader prefixes the file name when it rethrows as `CheckpointFileError`.
     public let message: String
+    /// Creates an error with `message`.
     public init(_ message: String) { self.message = message }
 }
 
 /// A regular file mapped read-only (`mmap`, `PROT_READ`, `MAP_PRIVATE`), unmapped on deinit. As
 /// with any mapping, truncating the file on disk while it is mapped makes later reads fault.
 public final class MappedFile: @unchecked Sendable {
+    /// Why a file could not be mapped.
     public enum Failure: Error {
         /// A system call failed: what was attempted, with `strerror` and errno.
         case system(String)
@@ -40,10 +46,16 @@ public final class MappedFile: @unchecked Sendable {
         case empty
     }
 
+    /// Start of the mapping (read-only; valid until this object is deinitialised).
     public let base: UnsafeMutableRawPointer
+    /// Length of the file and of the mapping, in bytes (always > 0).
     public let size: Int
+    /// The whole file as bytes; valid as long as this object is alive.
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: size) }
 
+    /// Opens and maps the regular file at `path`.
+    /// - Throws: `Failure.system` when `open`, `fstat` or `mmap` fails, `.notARegularFile` for a
+    ///   directory, device or pipe, `.empty` for a zero-length file.
     public init(path: String) throws(Failure) {
         func fail(_ what: String) -> Failure {
             let code = errno

@@ -2,9 +2,13 @@ import Foundation
 
 /// A config that cannot describe a working model, naming the field and the value.
 public struct CvtConfigError: Error, CustomStringConvertible, Equatable {
+    /// The config.json key at fault (e.g. `embed_dim`).
     public let field: String
+    /// What is wrong with it, with the offending value and stage.
     public let message: String
+    /// Creates an error about config.json key `field`.
     public init(field: String, _ message: String) { self.field = field; self.message = message }
+    /// "invalid CvtConfig: `<field>` <message>".
     public var description: String { "invalid CvtConfig: `\(field)` \(message)" }
 }
 
@@ -12,25 +16,46 @@ public struct CvtConfigError: Error, CustomStringConvertible, Equatable {
 /// Decodes `config.json` with the exact keys (unknown keys ignored, missing keys take the
 /// cvt-13 defaults as in transformers) and encodes the keys transformers v5 writes.
 public struct CvtConfig: Codable, Equatable, Sendable {
+    /// `num_channels`: input image channels (default 3, RGB).
     public var numChannels = 3
+    /// `patch_sizes`: kernel size of each stage's convolutional token embedding (default `[7, 3, 3]`).
     public var patchSizes = [7, 3, 3]
+    /// `patch_stride`: stride of each stage's token embedding (default `[4, 2, 2]`).
     public var patchStride = [4, 2, 2]
+    /// `patch_padding`: zero padding of each stage's token embedding (default `[2, 1, 1]`).
     public var patchPadding = [2, 1, 1]
+    /// `embed_dim`: channels per stage (default `[64, 192, 384]`).
     public var embedDim = [64, 192, 384]
+    /// `num_heads`: attention heads per stage; must divide `embed_dim` (default `[1, 3, 6]`).
     public var numHeads = [1, 3, 6]
+    /// `depth`: transformer layers per stage; its length is the number of stages (default `[1, 2, 10]`).
     public var depth = [1, 2, 10]
+    /// `mlp_ratio`: MLP hidden width as a multiple of `embed_dim`, per stage (default `[4, 4, 4]`).
     public var mlpRatio: [Double] = [4, 4, 4]
+    /// `attention_drop_rate`: dropout probability on the attention weights during training, per stage.
     public var attentionDropRate: [Double] = [0, 0, 0]
+    /// `drop_rate`: dropout probability after the patch embedding, the attention output and the MLP output during training, per stage.
     public var dropRate: [Double] = [0, 0, 0]
+    /// `drop_path_rate`: stochastic depth during training, per stage (default `[0, 0, 0.1]`). As in transformers, every layer of
+    /// stage `s` uses element `s` of `linspace(0, drop_path_rate[s], depth[s])` (0 for the first stage).
     public var dropPathRate: [Double] = [0, 0, 0.1]
+    /// `qkv_bias`: whether the query, key and value projections have biases, per stage.
     public var qkvBias = [true, true, true]
+    /// `cls_token`: whether the stage prepends a CLS token (default only in the last stage).
     public var clsToken = [false, false, true]
+    /// `qkv_projection_method`: `dw_bn` (depthwise conv + BatchNorm), `avg` (average pooling) or `linear`, per stage.
     public var qkvProjectionMethod = ["dw_bn", "dw_bn", "dw_bn"]
+    /// `kernel_qkv`: kernel size of the query/key/value convolutional projections, per stage.
     public var kernelQkv = [3, 3, 3]
+    /// `padding_kv`: padding of the key and value projections, per stage.
     public var paddingKv = [1, 1, 1]
+    /// `stride_kv`: stride of the key and value projections (default 2: keys and values on a grid half the size), per stage.
     public var strideKv = [2, 2, 2]
+    /// `padding_q`: padding of the query projection, per stage.
     public var paddingQ = [1, 1, 1]
+    /// `stride_q`: stride of the query projection (must be 1 for `dw_bn`), per stage.
     public var strideQ = [1, 1, 1]
+    /// `initializer_range`: std of the truncated-normal initial weights for a model made from the config (default 0.02).
     public var initializerRange = 0.02
     /// quirk: stored and written, never read by the model (every LayerNorm uses 1e-5).
     public var layerNormEps = 1e-12
@@ -38,15 +63,20 @@ public struct CvtConfig: Codable, Equatable, Sendable {
     public var id2label: [Int: String] = [0: "LABEL_0", 1: "LABEL_1"]
     /// `nil`, "regression", "single_label_classification" or "multi_label_classification".
     public var problemType: String?
+    /// `architectures`: model class names recorded by transformers (default `["CvtForImageClassification"]`).
     public var architectures: [String]? = ["CvtForImageClassification"]
 
+    /// microsoft/cvt-13's architecture with transformers' `CvtConfig()` defaults: 3 stages, 2 labels.
     public init() {}
 
+    /// Number of stages (`depth.count`).
     public var numStages: Int { depth.count }
+    /// `num_labels`: number of classes (`id2label.count`); setting it replaces `id2label` with `LABEL_0`…`LABEL_{n-1}`.
     public var numLabels: Int {
         get { id2label.count }
         set { id2label = Dictionary(uniqueKeysWithValues: (0..<max(0, newValue)).map { ($0, "LABEL_\($0)") }) }
     }
+    /// `label2id`: class index by label name (the inverse of `id2label`).
     public var label2id: [String: Int] { Dictionary(id2label.map { ($1, $0) }, uniquingKeysWith: { a, _ in a }) }
     /// MLP hidden width of stage `s`: `int(C * mlp_ratio)` as Python truncates it.
     public func mlpHidden(_ s: Int) -> Int { Int(Double(embedDim[s]) * mlpRatio[s]) }
@@ -121,14 +151,19 @@ public struct CvtConfig: Codable, Equatable, Sendable {
     /// allocation abort or an overflow trap). Each is far above any published CvT (cvt-w24:
     /// embed_dim 1024, depth 20, 277 M parameters); docs/security.md lists them.
     public enum Bounds {
+        /// Stages (`num_stages`, the length of every per-stage list).
         public static let stages = 16
+        /// Input channels (`num_channels`).
         public static let numChannels = 1024
+        /// Layers in one stage (`depth[s]`).
         public static let depth = 1024
+        /// Channels of one stage (`embed_dim[s]`).
         public static let embedDim = 16384
         /// `int(embed_dim * mlp_ratio)`.
         public static let mlpHidden = 65536
         /// Every kernel size, stride and padding (patch_sizes, patch_stride, patch_padding, kernel_qkv, …).
         public static let spatial = 1024
+        /// Classes of the head (`num_labels`).
         public static let numLabels = 1 << 20
         /// All parameters together (4 GiB as float32).
         public static let parameters = 1 << 30
@@ -247,6 +282,8 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         var c = cvt13; c.embedDim = [192, 768, 1024]; c.numHeads = [3, 12, 16]; c.depth = [2, 2, 20]; return c
     }
 
+    /// The config of a named preset: `cvt-13`, `cvt-21` or `cvt-w24` (case-insensitive, with or
+    /// without `microsoft/` and the `-384`/`-384-22k` suffixes); nil for any other name.
     public static func preset(named name: String) -> CvtConfig? {
         switch name.lowercased().replacingOccurrences(of: "microsoft/", with: "") {
         case "cvt-13", "cvt-13-384", "cvt-13-384-22k": return cvt13
@@ -255,6 +292,7 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         default: return nil
         }
     }
+    /// The preset names `preset(named:)` documents, for listings and help text.
     public static let presetNames = ["cvt-13", "cvt-21", "cvt-w24"]
 
     // MARK: Codable
@@ -271,6 +309,9 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         case architectures, modelType = "model_type", transformersVersion = "transformers_version", dtype
     }
 
+    /// Decodes a `config.json`: missing keys take the defaults, unknown keys are ignored, and the result is validated.
+    /// - Throws: `CvtConfigError` when `model_type` is not `cvt`, `id2label` keys are not integers,
+    ///   `num_labels` disagrees with `id2label`, or `validate()` fails; `DecodingError` for values of the wrong type.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         if let t = try c.decodeIfPresent(String.self, forKey: .modelType), t != "cvt" {
@@ -327,6 +368,7 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         try validate()
     }
 
+    /// Encodes the keys transformers writes (with `model_type` `cvt` and `dtype` `float32`, plus `label2id`).
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encodeIfPresent(architectures, forKey: .architectures)

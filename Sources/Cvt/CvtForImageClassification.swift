@@ -9,6 +9,7 @@ public enum Labels: Equatable, Sendable {
     /// float targets: `[B]` or `[B, num_labels]` (regression or multi-label).
     case values(Tensor)
 
+    /// Equal when both are class indices with the same values, or value tensors with the same shape and elements.
     public static func == (a: Labels, b: Labels) -> Bool {
         switch (a, b) {
         case let (.classIndices(x), .classIndices(y)): return x == y
@@ -25,8 +26,11 @@ public struct ImageClassifierOutput: Sendable {
     public var loss: Tensor?
     /// `[B, num_labels]`, or the `[B, C_last]` pooled features when `num_labels == 0`.
     public var logits: Tensor
+    /// `last_hidden_state`: the last stage's output `[B, C_last, H, W]` (NCHW, CLS removed).
     public var lastHiddenState: Tensor
+    /// The last stage's CLS token after its last layer `[B, 1, C_last]` (the input of `layernorm` and the classifier); nil when the last stage has none.
     public var clsTokenValue: Tensor?
+    /// `hidden_states`: one NCHW `[B, C_s, H_s, W_s]` per stage, when `outputHiddenStates` was set.
     public var hiddenStates: [Tensor]?
 }
 
@@ -42,7 +46,9 @@ public final class CvtForImageClassification: Module, @unchecked Sendable {
         get { engine.exclusively { _config } }
         set { engine.exclusively { _config = newValue } }
     }
+    /// `cvt`: the encoder (checkpoint keys `cvt.encoder.stages.…`).
     public let cvt: CvtModel
+    /// `layernorm`: the LayerNorm applied to the CLS token (or the pooled features) before the classifier.
     public let layernorm: LayerNorm
     /// `nil` when `num_labels == 0` (identity head).
     public let classifier: Linear?
@@ -76,11 +82,13 @@ public final class CvtForImageClassification: Module, @unchecked Sendable {
         return m
     }
 
+    /// Visits every parameter under its transformers key (`cvt.…`, `layernorm.…`, `classifier.…`), each prefixed by `prefix`.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try cvt.visitParameters(v, prefix: joinKey(prefix, "cvt"))
         try layernorm.visitParameters(v, prefix: joinKey(prefix, "layernorm"))
         try classifier?.visitParameters(v, prefix: joinKey(prefix, "classifier"))
     }
+    /// Rebuilds derived weight forms (folded BatchNorms, engine layouts) after parameters were replaced.
     public func parametersDidChange() { cvt.parametersDidChange() }
 
     /// Keeps every Linear weight in `type` (`Linear.storeWeight(as:)`): float16 or bfloat16 halve

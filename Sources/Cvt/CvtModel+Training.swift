@@ -9,6 +9,7 @@ import Foundation
 // MARK: - Q/K/V projection
 
 extension CvtSelfAttentionProjection {
+    /// What the projection's backward needs from its training forward.
     public struct Saved {
         let input: Tensor
         let bn: BatchNorm2d.Saved?
@@ -92,6 +93,7 @@ func mergeHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
 }
 
 extension CvtSelfAttention {
+    /// What the attention's backward needs from its training forward.
     public struct Saved {
         let b: Int, h: Int, w: Int, tq: Int, tk: Int
         /// What the three Linear projections and their conv projections kept.
@@ -235,6 +237,7 @@ extension CvtSelfAttention {
 // MARK: - layer
 
 extension CvtLayer {
+    /// What the layer's backward needs from its training forward.
     public struct Saved {
         let ln1: LayerNorm.Saved, attention: CvtSelfAttention.Saved, attentionOutput: Linear.Saved
         let attentionDrop: Tensor?, path1: [Float]?
@@ -319,6 +322,7 @@ struct CvtStageRates {
 // MARK: - stage
 
 extension CvtStage {
+    /// What the stage's backward needs from its training forward.
     public struct Saved {
         let b: Int, h: Int, w: Int, ho: Int, wo: Int
         let conv: Conv2d.Saved, ln: LayerNorm.Saved, drop: Tensor?
@@ -381,6 +385,7 @@ extension CvtStage {
 // MARK: - model
 
 extension CvtModel {
+    /// What the encoder's backward needs from its training forward: one record per stage.
     public struct Saved {
         let stages: [CvtStage.Saved]
     }
@@ -441,6 +446,7 @@ extension CvtModel {
 
 /// The result of one training forward and backward.
 public struct TrainingStepOutput: Sendable {
+    /// The loss of the micro-batch, before `lossScale` is applied.
     public var loss: Float
     /// `[B, num_labels]`
     public var logits: Tensor

@@ -4,8 +4,11 @@ import Foundation
 
 /// A forward pass that cannot run on this input (wrong shape, image too small for the strides…).
 public struct CvtInputError: Error, CustomStringConvertible, Equatable {
+    /// What is wrong with the input (shapes, sizes, the stage concerned).
     public let message: String
+    /// Creates an error with `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
 }
 
@@ -14,7 +17,9 @@ public struct CvtInputError: Error, CustomStringConvertible, Equatable {
 
 /// `…embedding.convolution_embeddings`: patch conv, then LayerNorm over channels.
 public final class CvtConvEmbeddings: Module {
+    /// `projection`: the patch convolution `[C_s, C_in, patch, patch]` with stride and padding from the config.
     public let projection: Conv2d
+    /// `normalization`: LayerNorm over the embedded channels.
     public let normalization: LayerNorm
 
     init(inChannels: Int, dim: Int, patch: Int, stride: Int, padding: Int) {
@@ -22,10 +27,12 @@ public final class CvtConvEmbeddings: Module {
         normalization = LayerNorm(dim)
     }
 
+    /// Visits `prefix.projection.{weight,bias}` and `prefix.normalization.{weight,bias}`.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try projection.visitParameters(v, prefix: joinKey(prefix, "projection"))
         try normalization.visitParameters(v, prefix: joinKey(prefix, "normalization"))
     }
+    /// Drops the convolution's engine form after its weights were replaced.
     public func parametersDidChange() { projection.parametersDidChange() }
 }
 
@@ -33,11 +40,15 @@ public final class CvtConvEmbeddings: Module {
 /// or, beyond the reference, the original CvT's `avg` (AvgPool2d, ceil mode) and `linear`
 /// (identity), which have no parameters.
 public final class CvtSelfAttentionProjection: Module {
+    /// config.json's `qkv_projection_method` values: `dw_bn` (depthwise conv + BatchNorm), `avg` (average pooling) and `linear` (identity).
     public enum Method: String, Sendable { case dwBN = "dw_bn", avg, linear }
+    /// How tokens are projected before the Linear.
     public let method: Method
+    /// Kernel size, stride and padding of the convolution or pooling (`kernel_qkv`, `stride_q`/`stride_kv`, `padding_q`/`padding_kv`).
     public let kernel: Int, stride: Int, padding: Int
     /// `convolution_projection.convolution` / `.normalization` (dw_bn only).
     public let convolution: Conv2d?
+    /// The BatchNorm after the depthwise convolution (`dw_bn` only).
     public let normalization: BatchNorm2d?
     private var folded: ConvWeights?
     /// Guards `folded` (batch workers run this projection on several threads at once).
@@ -53,12 +64,14 @@ public final class CvtSelfAttentionProjection: Module {
         }
     }
 
+    /// Visits `prefix.convolution_projection.convolution.weight` and the BatchNorm's parameters and statistics (`dw_bn` only).
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         let p = joinKey(prefix, "convolution_projection")
         try convolution?.visitParameters(v, prefix: joinKey(p, "convolution"))
         try normalization?.visitParameters(v, prefix: joinKey(p, "normalization"))
         if !v.readsOnly { folded = nil }
     }
+    /// Drops the BatchNorm-folded weights, rebuilt at the next call.
     public func parametersDidChange() { folded = nil }
 
     func outputSize(_ n: Int) -> Int {
@@ -94,8 +107,11 @@ public final class CvtSelfAttentionProjection: Module {
 
 /// `…attention.attention`: convolutional projections, Linear Q/K/V and scaled dot-product attention.
 public final class CvtSelfAttention: Module {
+    /// Stage width `C` (`embed_dim[s]`), attention heads (`num_heads[s]`), and whether the stage has a CLS token (`cls_token[s]`).
     public let dim: Int, numHeads: Int, withClsToken: Bool
+    /// `convolution_projection_{query,key,value}`: the convolutional token projections (query stride `stride_q`, key/value stride `stride_kv`).
     public let convolutionProjectionQuery, convolutionProjectionKey, convolutionProjectionValue: CvtSelfAttentionProjection
+    /// `projection_{query,key,value}`: the Linear `[C, C]` projections after them (with biases when `qkv_bias[s]`).
     public let projectionQuery, projectionKey, projectionValue: Linear
     /// quirk: the reference scales by the whole stage width, `C ** -0.5`, not `head_dim ** -0.5`.
     public var scale: Float { Float(1 / Double(dim).squareRoot()) }
@@ -112,6 +128,7 @@ public final class CvtSelfAttention: Module {
         projectionValue = Linear(dim, dim, bias: c.qkvBias[s])
     }
 
+    /// Visits the three convolutional projections, then the three Linear projections, under their transformers keys.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try convolutionProjectionQuery.visitParameters(v, prefix: joinKey(prefix, "convolution_projection_query"))
         try convolutionProjectionKey.visitParameters(v, prefix: joinKey(prefix, "convolution_projection_key"))
@@ -120,6 +137,7 @@ public final class CvtSelfAttention: Module {
         try projectionKey.visitParameters(v, prefix: joinKey(prefix, "projection_key"))
         try projectionValue.visitParameters(v, prefix: joinKey(prefix, "projection_value"))
     }
+    /// Drops the projections' folded weights after parameters were replaced.
     public func parametersDidChange() {
         for p in [convolutionProjectionQuery, convolutionProjectionKey, convolutionProjectionValue] { p.parametersDidChange() }
     }
@@ -210,6 +228,7 @@ public final class CvtSelfAttention: Module {
 
 /// `…layers.{l}`: pre-norm transformer block, `t += Attn(LN1(t)); t += MLP(LN2(t))`.
 public final class CvtLayer: Module {
+    /// `attention.attention`: the convolutional self-attention.
     public let attention: CvtSelfAttention
     /// `attention.output.dense`
     public let attentionOutput: Linear
@@ -217,6 +236,7 @@ public final class CvtLayer: Module {
     public let intermediate: Linear
     /// `output.dense`
     public let output: Linear
+    /// `layernorm_before` (before attention) and `layernorm_after` (before the MLP).
     public let layernormBefore: LayerNorm, layernormAfter: LayerNorm
 
     init(config c: CvtConfig, stage s: Int) {
@@ -228,6 +248,7 @@ public final class CvtLayer: Module {
         layernormBefore = LayerNorm(dim); layernormAfter = LayerNorm(dim)
     }
 
+    /// Visits `attention.attention.…`, `attention.output.dense`, `intermediate.dense`, `output.dense`, `layernorm_before` and `layernorm_after` under `prefix`.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try attention.visitParameters(v, prefix: joinKey(prefix, "attention.attention"))
         try attentionOutput.visitParameters(v, prefix: joinKey(prefix, "attention.output.dense"))
@@ -236,6 +257,7 @@ public final class CvtLayer: Module {
         try layernormBefore.visitParameters(v, prefix: joinKey(prefix, "layernorm_before"))
         try layernormAfter.visitParameters(v, prefix: joinKey(prefix, "layernorm_after"))
     }
+    /// Drops the attention projections' derived weights after parameters were replaced.
     public func parametersDidChange() { attention.parametersDidChange() }
 
     /// Updates the residual stream `t` `[B, T, C]` in place. With `clsOnly` (the last layer when only
@@ -280,14 +302,18 @@ public final class CvtLayer: Module {
 
 /// `encoder.stages.{s}`: patch embedding, optional CLS token, `depth[s]` layers.
 public final class CvtStage: Module {
+    /// The stage's index, from 0.
     public let index: Int
+    /// The stage's width `C_s` (`embed_dim[s]`).
     public let dim: Int
     /// `cls_token` `[1, 1, C_s]`. Beyond the reference: the original CvT gives a CLS to any stage with
     /// that stage's width (transformers uses `embed_dim[-1]` and breaks for non-last stages).
     public var clsToken: Tensor?
     /// Gradient of `clsToken`, accumulated by `backward` (zero-sized until then).
     public var clsTokenGrad = Tensor(zeros: [0])
+    /// `embedding.convolution_embeddings`: the stage's patch embedding.
     public let embedding: CvtConvEmbeddings
+    /// `layers`: the `depth[s]` transformer blocks.
     public let layers: [CvtLayer]
 
     init(config c: CvtConfig, stage s: Int) {
@@ -298,11 +324,13 @@ public final class CvtStage: Module {
         layers = (0..<c.depth[s]).map { _ in CvtLayer(config: c, stage: s) }
     }
 
+    /// Visits `prefix.cls_token` (when present), the embedding and every layer (`prefix.layers.{l}.…`).
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         if clsToken != nil { try v.visit(joinKey(prefix, "cls_token"), &clsToken!, gradient: &clsTokenGrad, kind: .clsToken) }
         try embedding.visitParameters(v, prefix: joinKey(prefix, "embedding.convolution_embeddings"))
         for (l, layer) in layers.enumerated() { try layer.visitParameters(v, prefix: joinKey(prefix, "layers.\(l)")) }
     }
+    /// Drops the embedding's and layers' derived weights after parameters were replaced.
     public func parametersDidChange() {
         embedding.parametersDidChange(); layers.forEach { $0.parametersDidChange() }
     }
@@ -355,11 +383,15 @@ public struct CvtModelOutput: Sendable {
 /// Sendable: every call that computes or changes weights runs on the engine exclusively
 /// (`Engine.exclusively`), so tasks may share a model; its layers are reached through it.
 public final class CvtModel: Module, @unchecked Sendable {
+    /// The config the model was built from (validated).
     public let config: CvtConfig
     /// `encoder.stages`
     public let stages: [CvtStage]
+    /// The engine this model computes on: its own unless one was passed to `init`.
     public var engine: Engine
 
+    /// An encoder with zero parameters (load or initialise them through a visitor), on `engine` or on a new engine of its own.
+    /// - Throws: `CvtConfigError` when `config` is invalid; `EngineError` when an engine cannot be created.
     public init(config: CvtConfig, engine: Engine? = nil) throws {
         try config.validate()
         self.config = config
@@ -367,9 +399,11 @@ public final class CvtModel: Module, @unchecked Sendable {
         stages = (0..<config.numStages).map { CvtStage(config: config, stage: $0) }
     }
 
+    /// Visits every stage's parameters under `prefix.encoder.stages.{s}.…`.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         for (s, stage) in stages.enumerated() { try stage.visitParameters(v, prefix: joinKey(prefix, "encoder.stages.\(s)")) }
     }
+    /// Drops every stage's derived weights after parameters were replaced.
     public func parametersDidChange() { stages.forEach { $0.parametersDidChange() } }
 
     /// Every Linear layer of the encoder (they hold ~95% of the parameters).

@@ -5,8 +5,11 @@ import Synchronization
 /// or steps.
 public final class CancellationFlag: Sendable {
     private let flag = Atomic<Bool>(false)
+    /// A flag that is not set.
     public init() {}
+    /// Whether `cancel()` has been called.
     public var isCancelled: Bool { flag.load(ordering: .acquiring) }
+    /// Sets the flag; the work sees it at its next check.
     public func cancel() { flag.store(true, ordering: .releasing) }
 }
 
@@ -28,16 +31,22 @@ func runOffPool<T: Sendable>(_ name: String, _ work: @escaping @Sendable (Cancel
 
 /// How far a long call has come, for progress reporting.
 public struct ProgressReport: Sendable, Equatable {
+    /// Units done so far (images, or steps).
     public var completed: Int
+    /// Units in all.
     public var total: Int
+    /// A report of `completed` out of `total`.
     public init(completed: Int, total: Int) { self.completed = completed; self.total = total }
+    /// `completed / total`, from 0 to 1 (1 when `total` is 0).
     public var fraction: Double { total > 0 ? Double(completed) / Double(total) : 1 }
 }
 
 /// One classified input of a stream: its position among the inputs, and its labels or why it
 /// failed.
 public struct ClassifiedItem: Sendable {
+    /// The input's position in the list given to `stream`, from 0.
     public var index: Int
+    /// The ranked labels, or the error that made this input fail (e.g. an `ImageError`).
     public var result: Result<[Prediction], Error>
 }
 

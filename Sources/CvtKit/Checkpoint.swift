@@ -8,14 +8,20 @@ import Foundation
 
 /// A checkpoint folder that cannot be used, naming the file and what is wrong with it.
 public struct CheckpointError: Error, CustomStringConvertible, LocalizedError, Sendable {
+    /// The folder or file concerned.
     public let path: String
+    /// What is wrong with it.
     public let message: String
+    /// Creates an error about `path`.
     public init(path: String, _ message: String) { self.path = path; self.message = message }
+    /// `"<path>: <message>"`.
     public var description: String { "\(path): \(message)" }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
 extension SafetensorsFile: TensorSource {
+    /// The shape of tensor `name`, or nil when the file has none.
     public func shape(of name: String) -> [Int]? { info(name)?.shape }
 }
 
@@ -34,6 +40,7 @@ extension SafetensorsFile {
 }
 
 extension SafetensorsWriter {
+    /// Adds `tensor` (row-major, its shape) under `name`, stored as `dtype` (F32 by default; F16, BF16 and F64 are rounded from float32).
     public mutating func add(_ name: String, _ tensor: Tensor, as dtype: SafetensorsDType = .f32) throws {
         try add(name, floats: tensor.scalars, shape: tensor.shape, as: dtype)
     }
@@ -41,13 +48,20 @@ extension SafetensorsWriter {
 
 /// The files of a Hugging Face checkpoint folder.
 public struct CheckpointFolder: Sendable {
+    /// The folder.
     public let url: URL
+    /// The checkpoint folder at `url` (nothing is read until asked).
     public init(_ url: URL) { self.url = url }
 
+    /// `config.json`: the model config (`CvtConfig`).
     public var configURL: URL { url.appendingPathComponent("config.json") }
+    /// `model.safetensors`: the weights in safetensors format (read first when present).
     public var safetensorsURL: URL { url.appendingPathComponent("model.safetensors") }
+    /// `pytorch_model.bin`: the weights in PyTorch's zip format (read through a restricted unpickler).
     public var pytorchBinURL: URL { url.appendingPathComponent("pytorch_model.bin") }
+    /// `tf_model.h5`: the weights of a TensorFlow `TFCvtForImageClassification` (HDF5).
     public var tfH5URL: URL { url.appendingPathComponent("tf_model.h5") }
+    /// `preprocessor_config.json`: the image processor settings (`PreprocessorConfig`).
     public var preprocessorURL: URL { url.appendingPathComponent("preprocessor_config.json") }
 
     /// The image processor settings: `preprocessor_config.json`, or, for a folder without one,
@@ -63,6 +77,9 @@ public struct CheckpointFolder: Sendable {
         return (try PreprocessorConfig.decode(data, name: path), nil)
     }
 
+    /// Reads and validates `config.json`.
+    /// - Throws: `CheckpointError` naming the file when the folder does not exist, the file cannot be
+    ///   read, is not JSON, or is not a valid CvT config.
     public func loadConfig() throws -> CvtConfig {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDir), isDir.boolValue else {

@@ -2,6 +2,7 @@ import Foundation
 
 /// An image folder with one subfolder per class, each named as one of the model's labels.
 public struct ImageFolderDataset: Sendable {
+    /// Every image file with its class index, class folders in name order and files in name order within each.
     public let items: [(url: URL, label: Int)]
 
     /// The folder name that stands for `label`: the label itself, with "/" (which a folder name
@@ -38,13 +39,19 @@ public struct ImageFolderDataset: Sendable {
 
 /// Accuracy report of `cvt evaluate`.
 public struct EvaluationResult: Encodable, Sendable {
+    /// One class's share of the evaluation: its label, the number of images whose true class it is, and the fraction of them predicted correctly (nil when there are none).
     public struct ClassResult: Encodable, Sendable { public var label: String; public var count: Int; public var accuracy: Double? }
+    /// Fraction of images whose highest-scoring class is the true one (0 to 1).
     public var top1: Double
+    /// Fraction of images whose true class is among the five highest-scoring (among all when the model has fewer than five labels).
     public var top5: Double
+    /// Number of images evaluated.
     public var count: Int
+    /// Per-class counts and accuracy, in class-index order.
     public var perClass: [ClassResult]
     /// `[true class][predicted class]`.
     public var confusionMatrix: [[Int]]
+    /// Throughput over the whole evaluation, preprocessing included.
     public var imagesPerSecond: Double
     /// Predicted class per image, in data-set order.
     public var predictions: [Int]
@@ -55,6 +62,7 @@ public struct EvaluationResult: Encodable, Sendable {
     }
 }
 
+/// Accuracy of an image classifier over a labelled data set (`cvt evaluate`).
 public enum Evaluator {
     /// Runs `model` over `count` images (fetched by index) with true labels, `batchSize` at a time.
     public static func evaluate(pipeline: ImageClassificationPipeline, count: Int, batchSize: Int,

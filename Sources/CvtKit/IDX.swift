@@ -3,10 +3,15 @@ import Foundation
 
 /// A malformed data-set file, naming the file and what is wrong.
 public struct DatasetError: Error, CustomStringConvertible, LocalizedError {
+    /// The file or folder concerned.
     public let path: String
+    /// What is wrong with it.
     public let message: String
+    /// Creates an error about `path`.
     public init(path: String, _ message: String) { self.path = path; self.message = message }
+    /// `"<path>: <message>"`.
     public var description: String { "\(path): \(message)" }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
@@ -53,9 +58,13 @@ func gunzipIfNeeded(_ data: Data, path: String, limit: (Data) -> Int = { _ in In
 /// The IDX format of (Fashion-)MNIST: a big-endian header (magic with type and rank, then the
 /// dimensions) followed by the values.
 public struct IDXFile: Sendable {
+    /// The dimensions from the header, e.g. `[10000, 28, 28]` for images or `[10000]` for labels.
     public let shape: [Int]
+    /// The values (unsigned bytes) in row-major order.
     public let bytes: [UInt8]
 
+    /// Reads an IDX file of unsigned bytes (type 0x08), gzip-compressed or not.
+    /// - Throws: `DatasetError` when the file cannot be read, is not IDX, holds another element type, or its size disagrees with its header.
     public init(url: URL) throws {
         guard let raw = CheckpointFolder.regularFileContents(url.path) else {
             throw DatasetError(path: url.path, "cannot be read (missing, unreadable or not a regular file)")
@@ -114,10 +123,15 @@ extension IDXFile {
 
 /// An images + labels pair of IDX files, e.g. Fashion-MNIST's test split.
 public struct IDXDataset: Sendable {
+    /// The images `[N, H, W]`, 8-bit grayscale.
     public let images: IDXFile
+    /// The class index of each image.
     public let labels: [Int]
+    /// Number of images.
     public var count: Int { labels.count }
+    /// Image height in pixels.
     public var height: Int { images.shape[1] }
+    /// Image width in pixels.
     public var width: Int { images.shape[2] }
 
     /// `url` is the images file, or a folder holding `<split>-images-idx3-ubyte[.gz]` and the labels file.

@@ -17,6 +17,7 @@ public enum InferenceDType: String, CaseIterable, Sendable {
     /// What a user is told when bfloat16 runs emulated.
     public static let bfloat16EmulationNote = "this CPU has no bfloat16 matmul kernels (avx512_bf16 or AMX): bfloat16 runs emulated in float32 kernels, with bf16 numbers but no speed-up"
 
+    /// The mode names, comma-separated (`float32, bfloat16, float16`), for help and error messages.
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 
     /// Element type of the Linear weights in this mode.

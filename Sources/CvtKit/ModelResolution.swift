@@ -10,6 +10,11 @@ public enum ModelResolver {
     static let optional = ["preprocessor_config.json"]
     static let weights = [["model.safetensors", "pytorch_model.bin", "tf_model.h5"]]
 
+    /// The local checkpoint folder for `reference`: an existing folder as it is, or a Hub id
+    /// (`org/name`, `org/name@revision`) resolved through `client`'s cache, downloading `config.json`,
+    /// `preprocessor_config.json` (if it exists) and the first of `model.safetensors`,
+    /// `pytorch_model.bin` and `tf_model.h5` that exists. `progress` reports each download.
+    /// - Throws: `HubError` when the reference is invalid, the repository or files are missing, or a download fails.
     public static func resolve(_ reference: String, client: HubClient = HubClient(), progress: DownloadProgress? = nil) throws -> URL {
         let ref = try ModelReference.parse(reference)
         if case .local(let url) = ref { return url }

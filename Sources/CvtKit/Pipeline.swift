@@ -3,8 +3,11 @@ import Foundation
 
 /// One ranked label.
 public struct Prediction: Equatable, Codable, Sendable {
+    /// The class's name (`id2label`).
     public var label: String
+    /// The score after the classification function (a probability for softmax and sigmoid, the logit for none).
     public var score: Float
+    /// A prediction of `label` with `score`.
     public init(label: String, score: Float) { self.label = label; self.score = score }
 }
 
@@ -12,6 +15,7 @@ public struct Prediction: Equatable, Codable, Sendable {
 public enum ClassificationFunction: String, CaseIterable, Sendable {
     case softmax, sigmoid, none
 
+    /// The function named `name` in any case (`softmax`, `sigmoid`, `none`); nil for other names.
     public init?(caseInsensitive name: String) { self.init(rawValue: name.lowercased()) }
 
     /// transformers' default (`pipelines/image_classification.py`): regression → none; multi-label or one label → sigmoid;
@@ -44,11 +48,14 @@ public enum ClassificationFunction: String, CaseIterable, Sendable {
 /// and the model's calls take turns on its engine (each one uses all of the engine's threads).
 /// The `async` methods run on a thread of their own and stop when their task is cancelled.
 public final class ImageClassificationPipeline: Sendable {
+    /// The classifier.
     public let model: CvtForImageClassification
+    /// The image processor applied before the model (the checkpoint's `preprocessor_config.json`).
     public let processor: ConvNextImageProcessor
     /// Things the user should know (e.g. a missing preprocessor_config.json).
     public let warnings: [String]
 
+    /// A pipeline around a loaded model and processor; `warnings` are passed on to the user.
     public init(model: CvtForImageClassification, processor: ConvNextImageProcessor, warnings: [String] = []) {
         self.model = model; self.processor = processor; self.warnings = warnings
     }
@@ -92,8 +99,11 @@ public final class ImageClassificationPipeline: Sendable {
     /// each decoded image above `ImageDecoder.warningPixels` (Pillow's `MAX_IMAGE_PIXELS`, where
     /// it warns `DecompressionBombWarning`).
     public struct ImageLimits: Sendable {
+        /// Images of more pixels (width × height, as declared by the file) are refused.
         public var maxPixels: Int
+        /// Called for each decoded image above Pillow's warning limit: (name, width, height).
         public var warning: (@Sendable (_ name: String, _ width: Int, _ height: Int) -> Void)?
+        /// Pillow's error limit and no warning callback by default.
         public init(maxPixels: Int = ImageDecoder.defaultMaxPixels, warning: (@Sendable (String, Int, Int) -> Void)? = nil) {
             self.maxPixels = maxPixels; self.warning = warning
         }

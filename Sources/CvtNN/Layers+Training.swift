@@ -10,11 +10,13 @@ import Foundation
 
 /// Randomness and switches of one training forward pass.
 public final class TrainingContext {
+    /// The engine the pass's matmuls and convolutions run on.
     public let engine: Engine
     /// Dropout, attention dropout and drop path active (off: deterministic, as for gradient checks).
     public let stochastic: Bool
     var rng: SplitMix64
 
+    /// A context on `engine`; `stochastic` turns dropout, attention dropout and drop path on, drawing from `SplitMix64(seed:)`.
     public init(engine: Engine, stochastic: Bool, seed: UInt64 = 0) {
         self.engine = engine; self.stochastic = stochastic; rng = SplitMix64(seed: seed)
     }
@@ -80,9 +82,13 @@ extension Engine {
 
 /// A dense matmul operand: a pointer and its element type.
 public struct TypedOperand {
+    /// Address of the first element.
     public let raw: UnsafeMutableRawPointer
+    /// Element type (float32 or bfloat16).
     public let type: ElementType
+    /// A float32 operand at `p`.
     public init(_ p: UnsafeMutablePointer<Float>) { raw = UnsafeMutableRawPointer(p); type = .float32 }
+    /// An operand over `b`'s buffer, in its element type.
     public init(_ b: TypedBuffer) { raw = b.raw; type = b.type }
 }
 
@@ -130,6 +136,7 @@ extension Linear {
 // MARK: - Conv2d (dense, as im2col + GEMM)
 
 extension Conv2d {
+    /// What the backward needs: the input patches and the weight in patch order, and the sizes.
     public struct Saved {
         /// Patches `[B·Ho·Wo, k·k·Cin]` in `(ky·k + kx)·Cin + ci` order and the weight in that
         /// order (`patchOrderWeight`), as the matmuls read them.
@@ -221,6 +228,7 @@ extension Conv2d {
 // MARK: - LayerNorm
 
 extension LayerNorm {
+    /// What the backward needs: the input and each row's mean and reciprocal standard deviation.
     public struct Saved {
         let x: Tensor, mean: Tensor, rstd: Tensor
     }
@@ -250,6 +258,7 @@ extension LayerNorm {
 // MARK: - BatchNorm2d (training mode)
 
 extension BatchNorm2d {
+    /// What the backward needs: the input and the batch's per-channel mean and reciprocal standard deviation.
     public struct Saved {
         let x: Tensor, mean: Tensor, rstd: Tensor
     }
@@ -278,6 +287,7 @@ extension BatchNorm2d {
         return (y, Saved(x: x, mean: mean, rstd: rstd))
     }
 
+    /// Accumulates the weight and bias gradients and returns the gradient of the input `[N·H·W, C]`.
     public func backward(_ s: Saved, dy: Tensor) -> Tensor {
         let rows = s.x.count / dim
         let dx = Tensor(uninitialized: s.x.shape)
@@ -292,6 +302,7 @@ extension BatchNorm2d {
 
 /// Exact-erf GELU (`nn.GELU()`).
 public enum GELU {
+    /// `GELU(x) = x·Φ(x)` elementwise, as a new tensor of `x`'s shape.
     public static func forward(_ x: Tensor) -> Tensor {
         let y = Tensor(uninitialized: x.shape)
         Kernels.gelu(x.unsafePointer, y.unsafePointer, count: x.count)
@@ -309,6 +320,7 @@ public enum GELU {
 /// `nn.Dropout(p)`: zeroes each value with probability `p` and scales the rest by `1/(1 − p)`.
 /// The mask (already scaled) is what the backward multiplies by; nil when inactive.
 public enum Dropout {
+    /// `x` with the dropout mask applied, and the mask; `(x, nil)` when the context is not stochastic or `p` is 0.
     public static func forward(_ ctx: TrainingContext, _ x: Tensor, p: Double) -> (Tensor, Tensor?) {
         guard ctx.stochastic, p > 0 else { return (x, nil) }
         let scale = p >= 1 ? 0 : Float(1 / (1 - p))
@@ -317,11 +329,13 @@ public enum Dropout {
         return (multiply(x, mask), mask)
     }
 
+    /// `dy` times the mask (`dy` itself when the forward had no mask).
     public static func backward(_ mask: Tensor?, dy: Tensor) -> Tensor {
         guard let mask else { return dy }
         return multiply(dy, mask)
     }
 
+    /// Elementwise product of two tensors of equal element count, with `a`'s shape.
     public static func multiply(_ a: Tensor, _ b: Tensor) -> Tensor {
         let y = Tensor(uninitialized: a.shape)
         let yp = y.unsafePointer, ap = a.unsafePointer, bp = b.unsafePointer
@@ -333,6 +347,7 @@ public enum Dropout {
 /// transformers' `CvtDropPath` (stochastic depth per sample): each image of `x` `[B, …]` is kept
 /// with probability `1 − p` and then divided by `1 − p`, or zeroed. Returns the per-image factors.
 public enum DropPath {
+    /// `x` with each image scaled by its factor (0 or `1/(1 − p)`), and the factors; `(x, nil)` when the context is not stochastic or `p` is 0.
     public static func forward(_ ctx: TrainingContext, _ x: Tensor, p: Double) -> (Tensor, [Float]?) {
         guard ctx.stochastic, p > 0 else { return (x, nil) }
         let keep = Float(1 - p)
@@ -341,6 +356,7 @@ public enum DropPath {
         return (scale(x, factors), factors)
     }
 
+    /// `dy` with each image scaled by the forward's factor (`dy` itself when there were none).
     public static func backward(_ factors: [Float]?, dy: Tensor) -> Tensor {
         guard let factors else { return dy }
         return scale(dy, factors)

@@ -3,11 +3,13 @@ import Foundation
 
 /// `torch.nn.Linear`: `y = x·Wᵀ + b`, weight `[out, in]`.
 public final class Linear: Module {
+    /// Input and output feature counts (`in_features`, `out_features`).
     public let inFeatures: Int, outFeatures: Int
     /// float32 `[out, in]`; empty (`[0]`) while the weight is stored compactly (`storeWeight(as:)`)
     /// or packed for the engine (after the first forward pass). `float32Weight()` and the parameter
     /// visitors always see the float32 values.
     public var weight: Tensor
+    /// Bias `[out]`, or nil for a layer made with `bias: false`.
     public var bias: Tensor?
     /// Gradients of `weight` `[out, in]` and `bias`, accumulated by `backward` (zero-sized until then).
     public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
@@ -24,12 +26,16 @@ public final class Linear: Module {
     /// several threads at once).
     private let lock = NSLock()
 
+    /// A layer mapping `inFeatures` to `outFeatures` with zero weights (and a zero bias `[out]` unless `bias` is false); load or initialise them through a visitor.
     public init(_ inFeatures: Int, _ outFeatures: Int, bias: Bool = true) {
         self.inFeatures = inFeatures; self.outFeatures = outFeatures
         weight = Tensor(zeros: [outFeatures, inFeatures])
         self.bias = bias ? Tensor(zeros: [outFeatures]) : nil
     }
 
+    /// Visits `prefix.weight` (float32 `[out, in]`) and `prefix.bias`. Read-only visitors get a float32
+    /// copy and leave the storage as it is; others convert it to float32, and back to the preferred
+    /// storage afterwards.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         // Visitors see the float32 weight. Read-only ones (saving, counting) get it (widened from
         // compact storage) with storage and caches untouched; the others (loading, init) turn the
@@ -51,6 +57,7 @@ public final class Linear: Module {
         }
     }
 
+    /// Drops the cached engine form when `weight` was edited in place.
     public func parametersDidChange() {
         // `weight` / `compactWeight` were edited in place: they are the truth again.
         if packed == nil { constant = nil }
@@ -201,14 +208,18 @@ public final class Linear: Module {
 
 /// `torch.nn.Conv2d` with square kernel, zero padding and groups. Weight `[out, in/groups, k, k]`.
 public final class Conv2d: Module {
+    /// `in_channels`, `out_channels`, `kernel_size` (square), `stride`, `padding` (zeros, on every side) and `groups`.
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int
+    /// float32 `[out, in/groups, k, k]`.
     public var weight: Tensor
+    /// Bias `[out]`, or nil for a layer made with `bias: false`.
     public var bias: Tensor?
     /// Gradients of `weight` and `bias`, accumulated by `backward` (zero-sized until then).
     public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
     private var packed: ConvWeights?
     private let lock = NSLock()
 
+    /// A convolution with zero weights `[out, in/groups, k, k]` (and a zero bias `[out]` unless `bias` is false).
     public init(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int, padding: Int, groups: Int = 1, bias: Bool = true) {
         self.inChannels = inChannels; self.outChannels = outChannels
         self.kernel = kernel; self.stride = stride; self.padding = padding; self.groups = groups
@@ -216,14 +227,17 @@ public final class Conv2d: Module {
         self.bias = bias ? Tensor(zeros: [outChannels]) : nil
     }
 
+    /// Visits `prefix.weight` and `prefix.bias` (with their gradients); a writing visitor drops the engine form.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .weight(fanIn: inChannels / groups * kernel * kernel))
         if bias != nil { try v.visit(joinKey(prefix, "bias"), &bias!, gradient: &biasGrad, kind: .bias) }
         if !v.readsOnly { packed = nil }
     }
 
+    /// Drops the engine form of the weights, rebuilt at the next call.
     public func parametersDidChange() { packed = nil }
 
+    /// The output length along one axis for an input of length `n`: `(n + 2·padding − kernel) / stride + 1` (0 when the kernel does not fit).
     public func outputSize(_ n: Int) -> Int {
         let span = n + 2 * padding - kernel
         return span < 0 ? 0 : span / stride + 1
@@ -261,25 +275,33 @@ public final class Conv2d: Module {
 /// `torch.nn.LayerNorm` over the last axis. quirk: CvT's LayerNorms all use PyTorch's default
 /// eps 1e-5; `config.layer_norm_eps` is never read by the reference.
 public final class LayerNorm: Module {
+    /// Size of the normalised (last) axis.
     public let dim: Int
+    /// The epsilon added to the variance (1e-5, PyTorch's default).
     public let eps: Float
+    /// Scale γ `[dim]`, initially ones.
     public var weight: Tensor
+    /// Shift β `[dim]`, initially zeros.
     public var bias: Tensor
     /// Gradients, accumulated by `backward` (zero-sized until then).
     public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
 
+    /// A LayerNorm over `dim` features with unit scale and zero shift.
     public init(_ dim: Int, eps: Float = 1e-5) {
         self.dim = dim; self.eps = eps
         weight = Tensor(zeros: [dim], value: 1); bias = Tensor(zeros: [dim])
     }
 
+    /// Visits `prefix.weight` and `prefix.bias` with their gradients.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .normWeight)
         try v.visit(joinKey(prefix, "bias"), &bias, gradient: &biasGrad, kind: .normBias)
     }
 
+    /// Nothing to rebuild: the parameters are read directly.
     public func parametersDidChange() {}
 
+    /// Normalises `rows` contiguous rows of `dim` floats from `src` into `dst`.
     public func callAsFunction(src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>, rows: Int) {
         Kernels.layerNorm(src, dst, rows: rows, cols: dim, weight: weight.unsafePointer, bias: bias.unsafePointer, eps: eps)
     }
@@ -297,20 +319,25 @@ public final class LayerNorm: Module {
 
 /// `torch.nn.BatchNorm2d` in eval mode (running statistics), eps 1e-5.
 public final class BatchNorm2d: Module {
+    /// Number of channels.
     public let dim: Int
+    /// The epsilon added to the running variance (PyTorch's default).
     public let eps: Double = 1e-5
+    /// Scale γ, shift β, running mean and running variance, each `[dim]` (`weight`, `bias`, `running_mean`, `running_var`).
     public var weight: Tensor, bias: Tensor, runningMean: Tensor, runningVar: Tensor
     /// `num_batches_tracked`: training-mode forward passes so far (saved with the checkpoint).
     public var numBatchesTracked = 0
     /// Gradients, accumulated by `backward` (zero-sized until then).
     public var weightGrad = Tensor(zeros: [0]), biasGrad = Tensor(zeros: [0])
 
+    /// A BatchNorm over `dim` channels with unit scale, zero shift, zero running mean and unit running variance.
     public init(_ dim: Int) {
         self.dim = dim
         weight = Tensor(zeros: [dim], value: 1); bias = Tensor(zeros: [dim])
         runningMean = Tensor(zeros: [dim]); runningVar = Tensor(zeros: [dim], value: 1)
     }
 
+    /// Visits `prefix.weight`, `prefix.bias` (with gradients), `prefix.running_mean` and `prefix.running_var`.
     public func visitParameters(_ v: ParameterVisitor, prefix: String) throws {
         try v.visit(joinKey(prefix, "weight"), &weight, gradient: &weightGrad, kind: .batchNormWeight)
         try v.visit(joinKey(prefix, "bias"), &bias, gradient: &biasGrad, kind: .batchNormBias)
@@ -318,6 +345,7 @@ public final class BatchNorm2d: Module {
         try v.visit(joinKey(prefix, "running_var"), &runningVar, kind: .runningVar)
     }
 
+    /// Nothing to rebuild: folding happens per call.
     public func parametersDidChange() {}
 
     /// The preceding bias-free conv with this BatchNorm folded in:

@@ -38,22 +38,32 @@ public protocol ParameterVisitor: AnyObject {
 }
 
 extension ParameterVisitor {
+    /// Forwards to `visit(_:_:kind:)`, ignoring the gradient.
     public func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
         try visit(key, &tensor, kind: kind)
     }
+    /// False: a visitor may modify the tensors unless it says otherwise.
     public var readsOnly: Bool { false }
+    /// True: a visitor reads the values unless it says otherwise.
     public var readsValues: Bool { true }
 }
 
 /// Counts parameter elements.
 public final class ParameterCounter: ParameterVisitor {
+    /// Total number of parameter elements visited so far (buffers such as running statistics included).
     public private(set) var count = 0
+    /// A counter at zero.
     public init() {}
+    /// True: counting never modifies a tensor.
     public var readsOnly: Bool { true }
+    /// False: counting needs only shapes.
     public var readsValues: Bool { false }
+    /// Adds `tensor.count` to `count`.
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws { count += tensor.count }
 }
 
+/// A node of the model tree (a layer or a block) whose parameters are named as in PyTorch's
+/// `state_dict` (e.g. `cvt.encoder.stages.0.layers.1.attention.attention.projection_query.linear.weight`).
 public protocol Module: AnyObject {
     /// Calls `visitor` for each parameter, keys prefixed by `prefix` (PyTorch's dotted names).
     func visitParameters(_ visitor: ParameterVisitor, prefix: String) throws
@@ -61,6 +71,7 @@ public protocol Module: AnyObject {
     func parametersDidChange()
 }
 
+/// `prefix.name`, or `name` when `prefix` is empty: the dotted key of a child, as PyTorch forms it.
 @inline(__always)
 public func joinKey(_ prefix: String, _ name: String) -> String { prefix.isEmpty ? name : prefix + "." + name }
 
@@ -68,10 +79,15 @@ public func joinKey(_ prefix: String, _ name: String) -> String { prefix.isEmpty
 
 /// Collects every parameter into a dictionary (a state dict).
 public final class StateDictCollector: ParameterVisitor {
+    /// The collected tensors by checkpoint key.
     public private(set) var tensors: [String: Tensor] = [:]
+    /// The keys in visiting order (the model's `state_dict` order).
     public private(set) var order: [String] = []
+    /// An empty collector.
     public init() {}
+    /// True: collecting never modifies a tensor.
     public var readsOnly: Bool { true }
+    /// Records `tensor` under `key`.
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
         tensors[key] = tensor
         order.append(key)
@@ -86,8 +102,12 @@ public protocol TensorSource {
 }
 
 extension Dictionary: TensorSource where Key == String, Value == Tensor {
+    /// The dictionary's keys, in no particular order.
     public var tensorNames: [String] { Array(keys) }
+    /// The shape of the tensor named `name`, or nil when absent.
     public func shape(of name: String) -> [Int]? { self[name]?.shape }
+    /// The elements of the tensor named `name` in row-major order.
+    /// - Throws: `TensorError` when there is no such tensor.
     public func floats(_ name: String) throws -> [Float] {
         guard let t = self[name] else { throw TensorError("no tensor named \(name)") }
         return t.scalars
@@ -96,11 +116,16 @@ extension Dictionary: TensorSource where Key == String, Value == Tensor {
 
 /// Why a checkpoint does not fit a model: every missing, unexpected and mis-shaped key at once.
 public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
+    /// The checkpoint's name or path, as given to the loader.
     public var source: String
+    /// Keys the model has and the checkpoint lacks.
     public var missing: [String] = []
+    /// Keys the checkpoint has and the model lacks (sorted; `num_batches_tracked` ignored).
     public var unexpected: [String] = []
+    /// Keys present in both with different shapes: the model's shape, then the checkpoint's.
     public var mismatched: [(key: String, expected: [Int], found: [Int])] = []
 
+    /// Equal when the source and all three key lists (with their shapes) are equal.
     public static func == (a: Self, b: Self) -> Bool {
         a.source == b.source && a.missing == b.missing && a.unexpected == b.unexpected
             && a.mismatched.map { "\($0.key)\($0.expected)\($0.found)" } == b.mismatched.map { "\($0.key)\($0.expected)\($0.found)" }
@@ -110,6 +135,8 @@ public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
     /// each is shortened and its control characters escaped.
     public static let keysShown = 20
 
+    /// `"<source>: weights do not match the model: missing keys: …; unexpected keys: …; mis-shaped keys: …"`,
+    /// at most `keysShown` keys per kind.
     public var description: String {
         func list(_ items: [String]) -> String {
             let shown = items.prefix(Self.keysShown).joined(separator: ", ")
@@ -147,11 +174,13 @@ public final class StrictLoader: ParameterVisitor {
     var seen: Set<String> = []
     var error: WeightLoadingError
 
+    /// A loader taking tensors from `source`; `sourceName` names it in errors.
     public init(source: TensorSource, sourceName: String) {
         self.source = source; self.sourceName = sourceName
         error = WeightLoadingError(source: sourceName)
     }
 
+    /// Replaces `tensor` with the source's tensor `key`, or records the key as missing or mis-shaped.
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
         seen.insert(key)
         guard let shape = source.shape(of: key) else { error.missing.append(key); return }
@@ -160,6 +189,8 @@ public final class StrictLoader: ParameterVisitor {
         tensor = try Tensor(shape: shape, scalars: source.floats(key))
     }
 
+    /// Checks that every key was found with the right shape and that the source has no other keys.
+    /// - Throws: `WeightLoadingError` listing every missing, unexpected and mis-shaped key.
     public func finish() throws {
         error.unexpected = source.tensorNames.filter { !seen.contains($0) && !$0.hasSuffix("num_batches_tracked") }.sorted()
         if !error.missing.isEmpty || !error.unexpected.isEmpty || !error.mismatched.isEmpty { throw error }
@@ -173,10 +204,12 @@ public final class RandomInitializer: ParameterVisitor {
     var rng: SplitMix64
     let std: Float
 
+    /// An initialiser drawing from `SplitMix64(seed:)`, with truncated-normal std `initializerRange` (config.json's `initializer_range`, default 0.02).
     public init(seed: UInt64, initializerRange: Float = 0.02) {
         rng = SplitMix64(seed: seed); std = initializerRange
     }
 
+    /// Replaces `tensor` with its initial value for `kind`.
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {
         switch kind {
         case .weight, .clsToken:
@@ -201,7 +234,9 @@ public struct SplitMix64: RandomNumberGenerator {
     var state: UInt64
     /// The second value of the last Box–Muller pair, not handed out yet.
     var spareGaussian: Float?
+    /// A generator started from `seed`; equal seeds give equal sequences on every platform.
     public init(seed: UInt64) { state = seed }
+    /// The next 64 random bits (SplitMix64).
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state

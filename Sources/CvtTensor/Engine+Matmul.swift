@@ -208,6 +208,7 @@ extension Engine {
         if let pd { dnnl_primitive_desc_destroy(pd) }
         return status == dnnl_success
     }()
+    /// Whether this CPU has oneDNN bfloat16 matmul kernels (`Engine.hasNativeBFloat16`); without them bfloat16 precision is emulated.
     public var hasNativeBFloat16: Bool { Engine.hasNativeBFloat16 }
 
     /// bfloat16 precision on a CPU without bf16 kernels: operands and bf16 outputs are rounded to

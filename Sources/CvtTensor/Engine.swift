@@ -4,8 +4,11 @@ import Foundation
 
 /// A failure inside the compute backend, naming the operation and oneDNN's status.
 public struct EngineError: Error, CustomStringConvertible {
+    /// The operation that failed (e.g. `engine create`, or an attention call with its shape).
     public let operation: String
+    /// oneDNN's status (`dnnl_status2str`, e.g. `unimplemented`), or what else went wrong (e.g. `out of memory`).
     public let status: String
+    /// `"compute backend: <operation> failed (<status>)"`.
     public var description: String { "compute backend: \(operation) failed (\(status))" }
 }
 
@@ -80,6 +83,7 @@ public final class Engine: @unchecked Sendable {
     }
     var _profileTimes: [String: Double] = [:]
     var _profileDetail: [String: Double] = [:]
+    /// Total wall time in ms per operation name (e.g. `matmul`, `conv`), accumulated while `profile` is set; assign `[:]` to reset.
     public var profileTimes: [String: Double] {
         get { callLock.withLock { _profileTimes } }
         set { callLock.withLock { _profileTimes = newValue } }

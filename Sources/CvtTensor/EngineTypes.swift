@@ -15,6 +15,7 @@ public enum ElementType: Hashable, Sendable {
     /// matmul on CPU), widened per call to the engine's precision.
     case float16
 
+    /// Bytes per element: 4 for float32, 2 for bfloat16 and float16.
     public var byteCount: Int { self == .float32 ? 4 : 2 }
     var dnnl: dnnl_data_type_t {
         switch self {
@@ -28,15 +29,21 @@ public enum ElementType: Hashable, Sendable {
 /// A strided view handed to one engine call: a pointer plus dims and element strides.
 /// Lets attention read Q/K/V heads and write merged heads in place, with no split/merge copies.
 public struct StridedView {
+    /// Address of element `[0, 0, …]`.
     public var raw: UnsafeMutableRawPointer
+    /// Extent of each axis, outermost first.
     public var dims: [Int]
+    /// Distance in elements (not bytes) between neighbours along each axis.
     public var strides: [Int]
+    /// Element type of the viewed buffer.
     public var type: ElementType
 
+    /// A float32 view of `pointer` with `dims` and element `strides`.
     public init(_ pointer: UnsafeMutablePointer<Float>, dims: [Int], strides: [Int]) {
         self.init(raw: UnsafeMutableRawPointer(pointer), type: .float32, dims: dims, strides: strides)
     }
 
+    /// A view of a buffer of `type` at `raw` with `dims` and element `strides`.
     public init(raw: UnsafeMutableRawPointer, type: ElementType, dims: [Int], strides: [Int]) {
         self.raw = raw; self.type = type; self.dims = dims; self.strides = strides
     }
@@ -74,7 +81,9 @@ public enum PostOp: Hashable, Sendable {
 public final class ConvWeights: @unchecked Sendable {
     /// PyTorch layout `[out, in/groups, kH, kW]`.
     public let weight: Tensor
+    /// Bias `[out]`, or nil for a convolution without one.
     public let bias: Tensor?
+    /// Number of groups (`groups` of PyTorch's `Conv2d`; the input channel count for a depthwise convolution).
     public let groups: Int
     /// Guards `packed` (engines of several threads may pack at once).
     let lock = NSLock()
@@ -88,6 +97,7 @@ public final class ConvWeights: @unchecked Sendable {
     var depthwiseTaps: Tensor?
     deinit { if let p = panels { RawMemory.free(p.pointer, bytes: p.bytes) } }
 
+    /// Wraps `weight` (`[out, in/groups, kH, kW]`), the optional `bias` `[out]` and the group count; conversions are made lazily per primitive.
     public init(weight: Tensor, bias: Tensor?, groups: Int) {
         self.weight = weight; self.bias = bias; self.groups = groups
     }
@@ -102,12 +112,14 @@ public enum ComputePrecision: String, Sendable, CaseIterable {
 
 /// Constant matmul weights (a layer's parameters): converted once to the engine's precision and kept.
 public final class ConstantWeights: @unchecked Sendable {
+    /// The plain weights, the matmul's right-hand operand (float32, bfloat16 or float16).
     public let view: StridedView
     /// Guards `converted` (engines of several threads may convert at once).
     let lock = NSLock()
     var converted: [ComputePrecision: (pointer: UnsafeMutableRawPointer, bytes: Int, md: dnnl_memory_desc_t)] = [:]
     /// Keeps the viewed storage alive as long as these weights are in use.
     private let owner: Any?
+    /// Wraps `view`; `owner` (e.g. the viewed tensor's storage) is kept alive as long as these weights are.
     public init(_ view: StridedView, owner: Any? = nil) { self.view = view; self.owner = owner }
     // The converted copies come from `BufferPool.take` (kept instead of given back).
     deinit { for c in converted.values { BufferPool.shared.release(c.pointer, bytes: c.bytes) } }
@@ -119,6 +131,7 @@ public final class ConstantWeights: @unchecked Sendable {
 public final class PackedWeights: @unchecked Sendable {
     /// `[K, N]`.
     public let dims: [Int]
+    /// Element type of the packed weights (float32 or bfloat16).
     public let type: ElementType
     let md: dnnl_memory_desc_t
     let pointer: UnsafeMutableRawPointer

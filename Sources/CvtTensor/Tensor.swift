@@ -2,8 +2,11 @@ import Foundation
 
 /// Errors of the tensor core: bad shapes or element counts, named so the caller can tell which.
 public struct TensorError: Error, CustomStringConvertible, Equatable {
+    /// What is wrong, with the shapes or counts involved.
     public let message: String
+    /// Creates an error with `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
 }
 
@@ -82,7 +85,9 @@ final class TensorStorage: @unchecked Sendable {
 /// next pass page-faults and zero-fills it again, every pass. Buffers below `minimumBytes` go straight to malloc; pooled bytes
 /// are capped at `capacityBytes`, beyond which freed buffers are released.
 public final class BufferPool: @unchecked Sendable {
+    /// The process-wide pool that tensor storage is recycled through.
     public static let shared = BufferPool()
+    /// Largest number of bytes kept pooled (default 1 GiB); buffers freed beyond it are released to the system.
     public var capacityBytes = 1 << 30
     let minimumBytes = 256 << 10
     private var free: [Int: [UnsafeMutableRawPointer]] = [:]
@@ -171,7 +176,9 @@ public final class BufferPool: @unchecked Sendable {
 /// A dense scratch buffer of `count` elements of `type` for engine calls (activations that only
 /// engine operations read, e.g. bfloat16 matmul operands). Pooled like tensor storage.
 public struct TypedBuffer: @unchecked Sendable {
+    /// Element type of the buffer.
     public let type: ElementType
+    /// Number of elements (of `type`).
     public let count: Int
     private let storage: TensorStorage
 
@@ -187,6 +194,7 @@ public struct TypedBuffer: @unchecked Sendable {
         type = .float32; count = tensor.count; storage = tensor.storage
     }
 
+    /// Address of the first element.
     public var raw: UnsafeMutableRawPointer { UnsafeMutableRawPointer(storage.pointer) }
 
     /// Dense row-major view of `dims` starting `offset` elements in.
@@ -205,6 +213,7 @@ public struct TypedBuffer: @unchecked Sendable {
 /// Layout is always contiguous row-major over `shape`; views with other strides exist only inside
 /// the engine, for the duration of one operation.
 public struct Tensor: @unchecked Sendable, CustomStringConvertible {
+    /// Dimensions, outermost first (e.g. `[B, C, H, W]`); `[]` for a scalar.
     public private(set) var shape: [Int]
     var storage: TensorStorage
 
@@ -238,6 +247,8 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         return t
     }
 
+    /// A tensor of `shape` holding `scalars` in row-major order.
+    /// - Throws: `TensorError` when a dimension is negative or `scalars.count` is not the product of `shape`.
     public init(shape: [Int], scalars: [Float]) throws {
         guard shape.allSatisfy({ $0 >= 0 }) else { throw TensorError("negative dimension in shape \(shape)") }
         let n = Tensor.elementCount(shape)
@@ -251,6 +262,7 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
+    /// A tensor of `shape` whose element at flat (row-major) index `i` is `generator(i)`.
     public init(shape: [Int], generator: (Int) -> Float) {
         self.shape = shape
         storage = TensorStorage(count: Tensor.elementCount(shape))
@@ -273,10 +285,14 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
 
     static func elementCount(_ shape: [Int]) -> Int { shape.reduce(1, *) }
 
+    /// Number of elements (the product of `shape`).
     public var count: Int { storage.count }
+    /// Number of dimensions.
     public var rank: Int { shape.count }
+    /// A copy of the elements in row-major order.
     public var scalars: [Float] { Array(UnsafeBufferPointer(start: storage.pointer, count: storage.count)) }
 
+    /// The element at row-major position `i` (`0..<count`); setting it copies shared storage first.
     public subscript(flat i: Int) -> Float {
         get { precondition(i >= 0 && i < count, "flat index \(i) out of range 0..<\(count)"); return storage.pointer[i] }
         set {
@@ -301,10 +317,12 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         if !isKnownUniquelyReferenced(&storage) { storage = storage.copy() }
     }
 
+    /// Calls `body` with the elements in row-major order; the buffer is valid only inside `body`.
     public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
         try body(UnsafeBufferPointer(start: storage.pointer, count: storage.count))
     }
 
+    /// Calls `body` with writable elements in row-major order, after giving this tensor its own storage.
     public mutating func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
         makeUnique()
         return try body(UnsafeMutableBufferPointer(start: storage.pointer, count: storage.count))
@@ -324,6 +342,7 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         return t
     }
 
+    /// The shape and the first six values, e.g. `Tensor(shape: [2, 10], values: [0.1, …])`.
     public var description: String {
         let head = (0..<min(count, 6)).map { String(format: "%.6g", storage.pointer[$0]) }.joined(separator: ", ")
         return "Tensor(shape: \(shape), values: [\(head)\(count > 6 ? ", …" : "")])"
@@ -341,6 +360,7 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         return m
     }
 
+    /// Sum of all elements, accumulated in `Double`.
     public func sum() -> Double {
         var s = 0.0
         for i in 0..<count { s += Double(storage.pointer[i]) }

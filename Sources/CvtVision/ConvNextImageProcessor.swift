@@ -11,8 +11,10 @@ import Foundation
 /// 4. normalize `(x − float32(mean)) / float32(std)` in float32.
 /// Output: `pixel_values` float32 `[N, 3, H, W]`, channels R, G, B.
 public struct ConvNextImageProcessor: Sendable {
+    /// The settings applied (a checkpoint's `preprocessor_config.json`).
     public let config: PreprocessorConfig
 
+    /// A processor applying `config`.
     public init(config: PreprocessorConfig) {
         self.config = config
     }

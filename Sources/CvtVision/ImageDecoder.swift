@@ -11,6 +11,7 @@ public enum ImageFormat: String, Sendable {
 public struct DecodedImage: Sendable {
     /// The stored pixels, converted to RGB like Pillow's `convert("RGB")`.
     public let image: RGBImage
+    /// The container format the bytes were in.
     public let format: ImageFormat
     /// Pillow's mode for the stored image ("RGB", "L", "LA", "RGBA", "P", "1", "I;16", "CMYK").
     public let mode: String
@@ -32,6 +33,8 @@ public enum ImageDecoder {
     public static let warningPixels = 89_478_485
 
     /// Decodes and orients an image. `name` is used in error messages.
+    /// - Parameter data: the bytes of a JPEG or PNG file.
+    /// - Parameter name: what error messages call the image (e.g. its path).
     /// - Parameter maxPixels: the largest `width × height` accepted; nil for no limit.
     public static func decode(data: Data, name: String, maxPixels: Int? = defaultMaxPixels) throws -> RGBImage {
         try decodeStored(data: data, name: name, maxPixels: maxPixels).upright

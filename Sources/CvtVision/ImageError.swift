@@ -3,6 +3,7 @@ import Foundation
 /// An image that could not be read or decoded. `file` names the file (or the name given to
 /// `ImageDecoder.decode(data:name:)`), `message` says what is wrong with it.
 public struct ImageError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The category of failure.
     public enum Kind: String, Sendable {
         /// There is no file at the path.
         case fileNotFound
@@ -26,23 +27,31 @@ public struct ImageError: Error, CustomStringConvertible, Equatable, Sendable {
         case outOfMemory
     }
 
+    /// The category of failure.
     public let kind: Kind
+    /// The path, or the name given to `ImageDecoder.decode(data:name:)`.
     public let file: String
+    /// What is wrong with the file or data.
     public let message: String
 
+    /// Creates an error of `kind` about `file`.
     public init(kind: Kind, file: String, message: String) {
         self.kind = kind
         self.file = file
         self.message = message
     }
 
+    /// `"<file>: <message>"`.
     public var description: String { "\(file): \(message)" }
 }
 
 /// A preprocessing request that cannot be carried out: an invalid or unsupported
 /// `preprocessor_config.json`, or a batch whose images end up with different sizes.
 public struct PreprocessingError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// What cannot be done and why, naming the offending key or image.
     public let message: String
+    /// Creates an error with `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
 }

@@ -12,20 +12,31 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         case heightWidth(height: Int, width: Int)
     }
 
+    /// `do_resize`: resize (and crop) to `size` (default true).
     public var doResize: Bool
+    /// `size`: the target size (default shortest edge 384); see `ConvNextImageProcessor` for how it is used.
     public var size: Size?
+    /// `crop_pct`: with a shortest edge below 384, resize to `shortest_edge / crop_pct` then centre-crop (default 0.875).
     public var cropPct: Double?
+    /// `resample`: the PIL filter for resizing (default BICUBIC, code 3).
     public var resample: Resampling?
+    /// `do_rescale`: multiply pixel values by `rescale_factor` (default true).
     public var doRescale: Bool
+    /// `rescale_factor`: the factor for `do_rescale` (default 1/255).
     public var rescaleFactor: Double?
+    /// `do_normalize`: subtract `image_mean` and divide by `image_std` per channel (default true).
     public var doNormalize: Bool
     /// Per-channel mean and std (a scalar in the JSON is stored as three equal values).
     public var imageMean: [Double]?
+    /// `image_std`: per-channel divisor for `do_normalize`.
     public var imageStd: [Double]?
     /// Optional extra crop after the resize (transformers' `do_center_crop` / `crop_size`); off for CvT.
     public var doCenterCrop: Bool
+    /// `crop_size`: the size of the optional `do_center_crop`.
     public var cropSize: Size?
+    /// `image_processor_type`: the processor class name recorded by transformers (e.g. `ConvNextImageProcessor`); informational.
     public var imageProcessorType: String?
+    /// `feature_extractor_type`: the older class name field (e.g. `ConvNextFeatureExtractor`); informational.
     public var featureExtractorType: String?
 
     /// transformers' `ConvNextImageProcessor` class defaults (used for absent keys).
@@ -107,6 +118,10 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         case imageProcessorType = "image_processor_type", featureExtractorType = "feature_extractor_type"
     }
 
+    /// Decodes a `preprocessor_config.json` object: absent keys take the class defaults, `null` is kept
+    /// as nil, a scalar mean/std becomes three equal values, unknown keys are ignored.
+    /// - Throws: `PreprocessingError` for an unsupported `size`, `crop_size` or `resample`;
+    ///   `DecodingError` for a value of the wrong type.
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = PreprocessorConfig()
@@ -208,6 +223,7 @@ public struct PreprocessorConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// Encodes with transformers' key names; nil values are written as `null`.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         func encodeSize(_ s: Size?, _ key: CodingKeys) throws {

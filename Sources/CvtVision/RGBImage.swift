@@ -3,8 +3,11 @@ import Foundation
 /// An 8-bit RGB image: `pixels` holds `height × width × 3` bytes, row-major, channels interleaved
 /// (HWC, the layout of `numpy.asarray(pil_image)` for a mode "RGB" image).
 public struct RGBImage: Equatable, Sendable {
+    /// Width in pixels (columns).
     public let width: Int
+    /// Height in pixels (rows).
     public let height: Int
+    /// `height × width × 3` bytes: rows top to bottom, pixels left to right, R, G, B per pixel.
     public var pixels: [UInt8]
 
     /// - Precondition: `pixels.count == width * height * 3`, sizes not negative.

@@ -15,8 +15,10 @@ import Foundation
 ///         .no_exist/{commit}/{filename}      empty marker: the file does not exist at that commit
 ///     <root>/.locks/models--{org}--{name}/{etag}.lock
 public struct HubCache: Sendable {
+    /// The cache root, the folder holding the `models--…` folders (e.g. `~/.cache/huggingface/hub`).
     public let root: URL
 
+    /// A cache rooted at `root`.
     public init(root: URL) { self.root = root }
 
     /// The root huggingface_hub would use for this environment (see `HubEnvironment.hubCache`).
@@ -29,10 +31,12 @@ public struct HubCache: Sendable {
         "models--" + repo.replacingOccurrences(of: "/", with: "--")
     }
 
+    /// `<root>/models--{org}--{name}/`, the folder of repository `repo` (`org/name`).
     public func repoFolder(repo: String) -> URL {
         root.appendingPathComponent(Self.folderName(repo: repo), isDirectory: true)
     }
 
+    /// `<root>/models--{org}--{name}/snapshots/{commit}/`, the files of `repo` at commit `commit` (a 40-hex hash).
     public func snapshotFolder(repo: String, commit: String) -> URL {
         repoFolder(repo: repo).appendingPathComponent("snapshots", isDirectory: true).appendingPathComponent(commit, isDirectory: true)
     }

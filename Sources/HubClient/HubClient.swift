@@ -15,8 +15,8 @@ public typealias DownloadProgress = @Sendable (_ file: String, _ done: Int64, _ 
 /// Resolves Hub model repositories to local snapshot folders the way huggingface_hub does: the
 /// cache first (no network at all when every file is there), then downloads of the missing files
 /// into the same cache layout, so the Python library and this one share a cache.
-// `configuration` is a class, handed to each URLSession made (which copies it); a client may be
-// shared between tasks as long as that object is not changed meanwhile.
+/// `configuration` is a class, handed to each URLSession made (which copies it); a client may be
+/// shared between tasks as long as that object is not changed meanwhile.
 public struct HubClient: @unchecked Sendable {
     /// The cache root (`HF_HUB_CACHE`, `HUGGINGFACE_HUB_CACHE`, `$HF_HOME/hub`, `~/.cache/huggingface/hub`).
     public var cacheDirectory: URL
@@ -28,16 +28,22 @@ public struct HubClient: @unchecked Sendable {
     public var token: String?
     /// Seconds for the metadata request (`HF_HUB_ETAG_TIMEOUT`) and for a download to stall (`HF_HUB_DOWNLOAD_TIMEOUT`).
     public var etagTimeout: TimeInterval
+    /// `HF_HUB_DOWNLOAD_TIMEOUT`: seconds a download may stall before it counts as failed (default 10).
     public var downloadTimeout: TimeInterval
     /// Tries per file within one call when a download is cut; each try resumes the partial file.
     public var downloadAttempts = 3
+    /// The `User-Agent` header sent with every request.
     public var userAgent = "swift-cvt-hubclient/1.0"
     /// Base URLSession configuration (a private session is made per request so redirects and the
     /// body stream are under this client's control).
     public var configuration: URLSessionConfiguration
 
+    /// The cache at `cacheDirectory`.
     public var cache: HubCache { HubCache(root: cacheDirectory) }
 
+    /// A client configured from `environment` (the `HF_*` variables, as huggingface_hub reads them; see
+    /// `HubEnvironment`), making requests with a copy of `configuration` that has URL caching and
+    /// cookies turned off.
     public init(environment: [String: String] = ProcessInfo.processInfo.environment,
                 configuration: URLSessionConfiguration = .ephemeral) {
         let env = HubEnvironment(environment)

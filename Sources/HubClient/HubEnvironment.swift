@@ -11,8 +11,10 @@ import Foundation
 /// One deliberate difference: a variable set to the empty string counts as unset (Python's
 /// `os.getenv` would use "" and resolve the cache relative to the working directory).
 public struct HubEnvironment: Sendable {
+    /// The environment the settings are read from (variable name to value).
     public var variables: [String: String]
 
+    /// Settings read from `variables` (the process's environment by default).
     public init(_ variables: [String: String] = ProcessInfo.processInfo.environment) {
         self.variables = variables
     }
@@ -64,6 +66,7 @@ public struct HubEnvironment: Sendable {
     /// `HF_HUB_DOWNLOAD_TIMEOUT`: seconds a download may stall, default 10.
     public var downloadTimeout: TimeInterval { seconds("HF_HUB_DOWNLOAD_TIMEOUT") ?? 10 }
 
+    /// True for huggingface_hub's true values: `1`, `ON`, `YES`, `TRUE` (any case, surrounding spaces ignored); false for nil.
     public static func isTrue(_ value: String?) -> Bool {
         guard let v = value?.trimmingCharacters(in: .whitespaces).uppercased() else { return false }
         return ["1", "ON", "YES", "TRUE"].contains(v)

@@ -3,6 +3,7 @@ import Foundation
 /// Why a model could not be resolved or downloaded. The description names the repository, file,
 /// revision, URL and HTTP status that apply, and what to do about it.
 public struct HubError: Error, CustomStringConvertible, LocalizedError {
+    /// The category of failure, for callers that react to some (e.g. retry `.network`, ask for a token on `.unauthorized`).
     public enum Kind: String, Sendable {
         /// Not a valid repo id, revision, file name or model path.
         case invalidReference
@@ -26,14 +27,22 @@ public struct HubError: Error, CustomStringConvertible, LocalizedError {
         case fileSystem
     }
 
+    /// The category of failure.
     public let kind: Kind
+    /// What went wrong and what to do about it, without the details below.
     public let message: String
+    /// The Hub repository id (`org/name`) concerned, when there is one.
     public var repo: String?
+    /// The file within the repository, when there is one.
     public var file: String?
+    /// The revision (branch, tag or commit) concerned, when there is one.
     public var revision: String?
+    /// The URL requested, when the failure concerns a request.
     public var url: String?
+    /// The HTTP status code received, when there was one.
     public var status: Int?
 
+    /// Creates an error of `kind` with `message` and whichever details apply.
     public init(_ kind: Kind, _ message: String, repo: String? = nil, file: String? = nil, revision: String? = nil,
                 url: String? = nil, status: Int? = nil) {
         self.kind = kind
@@ -45,6 +54,7 @@ public struct HubError: Error, CustomStringConvertible, LocalizedError {
         self.status = status
     }
 
+    /// `message` followed by the details that are set, e.g. `"… [repo org/name, revision main, file config.json, HTTP 404]"`.
     public var description: String {
         var details = [String]()
         if let repo { details.append("repo \(repo)") }
@@ -55,6 +65,7 @@ public struct HubError: Error, CustomStringConvertible, LocalizedError {
         return details.isEmpty ? message : "\(message) [\(details.joined(separator: ", "))]"
     }
 
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 
     /// A dropped or timed-out transfer that may succeed when tried again (resuming the partial file).

@@ -43,6 +43,7 @@ public enum ModelReference: Equatable, CustomStringConvertible, Sendable {
         return .hub(repo: repo, revision: revision)
     }
 
+    /// The folder's path, or `org/name` (`org/name@revision` when the revision is not `main`).
     public var description: String {
         switch self {
         case .local(let url): return url.path

@@ -25,12 +25,15 @@ public final class TerminalProgressBar: @unchecked Sendable {
         self.width = width
     }
 
+    /// Whether the process's standard error is a terminal (`isatty(2)`).
     public static var isStandardErrorTerminal: Bool { isatty(STDERR_FILENO) == 1 }
 
+    /// A `DownloadProgress` closure that calls `update(file:done:total:)`; pass it to `HubClient.snapshot`.
     public var callback: DownloadProgress {
         { [self] file, done, total in update(file: file, done: done, total: total) }
     }
 
+    /// Reports `done` of `total` bytes (nil: unknown) of `file` and redraws when due; a new file or a finished one ends the line.
     public func update(file: String, done: Int64, total: Int64?) {
         lock.lock()
         defer { lock.unlock() }

@@ -21,6 +21,7 @@ package struct SHA256: Sendable {
     }
     private var context = Context()
 
+    /// A hasher with nothing hashed yet.
     public init() {}
 
     private mutating func uniqueContext() -> OpaquePointer {
@@ -28,14 +29,17 @@ package struct SHA256: Sendable {
         return context.ctx
     }
 
+    /// Hashes the bytes of `data`.
     public mutating func update(_ data: Data) {
         data.withUnsafeBytes { update($0) }
     }
 
+    /// Hashes `bytes`.
     public mutating func update(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { update($0) }
     }
 
+    /// Hashes the bytes of `buffer` (nothing when it is empty).
     public mutating func update(_ buffer: UnsafeRawBufferPointer) {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         EVP_DigestUpdate(uniqueContext(), base, buffer.count)
@@ -52,12 +56,14 @@ package struct SHA256: Sendable {
     /// Lowercase hex of the digest.
     public mutating func finalizeHex() -> String { Self.hex(finalize()) }
 
+    /// The 32-byte SHA-256 digest of `data`.
     public static func hash(_ data: Data) -> [UInt8] {
         var h = SHA256()
         h.update(data)
         return h.finalize()
     }
 
+    /// The SHA-256 digest of `data` as 64 lowercase hex digits.
     public static func hexDigest(_ data: Data) -> String { hex(hash(data)) }
 
     /// SHA-256 of a file's first `limit` bytes (all of it when nil), read in 1 MiB chunks.

@@ -29,9 +29,11 @@ public final class SafetensorsFile: @unchecked Sendable {
         case memory(Data)
     }
 
+    /// The file's URL, or nil for a reader made with `init(data:name:)`.
     public let url: URL?
     /// The path (or the name given to `init(data:name:)`) used in error messages.
     public let fileName: String
+    /// The header's `__metadata__` string map (empty when absent), e.g. `["format": "pt"]`.
     public let metadata: [String: String]
     /// Tensors sorted by their data offsets (file order).
     public let tensors: [TensorInfo]
@@ -82,6 +84,7 @@ public final class SafetensorsFile: @unchecked Sendable {
 
     // MARK: - Access
 
+    /// The validated header entry of tensor `name`, or nil when the file has no such tensor.
     public func info(_ name: String) -> TensorInfo? {
         guard let i = index[name] else { return nil }
         return tensors[i]

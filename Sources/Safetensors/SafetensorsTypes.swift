@@ -37,22 +37,30 @@ public enum SafetensorsDType: String, Sendable, CaseIterable, Equatable, Hashabl
 /// `file` is the path (or the name given to `SafetensorsFile(data:name:)`, or `"<writer>"`);
 /// `message` names the tensor key and the offending value when there is one.
 public struct SafetensorsError: Error, CustomStringConvertible, Equatable, Sendable, LocalizedError {
+    /// The path, the name given to `SafetensorsFile(data:name:)`, or `"<writer>"`.
     public let file: String
+    /// What is wrong, naming the tensor key and offending value when there is one.
     public let message: String
 
+    /// Creates an error for `file` with `message`.
     public init(file: String, message: String) {
         self.file = file
         self.message = message
     }
 
+    /// `"safetensors '<file>': <message>"`.
     public var description: String { "safetensors '\(file)': \(message)" }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
 /// One tensor's header entry, validated.
 public struct TensorInfo: Sendable, Equatable {
+    /// The tensor's key in the header (e.g. `cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight`).
     public let name: String
+    /// The stored element type (the header's `dtype`).
     public let dtype: SafetensorsDType
+    /// Dimensions as stored (the header's `shape`), outermost first; `[]` for a scalar.
     public let shape: [Int]
     /// Absolute byte offsets in the file (or in the in-memory buffer).
     public let byteRange: Range<Int>

@@ -18,10 +18,12 @@ public struct SafetensorsWriter: Sendable {
         let bytes: [UInt8]
     }
 
+    /// The header's `__metadata__` string map, written first when non-empty (e.g. `["format": "pt"]`).
     public var metadata: [String: String]
     private var entries: [String: Entry] = [:]
     private static let file = "<writer>"
 
+    /// Creates an empty writer with the given `__metadata__`.
     public init(metadata: [String: String] = [:]) {
         self.metadata = metadata
     }

@@ -57,14 +57,18 @@ public enum TFLayout: String, Sendable, Equatable {
 public struct TFMappedName: Sendable, Equatable {
     /// The PyTorch-style key, e.g. `cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight`.
     public let key: String
+    /// How the TF array's axes map onto the PyTorch tensor's.
     public let layout: TFLayout
 
+    /// Creates a mapping of a dataset to PyTorch key `key` with axis layout `layout`.
     public init(key: String, layout: TFLayout) {
         self.key = key
         self.layout = layout
     }
 }
 
+/// transformers' TF→PyTorch weight-name conversion (`convert_tf_weight_name_to_pt_weight_name` in
+/// `modeling_tf_pytorch_utils.py`) and the ranks CvT's keys must have.
 public enum TFNameMapping {
     /// transformers' `convert_tf_weight_name_to_pt_weight_name` (plus the BatchNorm statistics
     /// renames) for a Keras HDF5 dataset at `datasetPath` whose TF shape has rank `rank`.

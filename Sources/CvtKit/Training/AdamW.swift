@@ -2,9 +2,13 @@ import Foundation
 
 /// An optimizer state or call that does not fit the model, naming the parameter.
 public struct OptimizerError: Error, CustomStringConvertible, LocalizedError, Equatable {
+    /// What is wrong, naming the parameter or setting.
     public let message: String
+    /// Creates an error with `message`.
     public init(_ message: String) { self.message = message }
+    /// The message.
     public var description: String { message }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
@@ -20,10 +24,15 @@ public struct OptimizerError: Error, CustomStringConvertible, LocalizedError, Eq
 /// - `fused == true` (`optim="adamw_torch_fused"`, transformers' default with torch ≥ 2.8):
 ///   ATen's fused CPU kernel (native/cpu/FusedAdamKernel.cpp), bit for bit on AVX2/AVX-512 builds.
 public final class AdamW {
+    /// β₁: decay of the first-moment estimate (`betas[0]`).
     public let beta1: Double
+    /// β₂: decay of the second-moment estimate (`betas[1]`).
     public let beta2: Double
+    /// ε added to the denominator.
     public let eps: Double
+    /// Decoupled weight decay applied to the decayed group (`weight_decay`).
     public let weightDecay: Double
+    /// Whether steps follow ATen's fused CPU kernel (`adamw_torch_fused`) instead of the per-op path (`adamw_torch`).
     public let fused: Bool
     /// Parameters in the decayed group (`Trainer.get_decay_parameter_names`); the others get no decay.
     public let decayParameterNames: Set<String>
@@ -32,9 +41,12 @@ public final class AdamW {
     public struct ParameterState: Equatable {
         /// Optimizer steps taken with this parameter (torch keeps a float32 scalar tensor).
         public var step: Int
+        /// `exp_avg`: the first-moment estimate, the parameter's shape.
         public var expAvg: Tensor
+        /// `exp_avg_sq`: the second-moment estimate, the parameter's shape.
         public var expAvgSq: Tensor
 
+        /// Equal when the step counts and both moment tensors (shapes and values) are equal.
         public static func == (a: Self, b: Self) -> Bool {
             a.step == b.step && a.expAvg.shape == b.expAvg.shape && a.expAvg.scalars == b.expAvg.scalars
                 && a.expAvgSq.shape == b.expAvgSq.shape && a.expAvgSq.scalars == b.expAvgSq.scalars

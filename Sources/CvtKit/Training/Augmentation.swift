@@ -32,6 +32,7 @@ public func augmentationGenerator(seed: UInt64, epoch: Int, index: Int) -> Split
     return SplitMix64(seed: h.next() &+ UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15)
 }
 
+/// torchvision's `RandomResizedCrop` crop-box sampling.
 public enum RandomResizedCrop {
     /// torchvision's `RandomResizedCrop.get_params`: (left, top, width, height) of the crop. Ten
     /// tries of a random area fraction and log-uniform aspect ratio; then the central crop with the

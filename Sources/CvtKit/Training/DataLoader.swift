@@ -11,23 +11,36 @@ public protocol TrainingBatchSource: AnyObject, Sendable {
 
 /// Preprocessed tensors are used as they are, whatever the epoch.
 public final class TensorBatchSource: TrainingBatchSource {
+    /// The preprocessed pixel values and labels.
     public let tensors: TrainingTensors
+    /// How errors name the data (e.g. the file's path).
     public let name: String
+    /// A source over `tensors`; `name` appears in validation errors.
     public init(_ tensors: TrainingTensors, name: String = "training data") { self.tensors = tensors; self.name = name }
+    /// Number of items (`pixelValues.shape[0]`).
     public var count: Int { tensors.count }
+    /// The items at `indices` as pixel values `[B, C, H, W]` and labels; `epoch` is ignored.
     public func batch(_ indices: [Int], epoch: Int) throws -> (Tensor, Labels) { try tensors.batch(indices) }
+    /// Checks that the tensors' channels, labels and targets fit `config`.
+    /// - Throws: an error naming `name` when they do not.
     public func validate(for config: CvtConfig) throws { try tensors.validate(for: config, source: name) }
 }
 
 /// Decoded images, augmented (training) or only preprocessed (evaluation, `.none`), then rescaled
 /// and normalized with the processor's mean and std.
 public final class ImageBatchSource: TrainingBatchSource {
+    /// The decoded, labelled images.
     public let dataset: LabeledImageDataset
+    /// The processor whose resize, rescale and normalization are applied (resizing may be replaced by the augmentation).
     public let processor: ConvNextImageProcessor
+    /// The augmentation applied to each training image.
     public let augmentation: Augmentation
+    /// Seeds each image's augmentation per epoch (`augmentationGenerator(seed:epoch:index:)`).
     public let seed: UInt64
     let width: Int, height: Int
 
+    /// A source decoding `dataset`'s images, augmenting them with `augmentation` and normalizing them with `processor`.
+    /// - Throws: `TrainingError.invalidArguments` when the processor does not give every image the same size.
     public init(dataset: LabeledImageDataset, processor: ConvNextImageProcessor, augmentation: Augmentation, seed: UInt64) throws {
         guard let size = processor.outputSize else {
             throw TrainingError.invalidArguments("the image processor keeps every image's size (do_resize and do_center_crop off); training needs one input size")
@@ -36,8 +49,11 @@ public final class ImageBatchSource: TrainingBatchSource {
         width = size.width; height = size.height
     }
 
+    /// Number of images.
     public var count: Int { dataset.count }
 
+    /// The images at `indices`, augmented for `epoch` and normalized, as pixel values `[B, 3, H, W]` and class indices.
+    /// - Throws: `DatasetError` naming the image that could not be decoded or augmented.
     public func batch(_ indices: [Int], epoch: Int) throws -> (Tensor, Labels) {
         let images = try indices.map { i -> RGBImage in
             var rng = augmentationGenerator(seed: seed, epoch: epoch, index: i)
@@ -50,6 +66,8 @@ public final class ImageBatchSource: TrainingBatchSource {
         return (try processor.normalized(images), .classIndices(indices.map { dataset.label(at: $0) }))
     }
 
+    /// Checks that the model takes RGB input and has one output per label of the data set.
+    /// - Throws: `TrainingError.invalidArguments` when it does not.
     public func validate(for config: CvtConfig) throws {
         guard config.numChannels == 3 else {
             throw TrainingError.invalidArguments("images are RGB, but the model expects num_channels = \(config.numChannels)")

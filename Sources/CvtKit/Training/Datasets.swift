@@ -17,10 +17,15 @@ public protocol LabeledImageDataset: Sendable {
 /// name (code points, as Python's `sorted`). Images are found by content, not extension (JPEG and
 /// PNG); files in nested folders count for the label folder they are in. Hidden files are ignored.
 public struct ImageFolderTrainingDataset: LabeledImageDataset {
+    /// The folder holding the label subfolders.
     public let root: URL
+    /// Class names by class index: the label folder names, sorted (or the training set's, for a validation folder).
     public let labelNames: [String]
+    /// Every image file, label folders in `labelNames` order and files sorted by path within each.
     public private(set) var files: [URL]
+    /// The class index of each file in `files`.
     public private(set) var labels: [Int]
+    /// Number of images.
     public var count: Int { files.count }
 
     /// The label folders of `url`, sorted as `imagefolder` sorts label names.
@@ -80,8 +85,12 @@ public struct ImageFolderTrainingDataset: LabeledImageDataset {
         self.labels = labels
     }
 
+    /// The class index of item `index`.
     public func label(at index: Int) -> Int { labels[index] }
+    /// Decodes item `index` as transformers' `load_image` does.
+    /// - Throws: `ImageError` when the file is not a usable JPEG or PNG.
     public func image(at index: Int) throws -> RGBImage { try ImageDecoder.load(contentsOf: files[index]) }
+    /// The file's path.
     public func itemName(_ index: Int) -> String { files[index].path }
 
     /// Drops the items at `indices` (e.g. images that failed the check).
@@ -95,9 +104,13 @@ public struct ImageFolderTrainingDataset: LabeledImageDataset {
 /// A Fashion-MNIST style IDX pair as a training set; IDX has no class names, so they are given
 /// (or "0", "1", …).
 public struct IDXTrainingDataset: LabeledImageDataset {
+    /// The images and labels.
     public let data: IDXDataset
+    /// Class names by class index.
     public let labelNames: [String]
+    /// The path given to `init`, for messages.
     public let path: String
+    /// Number of images.
     public var count: Int { data.count }
 
     /// Whether `url` is a folder holding `<split>-images-idx3-ubyte[.gz]` files.
@@ -124,23 +137,35 @@ public struct IDXTrainingDataset: LabeledImageDataset {
         }
     }
 
+    /// The class index of item `index`.
     public func label(at index: Int) -> Int { data.labels[index] }
+    /// Image `index`, its gray values copied to R, G and B.
     public func image(at index: Int) throws -> RGBImage { data.image(index) }
+    /// `"<path> (<N> images) image <index>"`.
     public func itemName(_ index: Int) -> String { "\(path) (\(data.count) images) image \(index)" }
 }
 
 /// The items of `base` at `indices`, in that order.
 public struct DatasetSubset: LabeledImageDataset {
+    /// The underlying data set.
     public let base: LabeledImageDataset
+    /// The indices into `base` that make up this subset, in order.
     public let indices: [Int]
+    /// The items of `base` at `indices`.
     public init(_ base: LabeledImageDataset, indices: [Int]) { self.base = base; self.indices = indices }
+    /// Number of items (`indices.count`).
     public var count: Int { indices.count }
+    /// The base's class names.
     public var labelNames: [String] { base.labelNames }
+    /// The class index of the subset's item `index` (`base`'s item `indices[index]`).
     public func label(at index: Int) -> Int { base.label(at: indices[index]) }
+    /// Decodes the subset's item `index`.
     public func image(at index: Int) throws -> RGBImage { try base.image(at: indices[index]) }
+    /// The base's name for the underlying item.
     public func itemName(_ index: Int) -> String { base.itemName(indices[index]) }
 }
 
+/// Seeded, reproducible index splits of a data set.
 public enum DatasetSplit {
     /// `Dataset.train_test_split(test_size=fraction)`'s sizes (test = ceil(fraction · n)) with our
     /// seeded permutation: (train indices, held-out indices), each in ascending order.
@@ -168,9 +193,13 @@ public enum DatasetSplit {
 
 /// One image that cannot be used, with the reason.
 public struct BadImage: CustomStringConvertible, Sendable {
+    /// The item's index in its data set.
     public let index: Int
+    /// Where it comes from (`itemName`), e.g. its path.
     public let name: String
+    /// Why it cannot be used (the decoding error).
     public let reason: String
+    /// `"<name>: <reason>"`.
     public var description: String { "\(name): \(reason)" }
 }
 

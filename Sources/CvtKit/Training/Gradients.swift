@@ -3,9 +3,13 @@ import Foundation
 /// Collects every trainable parameter's gradient under its `named_parameters()` name, in the
 /// model's order (a parameter without a gradient yet is reported as zeros).
 public final class GradientCollector: ParameterVisitor {
+    /// Each trainable parameter's name and gradient (its shape), in visiting order.
     public private(set) var gradients: [(name: String, gradient: Tensor)] = []
+    /// An empty collector.
     public init() {}
+    /// Ignores buffers (running statistics): they have no gradient.
     public func visit(_ key: String, _ tensor: inout Tensor, kind: ParameterKind) throws {}
+    /// Records `gradient` under `key`, or zeros of `tensor`'s shape when no backward pass has reached it.
     public func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
         gradients.append((key, gradient.shape == tensor.shape ? gradient : Tensor(zeros: tensor.shape)))
     }
@@ -14,10 +18,14 @@ public final class GradientCollector: ParameterVisitor {
 /// A batch of training data from a safetensors file: preprocessed `pixel_values` `[N, C, H, W]`
 /// (used as they are) and `labels` (int64 `[N]` class indices, or float32 `[N]` / `[N, L]` targets).
 public struct TrainingTensors: Sendable {
+    /// `pixel_values` `[N, C, H, W]`, used as they are.
     public var pixelValues: Tensor
+    /// `labels`: class indices `[N]`, or float targets `[N]` / `[N, L]`.
     public var labels: Labels
+    /// Number of items (`pixelValues.shape[0]`).
     public var count: Int { pixelValues.shape[0] }
 
+    /// A batch of `pixelValues` with `labels` (one per item; not checked until `validate`).
     public init(pixelValues: Tensor, labels: Labels) {
         self.pixelValues = pixelValues; self.labels = labels
     }

@@ -16,6 +16,7 @@ public enum SchedulerType: String, Codable, Sendable, CaseIterable {
         self = t
     }
 
+    /// Decodes a schedule name as `init(name:)` does.
     public init(from decoder: Decoder) throws { try self.init(name: decoder.singleValueContainer().decode(String.self)) }
 }
 
@@ -24,13 +25,20 @@ public enum SchedulerType: String, Codable, Sendable, CaseIterable {
 /// `optimizer.step()` uses) is `base_lr * lambda(k)`. The lambdas are transformers'
 /// `_get_*_lr_lambda` functions (optimization.py), with the same double arithmetic.
 public struct LRScheduler: Sendable, Equatable {
+    /// The schedule's shape (`lr_scheduler_type`).
     public let type: SchedulerType
+    /// The peak learning rate (`learning_rate`), reached at the end of warmup.
     public let baseLearningRate: Double
+    /// Optimizer steps of linear warmup from 0.
     public let numWarmupSteps: Int
+    /// Optimizer steps in all (`max_steps` once resolved).
     public let numTrainingSteps: Int
     /// Cosine waves over the decay (`num_cycles`, 0.5: one half-cosine from base_lr to 0).
     public let numCycles: Double
 
+    /// A schedule of `type`: a linear rise from 0 to `baseLearningRate` over `numWarmupSteps` (none
+    /// for `constant`, as transformers builds it) and, for `linear` and `cosine`, a decay to 0 at
+    /// `numTrainingSteps`.
     public init(type: SchedulerType, baseLearningRate: Double, numWarmupSteps: Int, numTrainingSteps: Int, numCycles: Double = 0.5) {
         self.type = type; self.baseLearningRate = baseLearningRate
         self.numWarmupSteps = numWarmupSteps; self.numTrainingSteps = numTrainingSteps; self.numCycles = numCycles

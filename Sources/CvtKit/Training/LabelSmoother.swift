@@ -9,9 +9,12 @@ import Foundation
 /// divided by the denominator (`numItemsInBatch`, else this batch's labelled rows). Rows labelled
 /// `ignoreIndex` add nothing and get a zero gradient.
 public struct LabelSmoother: Sendable, Equatable {
+    /// ε: the share of the target spread evenly over all labels (`label_smoothing_factor`).
     public var epsilon: Double
+    /// The label value of rows that add nothing to the loss (PyTorch's -100).
     public var ignoreIndex: Int
 
+    /// A smoother with `epsilon` (default 0.1, transformers' `LabelSmoother` default) and `ignoreIndex`.
     public init(epsilon: Double = 0.1, ignoreIndex: Int = -100) {
         self.epsilon = epsilon; self.ignoreIndex = ignoreIndex
     }

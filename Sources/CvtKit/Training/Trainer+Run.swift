@@ -4,10 +4,14 @@ import Foundation
 /// end-of-training summary, with transformers' keys (`loss`, `grad_norm`, `learning_rate`,
 /// `eval_loss`, `eval_accuracy`, `train_runtime`, …).
 public struct TrainerLogRecord: Codable, Sendable, Equatable {
+    /// The logged values by transformers key (everything but `epoch` and `step`).
     public var values: [String: Double]
+    /// `epoch`: fractional epoch at the time of the record.
     public var epoch: Double
+    /// `step`: the optimizer step (global step) at the time of the record.
     public var step: Int
 
+    /// A record of `values` at `epoch` and `step`.
     public init(_ values: [String: Double], epoch: Double, step: Int) {
         self.values = values; self.epoch = epoch; self.step = step
     }
@@ -19,6 +23,7 @@ public struct TrainerLogRecord: Codable, Sendable, Equatable {
         init?(intValue: Int) { nil }
     }
 
+    /// Decodes a flat JSON object: `epoch`, `step`, and every other numeric key into `values` (non-numeric ones are skipped).
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: Key.self)
         var values: [String: Double] = [:]
@@ -33,6 +38,7 @@ public struct TrainerLogRecord: Codable, Sendable, Equatable {
         self.values = values; self.epoch = epoch; self.step = step
     }
 
+    /// Encodes one flat JSON object: `values`, `epoch` and `step`.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: Key.self)
         for (k, v) in values { try c.encode(v, forKey: Key(stringValue: k)) }
@@ -44,22 +50,38 @@ public struct TrainerLogRecord: Codable, Sendable, Equatable {
 /// transformers' `TrainerState` (trainer_callback.py), as `trainer_state.json` holds it, plus the
 /// size of the training set (a resumed run must read the same data).
 public struct TrainerState: Codable, Sendable, Equatable {
+    /// `epoch`: fractional epochs trained so far.
     public var epoch = 0.0
+    /// `global_step`: optimizer steps taken so far.
     public var globalStep = 0
+    /// `max_steps`: optimizer steps of the whole run.
     public var maxSteps: Int
+    /// `num_train_epochs`: epochs of the whole run (rounded up).
     public var numTrainEpochs: Int
+    /// `logging_steps`: steps between training-loss logs.
     public var loggingSteps: Int
+    /// `eval_steps`: steps between evaluations, nil when not evaluating by steps.
     public var evalSteps: Int?
+    /// `save_steps`: steps between checkpoints.
     public var saveSteps: Int
+    /// `train_batch_size`: images per micro-batch.
     public var trainBatchSize: Int
+    /// `best_metric`: the best value of `metric_for_best_model` so far, nil before the first evaluation.
     public var bestMetric: Double?
+    /// `best_global_step`: the step that reached `best_metric`.
     public var bestGlobalStep: Int?
+    /// `best_model_checkpoint`: the path of the checkpoint saved at `best_global_step`.
     public var bestModelCheckpoint: String?
+    /// `log_history`: every log, evaluation and summary record so far, in order.
     public var logHistory: [TrainerLogRecord] = []
+    /// `num_train_examples`: size of the training set (checked when resuming).
     public var numTrainExamples: Int
+    /// `is_local_process_zero`: always true (one process).
     public var isLocalProcessZero = true
+    /// `is_world_process_zero`: always true (one process).
     public var isWorldProcessZero = true
 
+    /// The state at the start of a run: step 0, epoch 0, empty history.
     public init(maxSteps: Int, numTrainEpochs: Int, loggingSteps: Int, evalSteps: Int?, saveSteps: Int, trainBatchSize: Int, numTrainExamples: Int) {
         self.maxSteps = maxSteps; self.numTrainEpochs = numTrainEpochs; self.loggingSteps = loggingSteps
         self.evalSteps = evalSteps; self.saveSteps = saveSteps; self.trainBatchSize = trainBatchSize
@@ -75,6 +97,7 @@ public struct TrainerState: Codable, Sendable, Equatable {
         case isWorldProcessZero = "is_world_process_zero"
     }
 
+    /// Encodes with transformers' keys, unset optionals as `null`.
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(epoch, forKey: .epoch); try c.encode(globalStep, forKey: .globalStep)
@@ -90,12 +113,15 @@ public struct TrainerState: Codable, Sendable, Equatable {
 
 /// What a training step reports to progress displays.
 public struct StepReport: Sendable {
+    /// The step's loss, learning rate, gradient norm, epoch and step.
     public var entry: TrainingLogEntry
+    /// Optimizer steps of the whole run.
     public var totalSteps: Int
     /// Images per second of the steps run so far in this process.
     public var imagesPerSecond: Double
     /// Seconds the steps so far waited for data (decoding, augmentation) in this process.
     public var dataWaitSeconds: Double
+    /// Seconds since the run (or its resumption) started.
     public var elapsedSeconds: Double
     /// Estimated seconds to the last step (evaluations not included).
     public var remainingSeconds: Double
@@ -103,17 +129,21 @@ public struct StepReport: Sendable {
 
 /// Callbacks of `Trainer.run` (all on the training thread).
 public struct TrainerHooks: Sendable {
+    /// Called after every optimizer step.
     public var onStep: (@Sendable (StepReport) -> Void)?
     /// Every record added to `log_history` (training-loss logs, evaluations, the summary).
     public var onLog: (@Sendable (TrainerLogRecord) -> Void)?
     /// Evaluation progress: (images done, images in all).
     public var onEvaluationProgress: (@Sendable (Int, Int) -> Void)?
+    /// Called after a checkpoint folder was written, with its URL.
     public var onSave: (@Sendable (URL) -> Void)?
     /// Polled after every step and evaluation batch: true stops the run at a checkpoint.
     public var shouldStop: (@Sendable () -> Bool)?
+    /// Hooks with no callbacks set.
     public init() {}
 }
 
+/// How `Trainer.run` ended.
 public enum TrainOutcome: Equatable, Sendable {
     case completed
     /// Stopped on request after `step`, with a checkpoint written at `checkpoint`.

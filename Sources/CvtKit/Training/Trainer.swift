@@ -8,6 +8,7 @@ public enum TrainingError: Error, CustomStringConvertible, LocalizedError {
     case invalidArguments(String)
     case outputNotWritable(path: String, reason: String)
 
+    /// What happened and what to do about it.
     public var description: String {
         switch self {
         case let .nonFinite(step, what, value, restored):
@@ -17,6 +18,7 @@ public enum TrainingError: Error, CustomStringConvertible, LocalizedError {
         case let .outputNotWritable(path, reason): return "\(path): the output folder cannot be written (\(reason))"
         }
     }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
@@ -28,7 +30,9 @@ public struct TrainingLogEntry: Codable, Sendable, Equatable {
     public var gradNorm: Double
     /// The learning rate this step used.
     public var learningRate: Double
+    /// `epoch`: fractional epochs completed after this step.
     public var epoch: Double
+    /// `step`: the optimizer step number, from 1.
     public var step: Int
 
     enum CodingKeys: String, CodingKey {
@@ -46,10 +50,15 @@ public struct TrainingLogEntry: Codable, Sendable, Equatable {
 /// Not for use from several tasks at once: one run at a time (the async `run` hands it to a
 /// thread of its own for the run's duration).
 public final class Trainer: @unchecked Sendable {
+    /// The model being trained, in place.
     public let model: CvtForImageClassification
+    /// The training settings (validated).
     public let args: TrainingArguments
+    /// The optimizer, built as transformers' `Trainer.create_optimizer` builds it from `args`.
     public let optimizer: AdamW
+    /// The learning-rate schedule over `totalSteps`.
     public let scheduler: LRScheduler
+    /// The training batches.
     public let trainData: TrainingBatchSource
     /// The evaluation set (`run` evaluates on it as `eval_strategy` says).
     public var evalData: TrainingBatchSource?
@@ -64,6 +73,7 @@ public final class Trainer: @unchecked Sendable {
     public var shuffle: Bool
     /// Dropout, attention dropout and drop path as configured (off: deterministic steps).
     public var stochastic = true
+    /// Optimizer steps taken so far (transformers' `global_step`).
     public internal(set) var globalStep = 0
     /// One entry per optimizer step (what `logging_steps=1` would log).
     public internal(set) var logHistory: [TrainingLogEntry] = []
@@ -76,10 +86,15 @@ public final class Trainer: @unchecked Sendable {
     /// Optimizer steps per pass over the data.
     public let updateStepsPerEpoch: Int
 
+    /// A trainer on preprocessed tensors (`TensorBatchSource`); see `init(model:args:trainSource:evalSource:shuffle:)`.
     public convenience init(model: CvtForImageClassification, args: TrainingArguments, trainData: TrainingTensors, shuffle: Bool = true) throws {
         try self.init(model: model, args: args, trainSource: TensorBatchSource(trainData), shuffle: shuffle)
     }
 
+    /// A trainer of `model` on `trainSource`, evaluating on `evalSource` when given; `shuffle` false keeps data order.
+    /// - Throws: `TrainingArgumentsError` for invalid settings, the source's error when the data do not fit
+    ///   the model, `TrainingError.invalidArguments` when the run would have no optimizer step,
+    ///   `OptimizerError` when AdamW's settings are out of range.
     public init(model: CvtForImageClassification, args: TrainingArguments, trainSource: TrainingBatchSource,
                 evalSource: TrainingBatchSource? = nil, shuffle: Bool = true) throws {
         try args.validate()

@@ -2,10 +2,15 @@ import Foundation
 
 /// A training setting that cannot work, naming the field (by its transformers key) and the value.
 public struct TrainingArgumentsError: Error, CustomStringConvertible, LocalizedError, Equatable {
+    /// The transformers key at fault (e.g. `learning_rate`).
     public let field: String
+    /// What is wrong with it, with the offending value.
     public let message: String
+    /// Creates an error about key `field`.
     public init(field: String, _ message: String) { self.field = field; self.message = message }
+    /// "invalid TrainingArguments: `<field>` <message>".
     public var description: String { "invalid TrainingArguments: `\(field)` \(message)" }
+    /// The same text as `description`, for `LocalizedError`.
     public var errorDescription: String? { description }
 }
 
@@ -34,43 +39,63 @@ public enum OptimizerName: String, Codable, Sendable, CaseIterable {
 public struct TrainingArguments: Codable, Sendable, Equatable {
     /// transformers' dataclass default is None, which `__post_init__` turns into "trainer_output".
     public var outputDir = "trainer_output"
+    /// `learning_rate`: the peak learning rate of the schedule (default 5e-5).
     public var learningRate = 5e-5
+    /// `weight_decay`: AdamW's decoupled weight decay for the decayed group (default 0).
     public var weightDecay = 0.0
+    /// `adam_beta1`: AdamW's first-moment decay (default 0.9).
     public var adamBeta1 = 0.9
+    /// `adam_beta2`: AdamW's second-moment decay (default 0.999).
     public var adamBeta2 = 0.999
+    /// `adam_epsilon`: AdamW's denominator epsilon (default 1e-8).
     public var adamEpsilon = 1e-8
     /// Gradients are clipped to this total 2-norm when it is positive; 0 disables clipping.
     public var maxGradNorm = 1.0
+    /// `num_train_epochs`: epochs to train when `max_steps` is not positive; a fraction trains part of the last epoch (default 3).
     public var numTrainEpochs = 3.0
     /// Positive: the number of optimizer steps, overriding `numTrainEpochs`. Negative: epochs decide.
     public var maxSteps = -1
+    /// `lr_scheduler_type`: the learning-rate schedule (default `linear`).
     public var lrSchedulerType: SchedulerType = .linear
     /// transformers 5 has no `warmup_ratio`: a value ≥ 1 is a step count (truncated), a value in
     /// [0, 1) a fraction of the training steps (rounded up); see `numWarmupSteps(totalSteps:)`.
     public var warmupSteps = 0.0
     /// transformers defaults to "adamw_torch_fused" when torch ≥ 2.8 (training_args.py).
     public var optim: OptimizerName = .adamwTorchFused
+    /// `per_device_train_batch_size`: images per micro-batch (default 8).
     public var perDeviceTrainBatchSize = 8
+    /// `per_device_eval_batch_size`: images per evaluation batch (default 8).
     public var perDeviceEvalBatchSize = 8
+    /// `gradient_accumulation_steps`: micro-batches whose gradients make one optimizer step (default 1).
     public var gradientAccumulationSteps = 1
+    /// `seed`: seeds initialisation, shuffling, augmentation and dropout (default 42).
     public var seed = 42
+    /// `label_smoothing_factor`: ε of `LabelSmoother`, in [0, 1]; 0 uses the model's own loss (default 0).
     public var labelSmoothingFactor = 0.0
+    /// `logging_strategy`: when to log training loss and learning rate (default `steps`).
     public var loggingStrategy: IntervalStrategy = .steps
     /// Steps between logs; a value below 1 is a fraction of the training steps (`computeSteps`).
     public var loggingSteps = 500.0
     /// nil: `logging_steps` when evaluating by steps (`resolvedEvalSteps`).
     public var evalSteps: Double?
+    /// `save_steps`: steps between checkpoints with save strategy `steps`; a value below 1 is a fraction of the training steps (default 500).
     public var saveSteps = 500.0
+    /// `save_total_limit`: how many of the newest `checkpoint-*` folders are kept (older ones are deleted, except the best); nil or 0 keeps all.
     public var saveTotalLimit: Int?
+    /// `load_best_model_at_end`: reload the best checkpoint by `metric_for_best_model` when training ends (default false).
     public var loadBestModelAtEnd = false
     /// nil: "loss" when `load_best_model_at_end` is set (`resolvedMetricForBestModel`).
     public var metricForBestModel: String?
     /// nil: derived from the metric's name (`resolvedGreaterIsBetter`).
     public var greaterIsBetter: Bool?
+    /// `eval_strategy`: when to evaluate on the evaluation set (default `no`).
     public var evalStrategy: IntervalStrategy = .no
+    /// `save_strategy`: when to save a checkpoint (default `steps`).
     public var saveStrategy: SaveStrategy = .steps
+    /// `dataloader_drop_last`: drop each epoch's last partial batch (default false).
     public var dataloaderDropLast = false
 
+    /// transformers' defaults for every field.
     public init() {}
 
     // MARK: derived values (transformers' `__post_init__`)
@@ -89,11 +114,11 @@ public struct TrainingArguments: Codable, Sendable, Equatable {
 
     // MARK: validation
 
-    /// Rejects settings that cannot train (transformers' `_validate_args` checks plus the ranges
-    /// `torch.optim.AdamW` enforces). The first problem found is reported.
     /// The largest batch size and accumulation count accepted.
     public static let maxBatchSize = 65536
 
+    /// Rejects settings that cannot train (transformers' `_validate_args` checks plus the ranges
+    /// `torch.optim.AdamW` enforces). The first problem found is reported.
     public func validate() throws {
         func finite(_ name: String, _ v: Double) throws {
             guard v.isFinite else { throw TrainingArgumentsError(field: name, "must be a finite number, got \(v)") }
@@ -224,6 +249,10 @@ public struct TrainingArguments: Codable, Sendable, Equatable {
     /// Keys of older transformers versions that no longer exist.
     enum RemovedKeys: String, CodingKey { case warmupRatio = "warmup_ratio" }
 
+    /// Decodes a `TrainingArguments` JSON (e.g. a `to_json_string()` dump): missing keys take the
+    /// defaults, unknown keys are ignored, integer fields accept whole floats (`3.0`).
+    /// - Throws: `TrainingArgumentsError` for a non-integer integer field, an unknown strategy, optimizer
+    ///   or schedule name, or a non-zero `warmup_ratio` (removed in transformers 5).
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         func get<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
