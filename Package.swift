@@ -74,6 +74,7 @@ let package = Package(
         .testTarget(name: "CvtTests", dependencies: ["Cvt", "CvtNN", "CvtTensor"]),
         .testTarget(name: "CvtVisionTests", dependencies: ["CvtVision"]),
         .testTarget(name: "CvtKitTests", dependencies: ["CvtKit"]),
+        .testTarget(name: "CvtServerTests", dependencies: ["CvtServer", "CvtKit"], swiftSettings: [.swiftLanguageMode(.v6)]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -10,9 +10,15 @@ public final class ServedModel: @unchecked Sendable {
     public let name: String
     public let pipeline: ImageClassificationPipeline
 
+    /// Sets the model's engine to split batches into parts of one image: a part of several images
+    /// runs taller matmuls, whose kernels may sum in another order, so an image's scores would
+    /// depend on the images it happens to be batched with. One image per part gives each image
+    /// the numbers it gets alone (and from `cvt classify`), whatever the batch.
     public init(name: String, pipeline: ImageClassificationPipeline) {
         self.name = name
         self.pipeline = pipeline
+        pipeline.model.engine.splitsBatches = true
+        pipeline.model.engine.imagesPerPart = 1
     }
 
     public var config: CvtConfig { pipeline.model.config }
