@@ -171,7 +171,7 @@ struct ServeMiddleware: RouterMiddleware {
         let route = context.endpointPath ?? "unmatched"
         metrics.recordRequest(method: request.method.rawValue, route: route, status: response.status.code, duration: duration)
         let remote = context.channel.remoteAddress.flatMap { $0.ipAddress } ?? "-"
-        context.logger.log(level: response.status.code >= 500 ? .warning : .info, "request", metadata: [
+        context.logger.log(level: response.status.code >= 500 && response.status.code != 503 ? .warning : .info, "request", metadata: [
             "method": "\(request.method.rawValue)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
             "duration_ms": "\(String(format: "%.2f", duration.seconds * 1000))", "remote": "\(remote)",
         ])
