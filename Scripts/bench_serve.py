@@ -53,16 +53,17 @@ if __name__ == "__main__":
 
 WRK_SCRIPT = r'''
 local bodies = {}
-for _, path in ipairs({PATHS}) do
+for _, path in ipairs({__PATHS__}) do
   local f = io.open(path, "rb"); bodies[#bodies + 1] = f:read("*a"); f:close()
 end
 local i = 0
-local counts = {ok = 0, e400 = 0, e503 = 0, e5xx = 0, other = 0}
+-- Global: done() reads each thread's counts with thread:get.
+counts = {ok = 0, e400 = 0, e503 = 0, e5xx = 0, other = 0}
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function request()
   i = i % #bodies + 1
-  return wrk.format("POST", "{PATH}", {["Content-Type"] = "application/json"}, bodies[i])
+  return wrk.format("POST", "__PATH__", {["Content-Type"] = "application/json"}, bodies[i])
 end
 function response(status, headers, body)
   if status == 200 then counts.ok = counts.ok + 1
@@ -87,7 +88,7 @@ def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 
 
-def http(port, method, path, body=None, headers=None, timeout=120):
+def http_request(port, method, path, body=None, headers=None, timeout=120):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request(method, path, body=body, headers=headers or {})
@@ -126,7 +127,7 @@ def wait_ready(port, path, proc, limit=300):
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}")
         try:
-            if http(port, "GET", path, timeout=2)[0] == 200:
+            if http_request(port, "GET", path, timeout=2)[0] == 200:
                 return
         except OSError:
             pass
@@ -137,7 +138,7 @@ def wait_ready(port, path, proc, limit=300):
 def run_wrk(port, path, bodies, concurrency, duration, workdir):
     script = os.path.join(workdir, "post.lua")
     with open(script, "w") as f:
-        f.write(WRK_SCRIPT.replace("{PATHS}", ", ".join(json.dumps(b) for b in bodies)).replace("{PATH}", path))
+        f.write(WRK_SCRIPT.replace("__PATHS__", ", ".join(json.dumps(b) for b in bodies)).replace("__PATH__", path))
     threads = min(concurrency, 2)
     out = subprocess.run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{duration}s", "--timeout", "30s",
                           "--latency", "-s", script, f"http://127.0.0.1:{port}{path}"],
@@ -167,7 +168,7 @@ def malformed_mix(port, path, good_bodies, total=400, workers=8):
                     return
                 malformed, body = plan[index[0]]; index[0] += 1
             try:
-                status, data = http(port, "POST", path, body, {"Content-Type": "application/json"})
+                status, data = http_request(port, "POST", path, body, {"Content-Type": "application/json"})
                 ok = (status == 400) if malformed else (status == 200 and isinstance(json.loads(data), list))
             except Exception:
                 status, ok = -1, False
@@ -190,7 +191,7 @@ def bench_server(name, argv, env, port, ready_path, path, bodies, args, workdir)
     try:
         wait_ready(port, ready_path, proc)
         # Ready means able to answer: the first classification (weights packed, pools warm) counts too.
-        status, _ = http(port, "POST", path, open(bodies[0], "rb").read(), {"Content-Type": "application/json"})
+        status, _ = http_request(port, "POST", path, open(bodies[0], "rb").read(), {"Content-Type": "application/json"})
         cold = time.monotonic() - t0
         assert status == 200, f"{name}: first request answered {status}"
         rows = {}
