@@ -49,7 +49,7 @@ final class ShutdownTests: XCTestCase {
         try await server.run.value
     }
 
-    /// The command as a user runs it: port 0 prints the bound address; answers equal
+    /// The command as a user runs it (`--model NAME=PATH`): port 0 prints the bound address; answers equal
     /// `cvt classify --json`; SIGTERM (then SIGINT, on a second server) lets the request in flight
     /// finish and the process exit 0.
     func testServeCommandStopsGracefullyOnSignals() async throws {
@@ -64,7 +64,7 @@ final class ShutdownTests: XCTestCase {
             let process = Process()
             process.executableURL = cvtExecutable
             process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
-            process.arguments = ["serve", "--port", "0", "--model", bundledModel.path, "--threads", "1", "--log-format", "json"]
+            process.arguments = ["serve", "--port", "0", "--model", "fashion=\(bundledModel.path)", "--threads", "1", "--log-format", "json"]
             let stdout = Pipe()
             let logURL = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-serve-\(UUID().uuidString).log")
             FileManager.default.createFile(atPath: logURL.path, contents: nil)
@@ -92,7 +92,8 @@ final class ShutdownTests: XCTestCase {
             }
             let answer: HTTPResult
             do {
-                answer = try await HTTPClient.request(port: port, method: "POST", path: "/", headers: [("Content-Type", "image/png")], body: imageData)
+                answer = try await HTTPClient.request(port: port, method: "POST", path: "/models/fashion", headers: [("Content-Type", "image/png")],
+                                                      body: imageData)
             } catch {
                 return XCTFail("\(error); log: \((try? String(contentsOf: logURL, encoding: .utf8)) ?? "")")
             }
