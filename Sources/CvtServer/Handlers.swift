@@ -159,9 +159,16 @@ struct ServeMiddleware: RouterMiddleware {
         } catch let error as ServeError {
             response = errorResponse(error)
         } catch let error as HTTPError {
-            let type = error.status == .notFound ? "not_found" : error.status == .methodNotAllowed ? "method_not_allowed" : "http_error"
-            let message = error.status == .notFound ? "no route \(request.method) \(request.uri.path)" : (error.body ?? error.status.reasonPhrase)
-            response = errorResponse(ServeError(error.status, type, message))
+            if error.status == .notFound, let allowed = OpenAPIDocument.methods(forPath: request.uri.path) {
+                // A route that exists, asked with another method.
+                response = errorResponse(ServeError(.methodNotAllowed, "method_not_allowed",
+                                                    "\(request.method) is not allowed on \(request.uri.path); use \(allowed)"))
+                response.headers[.allow] = allowed
+            } else if error.status == .notFound {
+                response = errorResponse(ServeError(.notFound, "not_found", "no route \(request.method) \(request.uri.path)"))
+            } else {
+                response = errorResponse(ServeError(error.status, "http_error", error.body ?? error.status.reasonPhrase))
+            }
         } catch let error as any HTTPResponseError {
             response = errorResponse(ServeError(error.status, "http_error", error.status.reasonPhrase))
         } catch {

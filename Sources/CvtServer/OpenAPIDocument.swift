@@ -8,6 +8,16 @@ enum OpenAPIDocument {
         ("get", "/metrics"), ("get", "/openapi.json"),
     ]
 
+    /// The methods a path has (for 405's Allow header), nil for no route.
+    static func methods(forPath path: String) -> String? {
+        var pattern = path
+        if path.hasPrefix("/models/"), path.dropFirst("/models/".count).split(separator: "/", omittingEmptySubsequences: false).count == 1 {
+            pattern = "/models/{name}"
+        }
+        let methods = routes.filter { $0.path == pattern }.map { $0.method.uppercased() }
+        return methods.isEmpty ? nil : methods.joined(separator: ", ")
+    }
+
     static func json(modelNames: [String]) -> Data {
         let object = document(modelNames: modelNames)
         return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data("{}".utf8)
@@ -67,7 +77,8 @@ enum OpenAPIDocument {
             "ClassificationRequest": [
                 "type": "object", "required": ["inputs"], "additionalProperties": false,
                 "properties": [
-                    "inputs": ["type": "string", "description": "The image (JPEG or PNG) in base64; a data:image/…;base64, URI is accepted"],
+                    "inputs": ["type": "string", "minLength": 1, "contentEncoding": "base64", "contentMediaType": "image/*",
+                               "description": "The image (JPEG or PNG) in base64; a data:image/…;base64, URI is accepted"],
                     "parameters": [
                         "type": "object", "additionalProperties": false,
                         "properties": [
