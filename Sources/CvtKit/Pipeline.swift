@@ -192,13 +192,17 @@ public final class ImageClassificationPipeline: Sendable {
     /// clipped to the label count.
     func rank(_ logits: Tensor, topK: Int, function: ClassificationFunction?) -> [[Prediction]] {
         let b = logits.shape[0], n = logits.shape[1]
+        let values = logits.scalars
+        return (0..<b).map { i in rank(logits: Array(values[(i * n)..<((i + 1) * n)]), topK: topK, function: function) }
+    }
+
+    /// The postprocess for one image's logits (a row of `model.logits`), e.g. for batches whose
+    /// images ask for different `top_k` or `function_to_apply`.
+    public func rank(logits: [Float], topK: Int, function: ClassificationFunction?) -> [Prediction] {
         let f = function ?? .default(for: model.config)
         let k = max(0, min(topK, model.config.numLabels))
-        let values = logits.scalars
-        return (0..<b).map { i in
-            let scores = f.apply(Array(values[(i * n)..<((i + 1) * n)]))
-            let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
-            return order.prefix(k).map { Prediction(label: model.config.id2label[$0] ?? "LABEL_\($0)", score: scores[$0]) }
-        }
+        let scores = f.apply(logits)
+        let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+        return order.prefix(k).map { Prediction(label: model.config.id2label[$0] ?? "LABEL_\($0)", score: scores[$0]) }
     }
 }

@@ -111,7 +111,7 @@ struct Cvt: ParsableCommand {
         commandName: "cvt",
         abstract: "Run CvT (Convolutional vision Transformer) image classifiers, with transformers' numbers.",
         version: swiftCvtVersion,
-        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Train.self, Convert.self, Bench.self, BenchPreprocess.self])
+        subcommands: [Classify.self, Preprocess.self, Evaluate.self, Forward.self, Gradients.self, Train.self, Convert.self, Serve.self, Bench.self, BenchPreprocess.self])
 }
 
 struct ThreadOptions: ParsableArguments {
