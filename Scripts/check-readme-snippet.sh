@@ -21,8 +21,11 @@ awk -v out="$work/App" '
 test -s "$work/App/Package.swift" && test -s "$work/App/Sources/App/main.swift" || { echo "README: no Library snippets found" >&2; exit 1; }
 swift build --package-path "$work/App" 2>&1 | grep -E 'error|Compiling|Build' | grep -v '^\[' || true
 test -x "$work/App/.build/debug/App" || { echo "README snippet: the example package did not build" >&2; exit 1; }
-if ls "$work/App/.build/debug/Modules" | grep -q '^ArgumentParser'; then
-    echo "README snippet: swift-argument-parser was compiled for a library user" >&2; exit 1
+# The CLI's and the server's dependencies are resolved but must not be compiled for CvtKit users.
+if ls "$work/App/.build/debug/Modules" | grep -qE '^(ArgumentParser|Hummingbird|NIO|Prometheus|ServiceLifecycle)'; then
+    echo "README snippet: the CLI's or server's dependencies were compiled for a library user:" >&2
+    ls "$work/App/.build/debug/Modules" | grep -E '^(ArgumentParser|Hummingbird|NIO|Prometheus|ServiceLifecycle)' | head >&2
+    exit 1
 fi
 cd "$root"
 OMP_WAIT_POLICY=passive "$work/App/.build/debug/App"
