@@ -193,20 +193,7 @@ struct Bench: ParsableCommand {
     var runMode: BenchMode = .inference
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
-    @Flag(help: "Keep matmul weights in their plain layout instead of oneDNN's blocked one (for comparison).")
-    var plainWeights = false
-    @Flag(help: "Run every operation on all threads instead of splitting the batch across them (for comparison).")
-    var noBatchSplit = false
-    @Option(help: "Kernels for the Linear layers' float32 matmuls: avx2 is our GEMM (default on CPUs without AVX-512).")
-    var linearKernel: KernelChoice?
-    @Option(help: "Kernel for the depthwise Q/K/V convolutions: avx2 is ours (default on CPUs with AVX2 and FMA), onednn for comparison.")
-    var depthwiseKernel: KernelChoice?
-    @Option(help: "Images per part when a batch is split across the threads (0: one part per thread).")
-    var imagesPerPart: Int?
-    @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
-    var noFusedAttention = false
-    @Flag(help: "Time the full forward pass (last hidden state included) instead of the logits only, which skip the last layer's work on tokens other than the CLS (for comparison).")
-    var fullOutput = false
+    @OptionGroup(title: "Comparison switches (change what runs, to compare code paths)") var comparison: ComparisonOptions
     @OptionGroup var threadOptions: ThreadOptions
 
     func run() throws {
@@ -223,18 +210,18 @@ struct Bench: ParsableCommand {
             guard dtype != .float16 else { throw ValidationError("--mode train runs float32 or bfloat16") }
             return try runTrain(engine, precision: dtype.precision)
         }
-        engine.packsWeights = !plainWeights
-        engine.splitsBatches = !noBatchSplit
-        engine.allowsFusedAttention = !noFusedAttention
-        if let imagesPerPart {
+        engine.packsWeights = !comparison.plainWeights
+        engine.splitsBatches = !comparison.noBatchSplit
+        engine.allowsFusedAttention = !comparison.noFusedAttention
+        if let imagesPerPart = comparison.imagesPerPart {
             guard imagesPerPart >= 0 else { throw ValidationError("--images-per-part must be >= 0, got \(imagesPerPart)") }
             engine.imagesPerPart = imagesPerPart
         }
-        if let linearKernel {
+        if let linearKernel = comparison.linearKernel {
             guard linearKernel.kernel.isSupported else { throw ValidationError("--linear-kernel avx2 needs a CPU with AVX2 and FMA") }
             engine.linearKernel = linearKernel.kernel
         }
-        if let depthwiseKernel {
+        if let depthwiseKernel = comparison.depthwiseKernel {
             guard depthwiseKernel.kernel.isSupported else { throw ValidationError("--depthwise-kernel avx2 needs a CPU with AVX2 and FMA") }
             engine.depthwiseKernel = depthwiseKernel.kernel
         }
@@ -254,7 +241,7 @@ struct Bench: ParsableCommand {
         let shape = [batchSize, classifier.config.numChannels, imageSize, imageSize]
         let pixels = Tensor(shape: shape) { _ in rng.nextGaussian() }
         // What `cvt classify` runs (`logits`), or with --full-output everything `CvtForImageClassification` returns.
-        let forward = { fullOutput ? try classifier(pixels).logits : try classifier.logits(pixels) }
+        let forward = { comparison.fullOutput ? try classifier(pixels).logits : try classifier.logits(pixels) }
         for _ in 0..<2 { _ = try forward() }
         // After the warm-up: the first pass packs the matmul weights (blocked layouts may pad them).
         let weightsMB = Double(classifier.parameterBytes) / 1_048_576
@@ -293,13 +280,13 @@ struct Bench: ParsableCommand {
                 "threads": engine.threads, "iterations": iterations, "median_ms": median,
                 "min_ms": times.first ?? 0, "max_ms": times.last ?? 0,
                 "median_ms_per_image": median / Double(batchSize), "images_per_second": ips, "peak_rss_mb": rss,
-                "weights_mb": weightsMB, "weights_layout": plainWeights ? "plain" : "packed", "batch_split": !noBatchSplit, "images_per_part": engine.imagesPerPart,
+                "weights_mb": weightsMB, "weights_layout": comparison.plainWeights ? "plain" : "packed", "batch_split": !comparison.noBatchSplit, "images_per_part": engine.imagesPerPart,
                 "linear_kernel": engine.linearKernel.rawValue, "depthwise_kernel": engine.depthwiseKernel.rawValue,
                 // The code paths oneDNN chose on this CPU (AMX tiles where the CPU has them).
                 "onednn_isa": Engine.backendISA,
                 "onednn_implementations": engine.backendImplementations.mapValues { $0.sorted() },
                 "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
-                "output": fullOutput ? "full" : "logits",
+                "output": comparison.fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": mode.precision == .float32 ? "float32" : Engine.hasNativeBFloat16 ? "bfloat16" : "bfloat16-emulated",
             ]
@@ -376,4 +363,22 @@ struct Convert: ParsableCommand {
             throw error
         }
     }
+}
+
+/// `cvt bench` switches that change which code paths run, to compare them (not needed to time a model).
+struct ComparisonOptions: ParsableArguments {
+    @Flag(help: "Keep matmul weights in their plain layout instead of oneDNN's blocked one (for comparison).")
+    var plainWeights = false
+    @Flag(help: "Run every operation on all threads instead of splitting the batch across them (for comparison).")
+    var noBatchSplit = false
+    @Option(help: "Kernels for the Linear layers' float32 matmuls: avx2 is our GEMM (default on CPUs without AVX-512).")
+    var linearKernel: KernelChoice?
+    @Option(help: "Kernel for the depthwise Q/K/V convolutions: avx2 is ours (default on CPUs with AVX2 and FMA), onednn for comparison.")
+    var depthwiseKernel: KernelChoice?
+    @Option(help: "Images per part when a batch is split across the threads (0: one part per thread).")
+    var imagesPerPart: Int?
+    @Flag(help: "Run attention as oneDNN matmuls and softmax even where the fused AVX2 kernel runs (for comparison).")
+    var noFusedAttention = false
+    @Flag(help: "Time the full forward pass (last hidden state included) instead of the logits only, which skip the last layer's work on tokens other than the CLS (for comparison).")
+    var fullOutput = false
 }

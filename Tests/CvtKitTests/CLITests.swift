@@ -106,6 +106,40 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try SafetensorsFile(url: out).info("pixel_values")?.shape, [1, 3, 224, 224])
     }
 
+    /// `cvt evaluate` on an image folder: its per-image predictions are the pipeline's top labels,
+    /// and the accuracy is computed from them.
+    func testEvaluateImageFolder() throws {
+        let bundled = fixturesRoot.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("models/cvt-fashion-mnist")
+        let config = try CvtConfig.decode(Data(contentsOf: bundled.appendingPathComponent("config.json")))
+        let samples = try FileManager.default.contentsOfDirectory(atPath: bundled.appendingPathComponent("samples").path)
+            .filter { $0.hasSuffix(".png") }.sorted()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cvt-evaluate-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var truth: [String: Int] = [:]
+        for name in samples {
+            let label = Int(name.prefix(2))!
+            let folder = dir.appendingPathComponent(config.id2label[label]!.replacingOccurrences(of: "/", with: "_"))
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(at: bundled.appendingPathComponent("samples/\(name)"), to: folder.appendingPathComponent(name))
+            truth[name] = label
+        }
+        let predictionsFile = dir.appendingPathComponent("predictions.json")
+        let r = try run(["evaluate", "--data", dir.path, "--json", "--batch-size", "4", "--predictions", predictionsFile.path])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], r.stdout)
+        XCTAssertEqual(report["count"] as? Int, samples.count)
+        let predicted = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: predictionsFile)) as? [Int])
+        XCTAssertEqual(predicted.count, samples.count)
+        // The pipeline's top label for each image, in the order evaluate reads the folder (labels sorted).
+        let pipeline = try ImageClassificationPipeline(model: bundled)
+        let ordered = samples.sorted { (config.id2label[truth[$0]!]!.replacingOccurrences(of: "/", with: "_"), $0)
+            < (config.id2label[truth[$1]!]!.replacingOccurrences(of: "/", with: "_"), $1) }
+        let top = try pipeline(ordered.map { bundled.appendingPathComponent("samples/\($0)").path }, topK: 1).map { $0[0].label }
+        XCTAssertEqual(predicted.map { config.id2label[$0]! }, top)
+        let correct = zip(ordered, predicted).filter { truth[$0.0] == $0.1 }.count
+        XCTAssertEqual(report["top1"] as? Double ?? -1, Double(correct) / Double(samples.count), accuracy: 1e-12)
+    }
+
     func testErrorsGoToStderrWithNonZeroExit() throws {
         let dir = fixturesRoot.appendingPathComponent("parity/tiny")
         let missing = try run(["forward", "--model", "/nonexistent/model", "--input", dir.appendingPathComponent("input.safetensors").path,
