@@ -221,6 +221,7 @@ def main():
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-batch-delay-ms", type=float, default=2)
     ap.add_argument("--only", choices=["cvt", "litserve"], default=None)
+    ap.add_argument("--cvt-dtype", default="float32", help="cvt serve --dtype (float32 is transformers' numbers, as the baseline)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk not found: apt-get install -y wrk")
@@ -254,7 +255,7 @@ ConvNextImageProcessorPil(size={{"shortest_edge": 224}}, crop_pct=0.875, resampl
         port = free_port()
         results["cvt serve"] = bench_server("cvt", [cvt, "serve", "--model", model, "--port", str(port), "--threads", str(args.threads),
                                                     "--max-batch-size", str(args.max_batch_size), "--max-batch-delay-ms", str(args.max_batch_delay_ms),
-                                                    "--log-level", "warning"], env, port, "/ready", "/", bodies, args, work)
+                                                    "--dtype", args.cvt_dtype, "--log-level", "warning"], env, port, "/ready", "/", bodies, args, work)
     if args.only in (None, "litserve"):
         app = os.path.join(work, "litserve_app.py")
         with open(app, "w") as f:
