@@ -64,15 +64,36 @@ public final class TerminalProgressBar: @unchecked Sendable {
         currentFile = nil
     }
 
+    /// Progress of counted work (images evaluated, say): `label [####------] done/total`, redrawn
+    /// as `update` is, ending the line when `done` reaches `total`.
+    public func update(count done: Int, of total: Int, label: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = Date()
+        guard done >= total || now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+        lastDraw = now
+        let fraction = total > 0 ? Double(done) / Double(total) : 1
+        emit("\r\(label) [\(Self.bar(fraction, width: width))] \(done)/\(total)\u{1B}[K")
+        lineOpen = true
+        if done >= total {
+            emit("\n")
+            lineOpen = false
+        }
+    }
+
+    /// `width` characters, the `fraction` (clamped to 0…1) of them `#`, the rest `-`.
+    public static func bar(_ fraction: Double, width: Int) -> String {
+        let filled = Int(min(1, max(0, fraction)) * Double(width))
+        return String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+    }
+
     /// The text of one progress line.
     public static func line(file: String, done: Int64, total: Int64?, width: Int = 30) -> String {
         let mb = { (n: Int64) in String(format: "%.1f", Double(n) / 1_000_000) }
         guard let total, total > 0 else { return "\(file) \(mb(done)) MB" }
         let fraction = min(1, max(0, Double(done) / Double(total)))
-        let filled = Int(fraction * Double(width))
-        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
         let percent = String(format: "%3d%%", Int(fraction * 100))
-        return "\(file) [\(bar)] \(percent)  \(mb(done))/\(mb(total)) MB"
+        return "\(file) [\(bar(fraction, width: width))] \(percent)  \(mb(done))/\(mb(total)) MB"
     }
 
     private func emit(_ s: String) {

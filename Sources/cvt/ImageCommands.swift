@@ -171,12 +171,9 @@ struct Evaluate: ParsableCommand {
             label = { set.items[$0].label }
         }
         let n = min(count, limit ?? count)
-        let tty = isatty(STDERR_FILENO) == 1
+        let bar = TerminalProgressBar()
         let result = try Evaluator.evaluate(pipeline: pipeline, count: n, batchSize: batchSize, image: image, label: label) { done, total in
-            guard tty else { return }
-            let width = 30, filled = done * width / max(total, 1)
-            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-            FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total)\(done == total ? "\n" : "")".utf8))
+            bar?.update(count: done, of: total, label: "evaluating")
         }
         if let predictions {
             try JSONSerialization.data(withJSONObject: result.predictions, options: [.withoutEscapingSlashes]).write(to: URL(fileURLWithPath: predictions))

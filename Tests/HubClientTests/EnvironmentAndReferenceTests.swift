@@ -60,6 +60,8 @@ final class EnvironmentTests: XCTestCase {
         XCTAssertEqual(TerminalProgressBar.line(file: "m.bin", done: 500_000, total: 1_000_000, width: 10),
                        "m.bin [#####-----]  50%  0.5/1.0 MB")
         XCTAssertEqual(TerminalProgressBar.line(file: "m.bin", done: 2_000_000, total: nil), "m.bin 2.0 MB")
+        XCTAssertEqual(TerminalProgressBar.bar(0.25, width: 8), "##------")
+        XCTAssertEqual(TerminalProgressBar.bar(1.5, width: 4), "####")
     }
 }
 
