@@ -87,8 +87,13 @@ final class TensorStorage: @unchecked Sendable {
 public final class BufferPool: @unchecked Sendable {
     /// The process-wide pool that tensor storage is recycled through.
     public static let shared = BufferPool()
-    /// Largest number of bytes kept pooled (default 1 GiB); buffers freed beyond it are released to the system.
-    public var capacityBytes = 1 << 30
+    private var _capacityBytes = 1 << 30
+    /// Largest number of bytes kept pooled (default 1 GiB); buffers freed beyond it are released to
+    /// the system. Read and set under the pool's lock, so any thread may change it.
+    public var capacityBytes: Int {
+        get { lock.withLock { _capacityBytes } }
+        set { lock.withLock { _capacityBytes = max(0, newValue) } }
+    }
     let minimumBytes = 256 << 10
     private var free: [Int: [UnsafeMutableRawPointer]] = [:]
     private var pooledBytes = 0
@@ -145,7 +150,7 @@ public final class BufferPool: @unchecked Sendable {
         let bytes = requested >= minimumBytes ? Self.sizeClass(requested) : requested
         if bytes >= minimumBytes {
             lock.lock()
-            if pooledBytes + bytes <= capacityBytes {
+            if pooledBytes + bytes <= _capacityBytes {
                 free[bytes, default: []].append(p)
                 pooledBytes += bytes
                 lock.unlock()
