@@ -159,8 +159,8 @@ extension Engine {
             }
             a = StridedView(dense: buffer(src.type, k), type: src.type, dims: [rows, k])
             c = StridedView(dense: buffer(dst.type, n), type: dst.type, dims: [rows, n])
-            try copy(src, into: StridedView(raw: a.raw, type: a.type, dims: [m, k], strides: [k, 1]))
-            if postOps.contains(.accumulate) { try copy(dst, into: StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1])) }
+            try copyRows(src, into: StridedView(raw: a.raw, type: a.type, dims: [m, k], strides: [k, 1]))
+            if postOps.contains(.accumulate) { try copyRows(dst, into: StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1])) }
         }
         let key = MatmulKey(src: a.dims, srcStrides: a.strides, wei: packed.dims, weiStrides: [], dst: c.dims,
                             dstStrides: c.strides, bias: bias != nil, postOps: postOps, precision: precision,
@@ -168,7 +168,7 @@ extension Engine {
         let source = try kernelOperand(a, scratch: &scratch)
         try runMatmul(key, src: source, weights: (packed.md, packed.pointer), bias: bias, dst: c, postOps: postOps,
                       scratch: &scratch, name: "\(src.dims)x\(packed.dims)")
-        if m < Self.minimumBlockedRows { try copy(StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1]), into: dst) }
+        if m < Self.minimumBlockedRows { try copyRows(StridedView(raw: c.raw, type: c.type, dims: [m, n], strides: [n, 1]), into: dst) }
     }
 
     /// Rows below which oneDNN 2.6 runs a matmul on blocked weights with its reference kernel.

@@ -32,6 +32,19 @@ extension Engine {
         return (buffer, dstMD, bytes)
     }
 
+    /// `copy` for `[rows, cols]` views of one element type whose rows are contiguous: a memcpy per
+    /// row (a few rows of the padded small-M matmuls), where a reorder primitive costs a call each.
+    func copyRows(_ src: StridedView, into dst: StridedView) throws {
+        guard src.type == dst.type, src.dims == dst.dims, src.dims.count == 2,
+              src.strides[1] == 1 || src.dims[1] <= 1, dst.strides[1] == 1 || dst.dims[1] <= 1 else {
+            return try copy(src, into: dst)
+        }
+        let rowBytes = src.dims[1] * src.type.byteCount
+        for r in 0..<src.dims[0] {
+            (dst.raw + r * dst.strides[0] * dst.type.byteCount).copyMemory(from: src.raw + r * src.strides[0] * src.type.byteCount, byteCount: rowBytes)
+        }
+    }
+
     /// Copies `src` into `dst` (same dims, any strides), converting the element type (to bfloat16:
     /// rounded to nearest even). Reorder primitives are cached per shape.
     func copy(_ src: StridedView, into dst: StridedView) throws {
