@@ -10,6 +10,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include "vecmath.h"
 
 // Threads for `work` units of about one float each: memory-bound work below 64k values is not
 // worth a hand-off.
@@ -32,25 +33,6 @@ typedef struct {
     const float *w, *b; float eps; int bf16;
     float *mean, *rstd;  // per-row statistics for a backward pass, when not NULL
 } ln_job;
-
-// Float32 → bfloat16 bits, rounded to nearest even (NaN → 0x7FC0), as oneDNN's reorder.
-__attribute__((target("avx2,fma"))) static inline __m128i bf16_bits(__m256 x) {
-    __m256i bits = _mm256_castps_si256(x);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
-    // 32-bit lanes → 16-bit: pack within 128-bit halves, then gather the two halves' low quads.
-    __m256i packed = _mm256_packus_epi32(r, r);
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
-}
-
-static inline uint16_t bf16_bits_scalar(float x) {
-    if (x != x) return 0x7FC0;
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
-}
 
 __attribute__((target("avx2,fma"))) static void ln_rows(const ln_job *j, long r0, long r1) {
     int cols = j->cols, vec = cols / 8 * 8;

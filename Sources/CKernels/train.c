@@ -13,11 +13,11 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include "vecmath.h"
 #define CK_X86 1
 #else
 #define CK_X86 0
 #endif
+#include "vecmath.h"
 
 static int scalar_only;
 void ck_train_set_scalar(int scalar) { scalar_only = scalar != 0; }
@@ -404,6 +404,111 @@ void ck_gelu_backward(const float *x, const float *dy, float *dx, long count) {
     run_ranges(gelu_backward_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
 }
 
+// ---- GELU between two bf16 matmuls (bfloat16 precision) ----
+//
+// As autocast runs an MLP: the first Linear's output is rounded to bfloat16 (kept for the
+// backward), GELU is computed from that in float32 and its result rounded to bfloat16, the second
+// Linear's operand. Nothing float32 of the [rows, 4·C] activation stays alive.
+
+typedef struct { const float *x; const float *dy; uint16_t *xb, *yb; float *dx; int vec; } gelu_bf16_job;
+
+#if CK_X86
+__attribute__((target("avx2,fma"))) static void gelu_bf16_avx2(const gelu_bf16_job *j, long b, long e) {
+    long i = b;
+    for (; i + 8 <= e; i += 8) {
+        __m128i xb = bf16_bits(_mm256_loadu_ps(j->x + i));
+        _mm_storeu_si128((__m128i *)(j->xb + i), xb);
+        __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(xb), 16));
+        _mm_storeu_si128((__m128i *)(j->yb + i), bf16_bits(gelu_ps(x)));
+    }
+    for (; i < e; i++) {
+        uint16_t xb = bf16_bits_scalar(j->x[i]);
+        j->xb[i] = xb;
+        float t[8] = {bf16_widen_scalar(xb)}, u[8];
+        _mm256_storeu_ps(u, gelu_ps(_mm256_loadu_ps(t)));
+        j->yb[i] = bf16_bits_scalar(u[0]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void gelu_backward_bf16_avx2(const gelu_bf16_job *j, long b, long e) {
+    long i = b;
+    for (; i + 8 <= e; i += 8)
+        _mm256_storeu_ps(j->dx + i, gelu_grad8(bf16_widen(j->xb + i), _mm256_loadu_ps(j->dy + i)));
+    for (; i < e; i++) {
+        float t[8] = {bf16_widen_scalar(j->xb[i])}, g[8] = {j->dy[i]}, u[8];
+        _mm256_storeu_ps(u, gelu_grad8(_mm256_loadu_ps(t), _mm256_loadu_ps(g)));
+        j->dx[i] = u[0];
+    }
+}
+#endif
+
+static void gelu_bf16_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    gelu_bf16_job *j = ctx;
+#if CK_X86
+    if (j->vec) { gelu_bf16_avx2(j, b, e); return; }
+#endif
+    for (long i = b; i < e; i++) {
+        uint16_t xb = bf16_bits_scalar(j->x[i]);
+        double x = bf16_widen_scalar(xb);
+        j->xb[i] = xb;
+        j->yb[i] = bf16_bits_scalar((float)(x * phi_scalar(x)));
+    }
+}
+
+static void gelu_backward_bf16_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    gelu_bf16_job *j = ctx;
+#if CK_X86
+    if (j->vec) { gelu_backward_bf16_avx2(j, b, e); return; }
+#endif
+    for (long i = b; i < e; i++) {
+        double x = bf16_widen_scalar(j->xb[i]);
+        j->dx[i] = (float)((double)j->dy[i] * (phi_scalar(x) + x * exp(-0.5 * x * x) * INV_SQRT_2PI));
+    }
+}
+
+// y_bf16 = bf16(GELU(x_bf16)): the second output of ck_gelu_forward_bf16 again, bit for bit, from
+// its first (the backward recomputes the activation instead of keeping it).
+#if CK_X86
+__attribute__((target("avx2,fma"))) static void gelu_bf16_again_avx2(const gelu_bf16_job *j, long b, long e) {
+    long i = b;
+    for (; i + 8 <= e; i += 8) _mm_storeu_si128((__m128i *)(j->yb + i), bf16_bits(gelu_ps(bf16_widen(j->xb + i))));
+    for (; i < e; i++) {
+        float t[8] = {bf16_widen_scalar(j->xb[i])}, u[8];
+        _mm256_storeu_ps(u, gelu_ps(_mm256_loadu_ps(t)));
+        j->yb[i] = bf16_bits_scalar(u[0]);
+    }
+}
+#endif
+
+static void gelu_bf16_again_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    gelu_bf16_job *j = ctx;
+#if CK_X86
+    if (j->vec) { gelu_bf16_again_avx2(j, b, e); return; }
+#endif
+    for (long i = b; i < e; i++) {
+        double x = bf16_widen_scalar(j->xb[i]);
+        j->yb[i] = bf16_bits_scalar((float)(x * phi_scalar(x)));
+    }
+}
+
+void ck_gelu_bf16(const uint16_t *x_bf16, uint16_t *y_bf16, long count) {
+    gelu_bf16_job j = {NULL, NULL, (uint16_t *)x_bf16, y_bf16, NULL, vector_path()};
+    run_ranges(gelu_bf16_again_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
+}
+
+void ck_gelu_forward_bf16(const float *x, uint16_t *x_bf16, uint16_t *y_bf16, long count) {
+    gelu_bf16_job j = {x, NULL, x_bf16, y_bf16, NULL, vector_path()};
+    run_ranges(gelu_bf16_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
+}
+
+void ck_gelu_backward_bf16(const uint16_t *x_bf16, const float *dy, float *dx, long count) {
+    gelu_bf16_job j = {NULL, dy, (uint16_t *)x_bf16, NULL, dx, vector_path()};
+    run_ranges(gelu_backward_bf16_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
+}
+
 // ==== softmax over the last axis ====
 
 typedef struct { const float *x, *dp; float *p; int cols; float scale; int vec; } sm_job;
@@ -536,6 +641,64 @@ static void softmax_backward_range(void *ctx, long r0, long r1, int member) {
         float d = (float)dot;
         for (int i = 0; i < cols; i++) ds[i] = j->scale * p[i] * (dp[i] - d);
     }
+}
+
+// The same from bfloat16 probabilities (what the bf16 forward kept), writing dS as bfloat16 (the
+// operand of the two matmuls that follow): the arithmetic of the float32 kernel on the widened
+// probabilities, then one rounding, without a float32 copy of either [rows, cols] array.
+typedef struct { const uint16_t *p; const float *dp; uint16_t *ds; int cols; float scale; int vec; } smb_job;
+
+#if CK_X86
+__attribute__((target("avx2,fma"))) static void softmax_backward_bf16_avx2(smb_job *j, long r0, long r1) {
+    int cols = j->cols, vec = cols / 8 * 8;
+    for (long r = r0; r < r1; r++) {
+        const uint16_t *p = j->p + r * cols;
+        const float *dp = j->dp + r * cols;
+        uint16_t *ds = j->ds + r * cols;
+        __m256d dlo = _mm256_setzero_pd(), dhi = dlo;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        int i = 0;
+        for (; i + 16 <= vec; i += 16) {
+            s0 = _mm256_fmadd_ps(bf16_widen(p + i), _mm256_loadu_ps(dp + i), s0);
+            s1 = _mm256_fmadd_ps(bf16_widen(p + i + 8), _mm256_loadu_ps(dp + i + 8), s1);
+            if ((i & 255) == 240) { add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1)); s0 = _mm256_setzero_ps(); s1 = s0; }
+        }
+        for (; i < vec; i += 8) s0 = _mm256_fmadd_ps(bf16_widen(p + i), _mm256_loadu_ps(dp + i), s0);
+        add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1));
+        double dot = hsum_pd(_mm256_add_pd(dlo, dhi));
+        for (; i < cols; i++) dot += (double)bf16_widen_scalar(p[i]) * dp[i];
+        float d = (float)dot, sc = j->scale;
+        __m256 vd = _mm256_set1_ps(d), vs = _mm256_set1_ps(sc);
+        for (i = 0; i < vec; i += 8)
+            _mm_storeu_si128((__m128i *)(ds + i),
+                             bf16_bits(_mm256_mul_ps(_mm256_mul_ps(vs, bf16_widen(p + i)), _mm256_sub_ps(_mm256_loadu_ps(dp + i), vd))));
+        for (; i < cols; i++) ds[i] = bf16_bits_scalar(sc * bf16_widen_scalar(p[i]) * (dp[i] - d));
+    }
+}
+#endif
+
+static void softmax_backward_bf16_range(void *ctx, long r0, long r1, int member) {
+    (void)member;
+    smb_job *j = ctx;
+#if CK_X86
+    if (j->vec) { softmax_backward_bf16_avx2(j, r0, r1); return; }
+#endif
+    int cols = j->cols;
+    for (long r = r0; r < r1; r++) {
+        const uint16_t *p = j->p + r * cols;
+        const float *dp = j->dp + r * cols;
+        uint16_t *ds = j->ds + r * cols;
+        double dot = 0.0;
+        for (int i = 0; i < cols; i++) dot += (double)bf16_widen_scalar(p[i]) * dp[i];
+        float d = (float)dot;
+        for (int i = 0; i < cols; i++) ds[i] = bf16_bits_scalar(j->scale * bf16_widen_scalar(p[i]) * (dp[i] - d));
+    }
+}
+
+void ck_softmax_backward_bf16(const uint16_t *p, const float *dp, uint16_t *ds, long rows, int cols, float scale) {
+    if (rows <= 0 || cols <= 0) return;
+    smb_job j = {p, dp, ds, cols, scale, vector_path()};
+    run_ranges(softmax_backward_bf16_range, &j, rows, 1, threads_for((double)rows * cols * 2, rows));
 }
 
 void ck_softmax_forward(const float *x, float *p, long rows, int cols) {

@@ -66,5 +66,39 @@ __attribute__((target("avx2,fma"))) static inline __m256 gelu_derivative_ps(__m2
     return _mm256_fmadd_ps(x, pdf, cdf);
 }
 
+// Float32 → bfloat16 bits, rounded to nearest even (NaN → 0x7FC0), as oneDNN's reorder.
+__attribute__((target("avx2,fma"))) static inline __m128i bf16_bits(__m256 x) {
+    __m256i bits = _mm256_castps_si256(x);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+    // 32-bit lanes → 16-bit: pack within 128-bit halves, then gather the two halves' low quads.
+    __m256i packed = _mm256_packus_epi32(r, r);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+
+// Eight bfloat16 values (bits) → float32, exactly.
+__attribute__((target("avx2,fma"))) static inline __m256 bf16_widen(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
 #endif
+
+#include <stdint.h>
+#include <string.h>
+
+static inline uint16_t bf16_bits_scalar(float x) {
+    if (x != x) return 0x7FC0;
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+}
+
+static inline float bf16_widen_scalar(uint16_t b) {
+    uint32_t bits = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
 #endif

@@ -168,32 +168,41 @@ extension CvtSelfAttention {
     func backward(_ ctx: TrainingContext, _ s: Saved, dContext: Tensor) throws -> Tensor {
         let engine = ctx.engine, c = dim, heads = numHeads, d = c / heads, b = s.b, tq = s.tq, tk = s.tk
         let dctx = engine.matmulOperand(splitHeads(dContext, b: b, t: tq, heads: heads, d: d))
-        // ctx = P·V: dP = dctx·Vᵀ, dV = Pᵀ·dctx.
-        var dp = Tensor(uninitialized: [b, heads, tq, tk])
-        try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(dctx), b: TypedOperand(s.v), transposeB: true, c: dp.unsafePointer, batch: b * heads)
-        let dv = Tensor(uninitialized: [b, heads, tk, d])
-        try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(s.dropped), transposeA: true, b: TypedOperand(dctx), c: dv.unsafePointer,
-                        batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
-        dp = Dropout.backward(s.dropMask, dy: dp)
-        // Softmax and the scale: dS = scale·P·(dP − Σ P·dP).
-        dp.makeUnique()
-        // bf16 probabilities are widened (exactly) for the softmax backward.
-        var widened: Tensor?
-        if s.probs.type != .float32 {
-            let t = Tensor(uninitialized: [s.probs.count])
-            Kernels.fromBFloat16(s.probs.raw, t.unsafePointer, count: s.probs.count)
-            widened = t
-        }
-        let p = widened?.unsafePointer ?? s.probs.raw.assumingMemoryBound(to: Float.self)
-        withExtendedLifetime(widened) {
-            Kernels.softmaxBackward(p: p, dp: dp.unsafePointer, ds: dp.unsafePointer, rows: b * heads * tq, cols: tk, scale: scale)
-        }
-        let ds = engine.matmulOperand(dp)
         let dq = Tensor(uninitialized: [b, heads, tq, d]), dk = Tensor(uninitialized: [b, heads, tk, d])
-        try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(ds), b: TypedOperand(s.k), c: dq.unsafePointer, batch: b * heads,
-                        batchStrides: (tq * tk, tk * d, tq * d))
-        try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(ds), transposeA: true, b: TypedOperand(s.q), c: dk.unsafePointer,
-                        batch: b * heads, batchStrides: (tq * tk, tq * d, tk * d))
+        let dv = Tensor(uninitialized: [b, heads, tk, d])
+        // Images in chunks: dP and dS are [B, heads, Tq, Tk] (stage 1 of cvt-13: 10 MB per image),
+        // the largest arrays of a step, and nothing needs them beyond their chunk.
+        let perImage = heads * tq * tk
+        let chunk = max(1, min(b, ctx.attentionChunkBytes / max(1, perImage * MemoryLayout<Float>.stride)))
+        for i0 in stride(from: 0, to: b, by: chunk) {
+            let nb = min(chunk, b - i0), n = nb * heads
+            let pOff = i0 * perImage, qOff = i0 * heads * tq * d, kOff = i0 * heads * tk * d
+            // ctx = P·V: dP = dctx·Vᵀ, dV = Pᵀ·dctx.
+            let dp = Tensor(uninitialized: [nb, heads, tq, tk])
+            try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(dctx, offset: qOff), b: TypedOperand(s.v, offset: kOff), transposeB: true,
+                            c: dp.unsafePointer, batch: n)
+            try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(s.dropped, offset: pOff), transposeA: true, b: TypedOperand(dctx, offset: qOff),
+                            c: dv.unsafePointer + kOff, batch: n, batchStrides: (tq * tk, tq * d, tk * d))
+            if let mask = s.dropMask {
+                let m = mask.unsafePointer + pOff, g = dp.unsafePointer
+                for j in 0..<dp.count { g[j] *= m[j] }
+            }
+            // Softmax and the scale: dS = scale·P·(dP − Σ P·dP).
+            let ds: TypedBuffer
+            if s.probs.type == .bfloat16 {
+                // bf16 probabilities in, the bf16 operand of the two matmuls below out.
+                ds = TypedBuffer(type: .bfloat16, count: dp.count)
+                Kernels.softmaxBackwardBFloat16(p: s.probs.raw + pOff * 2, dp: dp.unsafePointer, ds: ds.raw, rows: n * tq, cols: tk, scale: scale)
+            } else {
+                Kernels.softmaxBackward(p: s.probs.raw.assumingMemoryBound(to: Float.self) + pOff, dp: dp.unsafePointer, ds: dp.unsafePointer,
+                                        rows: n * tq, cols: tk, scale: scale)
+                ds = engine.matmulOperand(dp)
+            }
+            try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(ds), b: TypedOperand(s.k, offset: kOff), c: dq.unsafePointer + qOff, batch: n,
+                            batchStrides: (tq * tk, tk * d, tq * d))
+            try engine.gemm(m: tk, n: d, k: tq, a: TypedOperand(ds), transposeA: true, b: TypedOperand(s.q, offset: qOff), c: dk.unsafePointer + kOff,
+                            batch: n, batchStrides: (tq * tk, tq * d, tk * d))
+        }
         let grads = [mergeHeads(dq, b: b, t: tq, heads: heads, d: d), mergeHeads(dk, b: b, t: tk, heads: heads, d: d),
                      mergeHeads(dv, b: b, t: tk, heads: heads, d: d)]
         let cls = withClsToken ? 1 : 0, h = s.h, w = s.w, t = cls + h * w
@@ -241,7 +250,7 @@ extension CvtLayer {
     public struct Saved {
         let ln1: LayerNorm.Saved, attention: CvtSelfAttention.Saved, attentionOutput: Linear.Saved
         let attentionDrop: Tensor?, path1: [Float]?
-        let ln2: LayerNorm.Saved, intermediate: Linear.Saved, preActivation: Tensor, output: Linear.Saved
+        let ln2: LayerNorm.Saved, intermediate: Linear.Saved, preActivation: TypedBuffer, output: Linear.Saved
         let outputDrop: Tensor?, path2: [Float]?
         let clsOnly: Bool
     }
@@ -271,7 +280,8 @@ extension CvtLayer {
         let t1 = adding(a, residual)
         let (m, ln2) = layernormAfter.forward(t1)
         let (pre, imSaved) = try intermediate.forward(engine, m)
-        let (o, outSaved) = try output.forward(engine, GELU.forward(pre))
+        let (kept, act) = GELU.forwardOperand(engine, pre)
+        let (o, outSaved) = try output.forward(engine, operand: act, shape: pre.shape)
         let (o1, drop2) = Dropout.forward(ctx, o, p: rates.drop)
         var (t2, path2) = DropPath.forward(ctx, adding(o1, t1), p: rates.dropPath)
         if clsOnly {
@@ -281,7 +291,7 @@ extension CvtLayer {
             t2 = full
         }
         return (t2, Saved(ln1: ln1, attention: attn, attentionOutput: aoSaved, attentionDrop: drop1, path1: path1, ln2: ln2,
-                          intermediate: imSaved, preActivation: pre, output: outSaved, outputDrop: drop2, path2: path2, clsOnly: clsOnly))
+                          intermediate: imSaved, preActivation: kept, output: outSaved.droppingInput(), outputDrop: drop2, path2: path2, clsOnly: clsOnly))
     }
 
     func backward(_ ctx: TrainingContext, _ s: Saved, dy: Tensor) throws -> Tensor {
@@ -296,8 +306,10 @@ extension CvtLayer {
         let g = DropPath.backward(s.path2, dy: dOutput)
         let dt1 = g.pooledCopy()
         let dOut = Dropout.backward(s.outputDrop, dy: g)
-        guard let dAct = try output.backward(engine, s.output, dy: dOut) else { throw CvtInputError("internal: no gradient") }
-        let dPre = GELU.backward(x: s.preActivation, dy: dAct)
+        // The GELU output is recomputed from what the GELU kept (bit for bit) rather than kept too.
+        let outputSaved = s.output.with(input: GELU.operand(kept: s.preActivation))
+        guard let dAct = try output.backward(engine, outputSaved, dy: dOut) else { throw CvtInputError("internal: no gradient") }
+        let dPre = GELU.backward(kept: s.preActivation, dy: dAct)
         guard let dm = try intermediate.backward(engine, s.intermediate, dy: dPre) else { throw CvtInputError("internal: no gradient") }
         layernormAfter.backward(s.ln2, dy: dm, into: dt1)
         // t1 = t + path1(dropout(dense(attention(LN1(t)))))

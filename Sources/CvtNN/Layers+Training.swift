@@ -15,6 +15,10 @@ public final class TrainingContext {
     /// Dropout, attention dropout and drop path active (off: deterministic, as for gradient checks).
     public let stochastic: Bool
     var rng: SplitMix64
+    /// The most bytes of float32 attention-score gradients the backward holds at once: it runs
+    /// the images of a batch in chunks of at most this much (at least one image per chunk). The
+    /// result does not depend on it; it bounds the step's peak memory.
+    public var attentionChunkBytes = 16 << 20
 
     /// A context on `engine`; `stochastic` turns dropout, attention dropout and drop path on, drawing from `SplitMix64(seed:)`.
     public init(engine: Engine, stochastic: Bool, seed: UInt64 = 0) {
@@ -88,8 +92,8 @@ public struct TypedOperand {
     public let type: ElementType
     /// A float32 operand at `p`.
     public init(_ p: UnsafeMutablePointer<Float>) { raw = UnsafeMutableRawPointer(p); type = .float32 }
-    /// An operand over `b`'s buffer, in its element type.
-    public init(_ b: TypedBuffer) { raw = b.raw; type = b.type }
+    /// An operand over `b`'s buffer, in its element type, starting `offset` elements in.
+    public init(_ b: TypedBuffer, offset: Int = 0) { raw = b.raw + offset * b.type.byteCount; type = b.type }
 }
 
 // MARK: - Linear
@@ -98,8 +102,15 @@ extension Linear {
     /// What the backward needs: the input and the weight as the matmuls read them (bfloat16
     /// copies in bf16 precision).
     public struct Saved {
-        let x: TypedBuffer, w: TypedBuffer
+        /// nil when the caller recomputes it for the backward (`with(input:)`).
+        let x: TypedBuffer?, w: TypedBuffer
         let shape: [Int]
+
+        /// The same without the input, for a caller that can recompute it: the memory of a
+        /// layer's input need not stay alive between its forward and backward.
+        public func droppingInput() -> Saved { Saved(x: nil, w: w, shape: shape) }
+        /// The same with the input recomputed.
+        public func with(input x: TypedBuffer) -> Saved { Saved(x: x, w: w, shape: shape) }
     }
 
     /// The float32 `[out, in]` weight, unpacked and widened if inference had packed or compacted it.
@@ -110,20 +121,27 @@ extension Linear {
 
     /// `y[rows, out] = x[rows, in]·Wᵀ + b` (`x` is any shape ending in `in`).
     public func forward(_ engine: Engine, _ x: Tensor) throws -> (Tensor, Saved) {
-        let w = engine.matmulOperand(try trainableWeight()), xs = engine.matmulOperand(x)
-        let rows = x.count / inFeatures
-        let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
+        try forward(engine, operand: engine.matmulOperand(x), shape: x.shape)
+    }
+
+    /// The same on an input already in the engine's matmul type (`engine.matmulOperand`, or a
+    /// fused kernel's bfloat16 output) of `shape`.
+    public func forward(_ engine: Engine, operand xs: TypedBuffer, shape: [Int]) throws -> (Tensor, Saved) {
+        let w = engine.matmulOperand(try trainableWeight())
+        let rows = xs.count / inFeatures
+        let y = Tensor(uninitialized: Array(shape.dropLast()) + [outFeatures])
         try engine.gemm(m: rows, n: outFeatures, k: inFeatures, a: TypedOperand(xs), b: TypedOperand(w), transposeB: true,
                         c: y.unsafePointer, bias: bias.map { UnsafePointer($0.unsafePointer) })
-        return (y, Saved(x: xs, w: w, shape: x.shape))
+        return (y, Saved(x: xs, w: w, shape: shape))
     }
 
     /// `dW += dyᵀ·x`, `db += Σ_rows dy`; returns `dx = dy·W` unless `inputGradient` is false.
     public func backward(_ engine: Engine, _ s: Saved, dy: Tensor, inputGradient: Bool = true) throws -> Tensor? {
-        let rows = s.x.count / inFeatures
+        guard let x = s.x else { throw TensorError("Linear.backward: the saved input was dropped and not recomputed (Saved.with(input:))") }
+        let rows = x.count / inFeatures
         let g = engine.matmulOperand(dy)
         let dw = gradientStorage(&weightGrad, [outFeatures, inFeatures])
-        try engine.gemm(m: outFeatures, n: inFeatures, k: rows, a: TypedOperand(g), transposeA: true, b: TypedOperand(s.x),
+        try engine.gemm(m: outFeatures, n: inFeatures, k: rows, a: TypedOperand(g), transposeA: true, b: TypedOperand(x),
                         c: dw, accumulate: true)
         if bias != nil { Kernels.columnSums(dy.unsafePointer, rows: rows, cols: outFeatures, into: gradientStorage(&biasGrad, [outFeatures])) }
         guard inputGradient else { return nil }
@@ -313,6 +331,44 @@ public enum GELU {
     public static func backward(x: Tensor, dy: Tensor) -> Tensor {
         let dx = Tensor(uninitialized: x.shape)
         Kernels.geluBackward(x: x.unsafePointer, dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
+        return dx
+    }
+
+    /// GELU between two matmuls, on the engine's matmul type: returns the input as the backward
+    /// keeps it and `GELU(x)` as the next matmul's operand. In bfloat16 precision both are
+    /// bfloat16, as autocast runs Linear → GELU → Linear: the first Linear's output rounded once,
+    /// GELU computed from it in float32, its result rounded once.
+    public static func forwardOperand(_ engine: Engine, _ x: Tensor) -> (kept: TypedBuffer, y: TypedBuffer) {
+        guard engine.precision == .bfloat16 else { return (TypedBuffer(x), TypedBuffer(forward(x))) }
+        let kept = TypedBuffer(type: .bfloat16, count: x.count), y = TypedBuffer(type: .bfloat16, count: x.count)
+        Kernels.geluBFloat16(x.unsafePointer, xBF16: kept.raw, yBF16: y.raw, count: x.count)
+        return (kept, y)
+    }
+
+    /// `forwardOperand`'s `y` again, bit for bit, from what it kept (elementwise, so the thread
+    /// split does not matter): a backward recomputes the activation rather than keeping it.
+    public static func operand(kept x: TypedBuffer) -> TypedBuffer {
+        switch x.type {
+        case .bfloat16:
+            let y = TypedBuffer(type: .bfloat16, count: x.count)
+            Kernels.geluBFloat16(xBF16: x.raw, yBF16: y.raw, count: x.count)
+            return y
+        default:
+            let y = Tensor(uninitialized: [x.count])
+            Kernels.gelu(x.raw.assumingMemoryBound(to: Float.self), y.unsafePointer, count: x.count)
+            return TypedBuffer(y)
+        }
+    }
+
+    /// `dx = dy·GELU'(x)` for an input kept by `forwardOperand`.
+    public static func backward(kept x: TypedBuffer, dy: Tensor) -> Tensor {
+        let dx = Tensor(uninitialized: dy.shape)
+        switch x.type {
+        case .bfloat16:
+            Kernels.geluBackwardBFloat16(xBF16: x.raw, dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
+        default:
+            Kernels.geluBackward(x: x.raw.assumingMemoryBound(to: Float.self), dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
+        }
         return dx
     }
 }

@@ -41,6 +41,22 @@ extension Kernels {
         ck_gelu_backward(x, dy, dx, count)
     }
 
+    /// GELU between two bfloat16 matmuls: `xBF16` = bf16(x), `yBF16` = bf16(GELU(xBF16)) (bfloat16
+    /// bits, rounded to nearest even), as autocast runs a Linear → GELU → Linear block.
+    public static func geluBFloat16(_ x: UnsafePointer<Float>, xBF16: UnsafeMutableRawPointer, yBF16: UnsafeMutableRawPointer, count: Int) {
+        ck_gelu_forward_bf16(x, xBF16.assumingMemoryBound(to: UInt16.self), yBF16.assumingMemoryBound(to: UInt16.self), count)
+    }
+
+    /// `geluBFloat16`'s `yBF16` again from its `xBF16`, bit for bit.
+    public static func geluBFloat16(xBF16: UnsafeRawPointer, yBF16: UnsafeMutableRawPointer, count: Int) {
+        ck_gelu_bf16(xBF16.assumingMemoryBound(to: UInt16.self), yBF16.assumingMemoryBound(to: UInt16.self), count)
+    }
+
+    /// GELU backward from the bfloat16 input that `geluBFloat16` kept: dx = dy·GELU'(x).
+    public static func geluBackwardBFloat16(xBF16: UnsafeRawPointer, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, count: Int) {
+        ck_gelu_backward_bf16(xBF16.assumingMemoryBound(to: UInt16.self), dy, dx, count)
+    }
+
     /// Numerically stable softmax over the last axis (exp within 2 ulp). `p` may alias `x`.
     public static func softmaxForward(_ x: UnsafePointer<Float>, _ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
         ck_softmax_forward(x, p, rows, Int32(cols))
@@ -50,6 +66,13 @@ extension Kernels {
     public static func softmaxBackward(p: UnsafePointer<Float>, dp: UnsafePointer<Float>, ds: UnsafeMutablePointer<Float>,
                                        rows: Int, cols: Int, scale: Float) {
         ck_softmax_backward(p, dp, ds, rows, Int32(cols), scale)
+    }
+
+    /// `softmaxBackward` from bfloat16 probabilities, writing `ds` as bfloat16 bits: the float32
+    /// arithmetic on the (exactly) widened probabilities, rounded once.
+    public static func softmaxBackwardBFloat16(p: UnsafeRawPointer, dp: UnsafePointer<Float>, ds: UnsafeMutableRawPointer,
+                                               rows: Int, cols: Int, scale: Float) {
+        ck_softmax_backward_bf16(p.assumingMemoryBound(to: UInt16.self), dp, ds.assumingMemoryBound(to: UInt16.self), rows, Int32(cols), scale)
     }
 
     /// Per-channel mean and biased variance of `x` [rows, channels] (NHWC flattened), in double.

@@ -89,20 +89,59 @@ enum Entry {
         }
     }
 
-    /// libgomp's default wait policy spins between parallel regions; when anything else runs on
-    /// the machine a spinning thread waits for a descheduled one and a forward pass becomes many
-    /// times slower. libgomp reads the policy only when it loads, so the CLI re-executes
-    /// itself once with OMP_WAIT_POLICY=passive unless the user chose a policy. (This concerns
+    /// How long idle OpenMP threads spin before they sleep. libgomp reads its wait policy only
+    /// when it loads, so the CLI re-executes itself once with the policy set, unless the user chose
+    /// one (`OMP_WAIT_POLICY` or `GOMP_SPINCOUNT`). Both extremes lose:
+    /// - sleeping at once (`passive`) makes every parallel region wake its threads with a futex
+    ///   call, and on a VM an idle vCPU takes tens of microseconds to wake: a pass has hundreds of
+    ///   regions, a training step thousands;
+    /// - libgomp's default (300,000 spins, milliseconds) or `active` lets a thread spin while the
+    ///   one it waits for is descheduled: when anything else runs on the machine, a pass becomes
+    ///   many times slower.
+    /// So threads spin briefly (`spinCount` pause loops, tens of microseconds: long enough for the
+    /// back-to-back regions of a pass, short enough to cost little when a core is taken) when the
+    /// machine has no other runnable task at start, and sleep at once otherwise. This concerns
     /// oneDNN's threads: on AVX-512 CPUs the matmuls and the kernels' team are OpenMP's. On other
-    /// CPUs a pass runs no oneDNN primitive and our team, team.c, spins only briefly, yielding.)
+    /// CPUs a pass runs no oneDNN primitive and our team (team.c) spins briefly, yielding.
     static func useSleepingOpenMPThreads() {
         let env = ProcessInfo.processInfo.environment
         guard env["OMP_WAIT_POLICY"] == nil, env["GOMP_SPINCOUNT"] == nil else { return }
-        setenv("OMP_WAIT_POLICY", "passive", 1)
+        if othersRunnable() == 0 {
+            setenv("GOMP_SPINCOUNT", "\(spinCount)", 1)
+        } else {
+            setenv("OMP_WAIT_POLICY", "passive", 1)
+        }
+        setenv("CVT_OMP_WAIT_CHOSEN", "1", 1)
         var argv: [UnsafeMutablePointer<CChar>?] = CommandLine.arguments.map { strdup($0) }
         argv.append(nil)
         execv("/proc/self/exe", &argv)
         // execv only returns on failure: carry on with the default policy.
+    }
+
+    /// Pause loops an idle OpenMP thread spins before sleeping, when the machine is otherwise idle.
+    static let spinCount = 5000
+
+    /// Tasks other than this one that the kernel counts as runnable (`procs_running` in
+    /// /proc/stat), the least of a few samples a millisecond apart; nil where it cannot be read.
+    static func othersRunnable() -> Int? {
+        var least: Int?
+        for i in 0..<4 {
+            if i > 0 { usleep(1000) }
+            guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("procs_running ") }),
+                  let n = Int(line.dropFirst("procs_running ".count).trimmingCharacters(in: .whitespaces)) else { return nil }
+            least = min(least ?? n, n)
+        }
+        return least.map { max(0, $0 - 1) }
+    }
+
+    /// The OpenMP wait policy this process runs with, as `cvt bench --json` reports it.
+    static var openMPWaitPolicy: String {
+        let env = ProcessInfo.processInfo.environment
+        let chosen = env["CVT_OMP_WAIT_CHOSEN"] != nil ? "cvt's choice" : "environment"
+        if let policy = env["OMP_WAIT_POLICY"] { return "\(policy.lowercased()) (\(chosen))" }
+        if let spins = env["GOMP_SPINCOUNT"] { return "spin \(spins) (\(chosen))" }
+        return "libgomp default"
     }
 }
 
@@ -286,6 +325,7 @@ struct Bench: ParsableCommand {
                 "onednn_isa": Engine.backendISA,
                 "onednn_implementations": engine.backendImplementations.mapValues { $0.sorted() },
                 "fused_attention": engine.fusesAttention, "thread_team": engine.threadTeam,
+                "omp_wait_policy": Entry.openMPWaitPolicy,
                 "output": comparison.fullOutput ? "full" : "logits",
                 // What the matmul kernels really run: bfloat16 may be emulated in float32 kernels.
                 "matmul_kernels": mode.precision == .float32 ? "float32" : Engine.hasNativeBFloat16 ? "bfloat16" : "bfloat16-emulated",

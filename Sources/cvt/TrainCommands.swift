@@ -59,6 +59,9 @@ extension Bench {
         args.maxSteps = iterations + 2
         args.perDeviceTrainBatchSize = batchSize
         let trainer = try Trainer(model: classifier, args: args, trainData: TrainingTensors(pixelValues: pixels, labels: .classIndices(labels)), shuffle: false)
+        if let mb = ProcessInfo.processInfo.environment["CVT_TRAIN_POOL_MB"].flatMap({ Int($0) }), mb >= 0 {
+            BufferPool.shared.capacityBytes = mb << 20
+        }
         let batch = [(pixels, Labels.classIndices(labels))]
         for _ in 0..<2 { try trainer.step(batch) }
         engine.profile = profile
@@ -88,6 +91,7 @@ extension Bench {
                 "mode": "train", "model": name, "batch_size": batchSize, "image_size": imageSize, "dtype": dtype.rawValue,
                 "threads": engine.threads, "iterations": iterations, "median_ms": median, "min_ms": times.first ?? 0,
                 "max_ms": times.last ?? 0, "images_per_second": ips, "peak_rss_mb": rss, "thread_team": engine.threadTeam,
+                "omp_wait_policy": Entry.openMPWaitPolicy,
                 "matmul_kernels": engine.precision == .float32 ? "float32" : engine.emulatesBFloat16 ? "bfloat16-emulated" : "bfloat16",
             ]
             let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys, .withoutEscapingSlashes])

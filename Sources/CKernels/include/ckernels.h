@@ -121,11 +121,20 @@ int ck_layernorm_backward(const float *dy, const float *x, const float *mean, co
 void ck_gelu_forward(const float *x, float *y, long count);
 /// GELU backward: dx = dy·(Φ(x) + x·φ(x)). `dx` may be `dy` or `x`.
 void ck_gelu_backward(const float *x, const float *dy, float *dx, long count);
+/// MLP GELU in bfloat16 precision: `x_bf16` = bf16(x) (round to nearest even), `y_bf16` =
+/// bf16(GELU(x_bf16)), the exact-erf GELU evaluated in float32.
+void ck_gelu_forward_bf16(const float *x, uint16_t *x_bf16, uint16_t *y_bf16, long count);
+/// `y_bf16` = bf16(GELU(x_bf16)): `ck_gelu_forward_bf16`'s second output from its first, bit for bit.
+void ck_gelu_bf16(const uint16_t *x_bf16, uint16_t *y_bf16, long count);
+/// `dx = dy·GELU'(x)` with `x` given as bfloat16 bits (from `ck_gelu_forward_bf16`).
+void ck_gelu_backward_bf16(const uint16_t *x_bf16, const float *dy, float *dx, long count);
 /// Softmax over the last axis (max subtracted; exp within 2 ulp). `p` may be `x`. A row containing
 /// NaN, or all −inf, gives NaN.
 void ck_softmax_forward(const float *x, float *p, long rows, int cols);
 /// Softmax backward: ds = scale·p·(dp − Σ_row p·dp). `ds` may be `dp`.
 void ck_softmax_backward(const float *p, const float *dp, float *ds, long rows, int cols, float scale);
+/// `ck_softmax_backward` from bfloat16 probabilities `p`, writing `ds` as bfloat16 (round to nearest even).
+void ck_softmax_backward_bf16(const uint16_t *p, const float *dp, uint16_t *ds, long rows, int cols, float scale);
 /// Per-channel mean and biased variance of `x` [rows, channels] (NHWC flattened), accumulated in
 /// double. rows = 0 gives NaN.
 int ck_batchnorm_statistics(const float *x, long rows, int channels, float *mean, float *variance);
