@@ -150,15 +150,46 @@ extension CvtSelfAttention {
         let q = engine.matmulOperand(splitHeads(outs[0], b: b, t: tq, heads: heads, d: d))
         let k = engine.matmulOperand(splitHeads(outs[1], b: b, t: tk, heads: heads, d: d))
         let v = engine.matmulOperand(splitHeads(outs[2], b: b, t: tk, heads: heads, d: d))
-        // scores = (Q·Kᵀ)·scale per image and head; softmax over the keys.
-        let scores = Tensor(uninitialized: [b, heads, tq, tk])
-        try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(q), b: TypedOperand(k), transposeB: true, c: scores.unsafePointer,
-                        batch: b * heads, scale: scale)
-        Kernels.softmaxForward(scores.unsafePointer, scores.unsafePointer, rows: b * heads * tq, cols: tk)
-        let (dropped, mask) = Dropout.forward(ctx, scores, p: attentionDropRate)
-        let probs = engine.matmulOperand(scores), droppedOperand = mask == nil ? probs : engine.matmulOperand(dropped)
         let context = Tensor(uninitialized: [b, heads, tq, d])
-        try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(droppedOperand), b: TypedOperand(v), c: context.unsafePointer, batch: b * heads)
+        let perImage = heads * tq * tk
+        let chunk = engine.precision == .bfloat16 ? max(1, min(b, ctx.attentionChunkBytes / max(1, perImage * MemoryLayout<Float>.stride))) : b
+        let probs: TypedBuffer, droppedOperand: TypedBuffer, mask: Tensor?
+        if chunk == b {
+            // scores = (Q·Kᵀ)·scale per image and head; softmax over the keys.
+            let scores = Tensor(uninitialized: [b, heads, tq, tk])
+            try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(q), b: TypedOperand(k), transposeB: true, c: scores.unsafePointer,
+                            batch: b * heads, scale: scale)
+            Kernels.softmaxForward(scores.unsafePointer, scores.unsafePointer, rows: b * heads * tq, cols: tk)
+            let dropped: Tensor
+            (dropped, mask) = Dropout.forward(ctx, scores, p: attentionDropRate)
+            probs = engine.matmulOperand(scores); droppedOperand = mask == nil ? probs : engine.matmulOperand(dropped)
+            try engine.gemm(m: tq, n: d, k: tk, a: TypedOperand(droppedOperand), b: TypedOperand(v), c: context.unsafePointer, batch: b * heads)
+        } else {
+            // The same in chunks of images (bf16 precision, where only the bf16 probabilities are
+            // kept): the float32 scores never exist for the whole batch. Dropout draws in the same
+            // order, so the masks are those of one chunk.
+            let full = TypedBuffer(type: .bfloat16, count: b * perImage)
+            var fullMask: Tensor?, fullDropped: TypedBuffer?
+            for i0 in stride(from: 0, to: b, by: chunk) {
+                let nb = min(chunk, b - i0), n = nb * heads
+                let pOff = i0 * perImage, qOff = i0 * heads * tq * d, kOff = i0 * heads * tk * d
+                let scores = Tensor(uninitialized: [nb, heads, tq, tk])
+                try engine.gemm(m: tq, n: tk, k: d, a: TypedOperand(q, offset: qOff), b: TypedOperand(k, offset: kOff), transposeB: true,
+                                c: scores.unsafePointer, batch: n, scale: scale)
+                Kernels.softmaxForward(scores.unsafePointer, scores.unsafePointer, rows: n * tq, cols: tk)
+                Kernels.toBFloat16(scores.unsafePointer, full.raw + pOff * 2, count: scores.count)
+                let (dropped, chunkMask) = Dropout.forward(ctx, scores, p: attentionDropRate)
+                var operand = TypedOperand(full, offset: pOff)
+                if let chunkMask {
+                    if fullMask == nil { fullMask = Tensor(uninitialized: [b, heads, tq, tk]); fullDropped = TypedBuffer(type: .bfloat16, count: b * perImage) }
+                    (fullMask!.unsafePointer + pOff).update(from: chunkMask.unsafePointer, count: chunkMask.count)
+                    Kernels.toBFloat16(dropped.unsafePointer, fullDropped!.raw + pOff * 2, count: dropped.count)
+                    operand = TypedOperand(fullDropped!, offset: pOff)
+                }
+                try engine.gemm(m: tq, n: d, k: tk, a: operand, b: TypedOperand(v, offset: kOff), c: context.unsafePointer + qOff, batch: n)
+            }
+            probs = full; mask = fullMask; droppedOperand = fullDropped ?? full
+        }
         return (mergeHeads(context, b: b, t: tq, heads: heads, d: d),
                 Saved(b: b, h: h, w: w, tq: tq, tk: tk, linears: linears, projections: saved, q: q, k: k, v: v, probs: probs,
                       dropMask: mask, dropped: droppedOperand, clsQueryOnly: clsQueryOnly))

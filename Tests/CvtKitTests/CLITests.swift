@@ -167,6 +167,22 @@ final class CLITests: XCTestCase {
         XCTAssertNotNil(obj["onednn_implementations"] as? [String: [String]], r.stdout)
     }
 
+    /// How OpenMP's threads wait: the environment's choice when it makes one, else the CLI's
+    /// (a brief spin when nothing else is runnable at start, sleeping otherwise), as reported.
+    func testOpenMPWaitPolicy() throws {
+        let args = ["bench", "--model", fixturesRoot.appendingPathComponent("parity/tiny").path, "--image-size", "64",
+                    "--iterations", "1", "--threads", "1", "--json"]
+        func policy(_ env: [String: String]) throws -> String {
+            let r = try runCvt(args, environment: env, unsetting: ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "CVT_OMP_WAIT_CHOSEN"].filter { env[$0] == nil })
+            XCTAssertEqual(r.status, 0, r.stderr)
+            let obj = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            return try XCTUnwrap(obj["omp_wait_policy"] as? String, r.stdout)
+        }
+        XCTAssertEqual(try policy(["GOMP_SPINCOUNT": "77"]), "spin 77 (environment)")
+        XCTAssertEqual(try policy(["OMP_WAIT_POLICY": "PASSIVE"]), "passive (environment)")
+        XCTAssertTrue(["spin 5000 (cvt's choice)", "passive (cvt's choice)"].contains(try policy([:])))
+    }
+
     /// `--profile` shares out the time of a split batch over its workers, and the layout and
     /// splitting switches are reported.
     func testBenchProfileAndSwitches() throws {
@@ -288,7 +304,7 @@ final class CLITests: XCTestCase {
 }
 
 /// Runs the built `cvt` executable with `args`.
-func runCvt(_ args: [String], environment: [String: String]? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+func runCvt(_ args: [String], environment: [String: String]? = nil, unsetting: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
     let exe = CLITests.executable
     guard FileManager.default.isExecutableFile(atPath: exe.path) else {
         struct MissingExecutable: Error, CustomStringConvertible { let description: String }
@@ -297,7 +313,11 @@ func runCvt(_ args: [String], environment: [String: String]? = nil) throws -> (s
     let p = Process()
     p.executableURL = exe
     p.arguments = args
-    if let environment { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+    if environment != nil || !unsetting.isEmpty {
+        var env = ProcessInfo.processInfo.environment.merging(environment ?? [:]) { $1 }
+        for name in unsetting { env[name] = nil }
+        p.environment = env
+    }
     let out = Pipe(), err = Pipe()
     p.standardOutput = out; p.standardError = err
     try p.run()

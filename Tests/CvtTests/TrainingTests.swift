@@ -87,15 +87,15 @@ final class TrainingGradientTests: XCTestCase {
         }
     }
 
-    /// The attention backward runs a batch's images in chunks: one image per chunk gives the
-    /// gradients of one chunk for the whole batch, with attention dropout on and off, in float32
-    /// and bfloat16 precision.
+    /// The attention runs a batch's images in chunks (its backward always, its forward in bf16
+    /// precision): one image per chunk gives the loss and gradients of one chunk for the whole
+    /// batch, with attention dropout on and off, in float32 and bfloat16 precision.
     func testAttentionBackwardChunksGiveTheSameGradients() throws {
         var c = config { $0.attentionDropRate = [0.1, 0, 0.2] }
         c.numLabels = 3
         for precision in [ComputePrecision.float32, .bfloat16] {
             for stochastic in [false, true] {
-                var results: [[String: Tensor]] = []
+                var results: [[String: Tensor]] = [], losses: [Float] = []
                 for chunkBytes in [1 << 30, 1] {
                     let m = try CvtForImageClassification.randomlyInitialized(config: c, seed: 7)
                     m.precision = precision
@@ -103,12 +103,13 @@ final class TrainingGradientTests: XCTestCase {
                     let x = Tensor(shape: [3, 3, 32, 40]) { _ in rng.nextGaussian() }
                     let context = TrainingContext(engine: m.engine, stochastic: stochastic, seed: 9)
                     context.attentionChunkBytes = chunkBytes
-                    _ = try m.forwardBackward(x, labels: .classIndices([0, 2, 1]), context: context)
+                    losses.append(try m.forwardBackward(x, labels: .classIndices([0, 2, 1]), context: context).loss)
                     let g = Grads()
                     try m.visitParameters(g, prefix: "")
                     results.append(g.grads)
                 }
                 XCTAssertEqual(Set(results[0].keys), Set(results[1].keys))
+                XCTAssertEqual(losses[0], losses[1], accuracy: 1e-6 * abs(losses[0]), "\(precision) stochastic \(stochastic): loss")
                 for (name, whole) in results[0] {
                     let chunked = results[1][name]!
                     var worst: Float = 0, scale: Float = 1e-6
