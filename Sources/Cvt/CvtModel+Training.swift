@@ -33,7 +33,9 @@ extension CvtSelfAttentionProjection {
             let (z, saved) = bn.forwardTraining(y)
             // The running statistics moved: the folded inference weights are stale.
             parametersDidChange()
-            return (z, Saved(input: x, bn: saved, b: b, h: h, w: w))
+            // The convolution's output is recomputed (bit for bit) for the BatchNorm backward
+            // rather than kept: the depthwise conv is cheap, its output as large as the grid.
+            return (z, Saved(input: x, bn: saved.droppingInput(), b: b, h: h, w: w))
         case .avg:
             let y = Tensor(uninitialized: [b, ho, wo, c])
             Kernels.avgPool2dNHWC(x.unsafePointer, n: b, h: h, w: w, c: c, kernel: kernel, stride: stride, padding: padding,
@@ -52,11 +54,12 @@ extension CvtSelfAttentionProjection {
     }
 
     /// Gradient of the patch grid from the projected grid's gradient.
-    func backward(_ s: Saved, dy: Tensor, c: Int) -> Tensor {
+    func backward(_ s: Saved, dy: Tensor, c: Int) throws -> Tensor {
         switch method {
         case .dwBN:
             guard let conv = convolution, let bn = normalization, let bnSaved = s.bn else { return dy }
-            let dconv = bn.backward(bnSaved, dy: dy)
+            let y = conv.depthwiseForward(s.input, n: s.b, h: s.h, w: s.w)
+            let dconv = try bn.backward(bnSaved.with(input: y), dy: dy)
             return conv.depthwiseBackward(x: s.input, dy: dconv, n: s.b, h: s.h, w: s.w)
         case .avg:
             let dx = Tensor(uninitialized: [s.b, s.h, s.w, c])
@@ -265,7 +268,7 @@ extension CvtSelfAttention {
             } else {
                 dz = try dx.reshaped([b, proj.outputSize(h), proj.outputSize(w), c])
             }
-            let dg = proj.backward(s.projections[i], dy: dz, c: c)
+            let dg = try proj.backward(s.projections[i], dy: dz, c: c)
             Kernels.add(dg.unsafePointer, into: dgrid.unsafePointer, count: dgrid.count)
         }
         if cls == 0 { return try dgrid.reshaped([b, t, c]) }
@@ -339,8 +342,8 @@ extension CvtLayer {
         let dOut = Dropout.backward(s.outputDrop, dy: g)
         // The GELU output is recomputed from what the GELU kept (bit for bit) rather than kept too.
         let outputSaved = s.output.with(input: GELU.operand(kept: s.preActivation))
-        guard let dAct = try output.backward(engine, outputSaved, dy: dOut) else { throw CvtInputError("internal: no gradient") }
-        let dPre = GELU.backward(kept: s.preActivation, dy: dAct)
+        guard var dPre = try output.backward(engine, outputSaved, dy: dOut) else { throw CvtInputError("internal: no gradient") }
+        GELU.backward(kept: s.preActivation, dy: &dPre)
         guard let dm = try intermediate.backward(engine, s.intermediate, dy: dPre) else { throw CvtInputError("internal: no gradient") }
         layernormAfter.backward(s.ln2, dy: dm, into: dt1)
         // t1 = t + path1(dropout(dense(attention(LN1(t)))))

@@ -278,7 +278,13 @@ extension LayerNorm {
 extension BatchNorm2d {
     /// What the backward needs: the input and the batch's per-channel mean and reciprocal standard deviation.
     public struct Saved {
-        let x: Tensor, mean: Tensor, rstd: Tensor
+        /// nil when the caller recomputes it for the backward (`with(input:)`).
+        let x: Tensor?, mean: Tensor, rstd: Tensor
+
+        /// The same without the input, for a caller that can recompute it bit for bit.
+        public func droppingInput() -> Saved { Saved(x: nil, mean: mean, rstd: rstd) }
+        /// The same with the input recomputed.
+        public func with(input x: Tensor) -> Saved { Saved(x: x, mean: mean, rstd: rstd) }
     }
 
     /// PyTorch's training-mode BatchNorm on NHWC rows `[N·H·W, C]`: normalizes with the batch mean
@@ -306,10 +312,11 @@ extension BatchNorm2d {
     }
 
     /// Accumulates the weight and bias gradients and returns the gradient of the input `[N·H·W, C]`.
-    public func backward(_ s: Saved, dy: Tensor) -> Tensor {
-        let rows = s.x.count / dim
-        let dx = Tensor(uninitialized: s.x.shape)
-        Kernels.batchNormBackward(dy: dy.unsafePointer, x: s.x.unsafePointer, mean: s.mean.unsafePointer, rstd: s.rstd.unsafePointer,
+    public func backward(_ s: Saved, dy: Tensor) throws -> Tensor {
+        guard let x = s.x else { throw TensorError("BatchNorm2d.backward: the saved input was dropped and not recomputed (Saved.with(input:))") }
+        let rows = x.count / dim
+        let dx = Tensor(uninitialized: x.shape)
+        Kernels.batchNormBackward(dy: dy.unsafePointer, x: x.unsafePointer, mean: s.mean.unsafePointer, rstd: s.rstd.unsafePointer,
                                   weight: weight.unsafePointer, rows: rows, channels: dim, dx: dx.unsafePointer,
                                   dweight: gradientStorage(&weightGrad, [dim]), dbias: gradientStorage(&biasGrad, [dim]))
         return dx
@@ -360,16 +367,17 @@ public enum GELU {
         }
     }
 
-    /// `dx = dy·GELU'(x)` for an input kept by `forwardOperand`.
-    public static func backward(kept x: TypedBuffer, dy: Tensor) -> Tensor {
-        let dx = Tensor(uninitialized: dy.shape)
+    /// `dy ← dy·GELU'(x)`, in place, for an input kept by `forwardOperand` (the gradient of the
+    /// MLP's widest activation needs no second buffer).
+    public static func backward(kept x: TypedBuffer, dy: inout Tensor) {
+        dy.makeUnique()
+        let g = dy.unsafePointer
         switch x.type {
         case .bfloat16:
-            Kernels.geluBackwardBFloat16(xBF16: x.raw, dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
+            Kernels.geluBackwardBFloat16(xBF16: x.raw, dy: g, dx: g, count: x.count)
         default:
-            Kernels.geluBackward(x: x.raw.assumingMemoryBound(to: Float.self), dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
+            Kernels.geluBackward(x: x.raw.assumingMemoryBound(to: Float.self), dy: g, dx: g, count: x.count)
         }
-        return dx
     }
 }
 

@@ -87,6 +87,8 @@ final class TensorStorage: @unchecked Sendable {
 public final class BufferPool: @unchecked Sendable {
     /// The process-wide pool that tensor storage is recycled through.
     public static let shared = BufferPool()
+    /// A pool of its own (tests; tensors use `shared`).
+    package init() {}
     private var _capacityBytes = 1 << 30
     /// Largest number of bytes kept pooled (default 1 GiB); buffers freed beyond it are released to
     /// the system. Read and set under the pool's lock, so any thread may change it.
@@ -95,9 +97,23 @@ public final class BufferPool: @unchecked Sendable {
         set { lock.withLock { _capacityBytes = max(0, newValue) } }
     }
     let minimumBytes = 256 << 10
-    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
-    private var pooledBytes = 0
+    /// Idle buffers by size, each with the tick it was freed at (the newest last).
+    private var free: [Int: [(pointer: UnsafeMutableRawPointer, freedAt: Int)]] = [:]
+    private var pooledBytes = 0, ticks = 0
+    /// Pooled-size bytes handed out and not yet given back, and the most there ever were.
+    private var inUse = 0, peakInUse = 0
+    private var _boundsIdleAtPeak = false
     private let lock = NSLock()
+
+    /// When true, a request that no idle buffer serves first releases idle buffers (the longest
+    /// idle first) so that the pool's memory, in use plus idle, stays within the most ever in use
+    /// at once plus a slack of 1/16: the peak memory of a training step becomes that of its live
+    /// activations, instead of also holding buffers of sizes idle at the peak (another stage's), at
+    /// the cost of page faults where a released size is needed again. A `Trainer` turns it on.
+    public var boundsIdleAtPeak: Bool {
+        get { lock.withLock { _boundsIdleAtPeak } }
+        set { lock.withLock { _boundsIdleAtPeak = newValue } }
+    }
 
     /// The size a pooled request of `bytes` is served with: rounded up to one of eight sizes per
     /// power of two (at most 12.5% more), so that buffers of nearby sizes (a training step has
@@ -111,25 +127,27 @@ public final class BufferPool: @unchecked Sendable {
 
     /// A buffer of at least `bytes` (free it with `give(_:bytes:)` and the same `bytes`).
     func take(bytes requested: Int) -> UnsafeMutableRawPointer {
-        if requested >= minimumBytes {
-            let bytes = Self.sizeClass(requested)
-            lock.lock()
-            if let p = free[bytes]?.popLast() {
-                pooledBytes -= bytes
-                lock.unlock()
-                return p
-            }
+        guard requested >= minimumBytes else { return RawMemory.allocate(bytes: requested).pointer }
+        let bytes = Self.sizeClass(requested)
+        lock.lock()
+        if let p = free[bytes]?.popLast() {
+            pooledBytes -= bytes
+            handOut(bytes)
             lock.unlock()
-            return RawMemory.allocate(bytes: bytes).pointer
+            return p.pointer
         }
-        return RawMemory.allocate(bytes: requested).pointer
+        let released = makeRoom(for: bytes)
+        handOut(bytes)
+        lock.unlock()
+        for (p, n) in released { RawMemory.free(p, bytes: n) }
+        return RawMemory.allocate(bytes: bytes).pointer
     }
 
     /// A buffer of at least `bytes` and its real size (give it back with that size): one of its
     /// size class, else the smallest idle one of up to twice the size, else a new one. Reusing a
     /// larger idle buffer keeps memory from piling up in sizes that a later phase (another stage
     /// of a training step) does not ask for.
-    func takeFitting(bytes requested: Int) -> (UnsafeMutableRawPointer, Int) {
+    package func takeFitting(bytes requested: Int) -> (UnsafeMutableRawPointer, Int) {
         guard requested >= minimumBytes else { return (RawMemory.allocate(bytes: requested).pointer, requested) }
         let bytes = Self.sizeClass(requested)
         lock.lock()
@@ -139,19 +157,50 @@ public final class BufferPool: @unchecked Sendable {
         }
         if let size = best, let p = free[size]?.popLast() {
             pooledBytes -= size
+            handOut(size)
             lock.unlock()
-            return (p, size)
+            return (p.pointer, size)
         }
+        let released = makeRoom(for: bytes)
+        handOut(bytes)
         lock.unlock()
+        for (p, n) in released { RawMemory.free(p, bytes: n) }
         return (RawMemory.allocate(bytes: bytes).pointer, bytes)
     }
 
-    func give(_ p: UnsafeMutableRawPointer, bytes requested: Int) {
+    /// Under the lock: counts `bytes` as handed out.
+    private func handOut(_ bytes: Int) {
+        inUse += bytes
+        peakInUse = max(peakInUse, inUse)
+    }
+
+    /// Under the lock, before a new buffer of `bytes` is mapped: with `boundsIdleAtPeak`, takes the
+    /// longest-idle buffers out of the pool until in-use plus idle plus the new buffer fit the
+    /// bound, and returns them for the caller to free outside the lock.
+    private func makeRoom(for bytes: Int) -> [(UnsafeMutableRawPointer, Int)] {
+        guard _boundsIdleAtPeak, pooledBytes > 0 else { return [] }
+        let peak = max(peakInUse, inUse + bytes)
+        var excess = inUse + pooledBytes + bytes - (peak + peak / 16)
+        var released: [(UnsafeMutableRawPointer, Int)] = []
+        while excess > 0 {
+            // The size whose oldest idle buffer was freed first (each list is oldest first).
+            guard let (size, _) = free.filter({ !$0.value.isEmpty }).min(by: { $0.value[0].freedAt < $1.value[0].freedAt }) else { break }
+            let p = free[size]!.removeFirst().pointer
+            pooledBytes -= size
+            excess -= size
+            released.append((p, size))
+        }
+        return released
+    }
+
+    package func give(_ p: UnsafeMutableRawPointer, bytes requested: Int) {
         let bytes = requested >= minimumBytes ? Self.sizeClass(requested) : requested
         if bytes >= minimumBytes {
             lock.lock()
+            inUse -= bytes
             if pooledBytes + bytes <= _capacityBytes {
-                free[bytes, default: []].append(p)
+                ticks += 1
+                free[bytes, default: []].append((p, ticks))
                 pooledBytes += bytes
                 lock.unlock()
                 return
@@ -163,7 +212,9 @@ public final class BufferPool: @unchecked Sendable {
 
     /// Frees a buffer from `take(bytes:)` for good (with the same `bytes`), bypassing the pool.
     func release(_ p: UnsafeMutableRawPointer, bytes requested: Int) {
-        RawMemory.free(p, bytes: requested >= minimumBytes ? Self.sizeClass(requested) : requested)
+        let bytes = requested >= minimumBytes ? Self.sizeClass(requested) : requested
+        if bytes >= minimumBytes { lock.withLock { inUse -= bytes } }
+        RawMemory.free(p, bytes: bytes)
     }
 
     /// Bytes currently held for reuse.
@@ -172,7 +223,7 @@ public final class BufferPool: @unchecked Sendable {
     /// Releases every pooled buffer (e.g. after a large batch, to give the memory back).
     public func drain() {
         lock.lock(); defer { lock.unlock() }
-        for (bytes, list) in free { for p in list { RawMemory.free(p, bytes: bytes) } }
+        for (bytes, list) in free { for p in list { RawMemory.free(p.pointer, bytes: bytes) } }
         free.removeAll()
         pooledBytes = 0
     }

@@ -399,6 +399,38 @@ final class BFloat16KernelTests: XCTestCase {
         let zeros = Tensor(zeros: [count])
         XCTAssertEqual(zeros.scalars.max(), 0, "reused storage is still initialized when asked")
     }
+
+    /// With `boundsIdleAtPeak`, a request no idle buffer serves releases the longest-idle ones
+    /// first, so that in use plus idle stays within the peak in use (plus 1/16); without it, idle
+    /// buffers of other sizes stay pooled.
+    func testBufferPoolBoundsIdleMemoryAtThePeak() {
+        let mb = 1 << 20
+        for bounded in [false, true] {
+            let pool = BufferPool()
+            pool.capacityBytes = 1 << 30
+            pool.boundsIdleAtPeak = bounded
+            // Four 1 MB buffers in use at once (the peak), then idle, the first freed first.
+            let small = (0..<4).map { _ in pool.takeFitting(bytes: mb) }
+            XCTAssertEqual(small.map(\.1), [mb, mb, mb, mb])
+            for (p, n) in small { pool.give(p, bytes: n) }
+            XCTAssertEqual(pool.pooledByteCount, 4 * mb)
+            // A 3 MB request fits no idle buffer (more than twice 1 MB away).
+            let (big, bigBytes) = pool.takeFitting(bytes: 3 * mb)
+            XCTAssertEqual(bigBytes, 3 * mb)
+            if bounded {
+                // In use 3 MB + idle ≤ 4 MB + 1/16: three idle buffers go, the oldest first.
+                XCTAssertEqual(pool.pooledByteCount, mb)
+                let (reused, _) = pool.takeFitting(bytes: mb)
+                XCTAssertEqual(reused, small[3].0, "the newest idle buffer is the one kept")
+                pool.give(reused, bytes: mb)
+            } else {
+                XCTAssertEqual(pool.pooledByteCount, 4 * mb)
+            }
+            pool.give(big, bytes: bigBytes)
+            pool.drain()
+            XCTAssertEqual(pool.pooledByteCount, 0)
+        }
+    }
 }
 
 final class Float16Tests: XCTestCase {

@@ -126,7 +126,7 @@ void ck_gelu_backward(const float *x, const float *dy, float *dx, long count);
 void ck_gelu_forward_bf16(const float *x, uint16_t *x_bf16, uint16_t *y_bf16, long count);
 /// `y_bf16` = bf16(GELU(x_bf16)): `ck_gelu_forward_bf16`'s second output from its first, bit for bit.
 void ck_gelu_bf16(const uint16_t *x_bf16, uint16_t *y_bf16, long count);
-/// `dx = dy·GELU'(x)` with `x` given as bfloat16 bits (from `ck_gelu_forward_bf16`).
+/// `dx = dy·GELU'(x)` with `x` given as bfloat16 bits (from `ck_gelu_forward_bf16`); `dx` may be `dy`.
 void ck_gelu_backward_bf16(const uint16_t *x_bf16, const float *dy, float *dx, long count);
 /// Softmax over the last axis (max subtracted; exp within 2 ulp). `p` may be `x`. A row containing
 /// NaN, or all −inf, gives NaN.

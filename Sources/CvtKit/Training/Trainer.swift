@@ -114,6 +114,8 @@ public final class Trainer: @unchecked Sendable {
         // (fresh mappings cost a page fault per 4 KiB, every step). This holds up to a step's
         // activations for reuse; a smaller `BufferPool.shared.capacityBytes` trades speed for memory.
         BufferPool.shared.capacityBytes = max(BufferPool.shared.capacityBytes, 64 << 30)
+        // ... but no more than the step's live activations need at their peak.
+        BufferPool.shared.boundsIdleAtPeak = true
     }
 
     /// Image indices of `epoch`, in batches.
