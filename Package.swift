@@ -3,8 +3,9 @@ import PackageDescription
 
 // Targets depend one way. The model: CvtTensor (tensor + engine: oneDNN and CKernels) → CvtNN
 // (layers, losses) → Cvt (config and model, no I/O). Images: CvtVision (decoding, resampling, the
-// image processor) on CvtTensor alone. Files: Safetensors, TorchCheckpoint and TFCheckpoint (on
-// CheckpointSupport), HubClient, each standing alone. CvtKit joins them (checkpoint loading,
+// image processor) on CvtTensor alone. Files: Safetensors, TorchCheckpoint and TFCheckpoint, and
+// HubClient, each standing alone but for CheckpointSupport (mapped files, file errors, and the one
+// routine that escapes file text for messages, which CvtNN's strict loader uses too). CvtKit joins them (checkpoint loading,
 // pipeline, evaluation, training) and cvt (the CLI) sits on CvtKit. CvtServer (`cvt serve`) is the
 // only target on the server stack, so users of CvtKit alone do not build it.
 let package = Package(
@@ -46,8 +47,8 @@ let package = Package(
         .target(name: "TFCheckpoint", dependencies: ["CHDF5", "CheckpointSupport"]),
         // Hugging Face cache layout and Hub downloads; SHA-256 from OpenSSL's libcrypto (Debian).
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
-        .target(name: "HubClient", dependencies: ["CCrypto"]),
-        .target(name: "CvtNN", dependencies: ["CvtTensor"]),
+        .target(name: "HubClient", dependencies: ["CCrypto", "CheckpointSupport"]),
+        .target(name: "CvtNN", dependencies: ["CvtTensor", "CheckpointSupport"]),
         .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor"]),
         // libjpeg-turbo and libpng (Debian), wrapped in C because their error handling uses setjmp.
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]),

@@ -1372,6 +1372,72 @@ void ck_add(const float *src, float *dst, long count) {
     run_ranges(add_range, &j, count, 64, threads_for((double)count, (count + 63) / 64));
 }
 
+// ==== copies between token layouts ====
+//
+// Single-threaded copies of tens of megabytes would leave the team's other threads waiting: these
+// split the rows over the team.
+
+typedef struct { const char *src; char *dst; long src_pitch, dst_pitch, row_bytes; } rows_job;
+
+static void copy_rows_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    rows_job *j = ctx;
+    for (long r = b; r < e; r++) memcpy(j->dst + r * j->dst_pitch, j->src + r * j->src_pitch, (size_t)j->row_bytes);
+}
+
+void ck_copy_rows(const void *src, long src_pitch_bytes, void *dst, long dst_pitch_bytes, long rows, long row_bytes) {
+    rows_job j = {src, dst, src_pitch_bytes, dst_pitch_bytes, row_bytes};
+    run_ranges(copy_rows_range, &j, rows, 1, threads_for((double)rows * row_bytes / 4, rows));
+}
+
+// [B, T, heads·d] → [B, heads, T, d] (merge: the other way), one (image, token) row per unit.
+typedef struct { const float *src; float *dst; long t, heads, d; int merge; } heads_job;
+
+static void heads_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    heads_job *j = ctx;
+    long t = j->t, h = j->heads, d = j->d, c = h * d;
+    for (long u = b; u < e; u++) {
+        long i = u / t, r = u % t;
+        for (long hd = 0; hd < h; hd++) {
+            float *tokens = (float *)(j->merge ? j->dst : j->src) + (i * t + r) * c + hd * d;
+            float *split = (float *)(j->merge ? j->src : j->dst) + ((i * h + hd) * t + r) * d;
+            if (j->merge) memcpy(tokens, split, (size_t)d * sizeof(float));
+            else memcpy(split, tokens, (size_t)d * sizeof(float));
+        }
+    }
+}
+
+void ck_split_heads(const float *src, float *dst, long b, long t, long heads, long d, int merge) {
+    heads_job j = {src, dst, t, heads, d, merge};
+    run_ranges(heads_range, &j, b * t, 1, threads_for((double)b * t * heads * d, b * t));
+}
+
+// y = a + b.
+typedef struct { const float *a, *b; float *y; int vec; } sum_job;
+
+#if CK_X86
+__attribute__((target("avx2,fma"))) static void sum_avx2(const sum_job *j, long b, long e) {
+    long i = b;
+    for (; i + 8 <= e; i += 8) _mm256_storeu_ps(j->y + i, _mm256_add_ps(_mm256_loadu_ps(j->a + i), _mm256_loadu_ps(j->b + i)));
+    for (; i < e; i++) j->y[i] = j->a[i] + j->b[i];
+}
+#endif
+
+static void sum_range(void *ctx, long b, long e, int member) {
+    (void)member;
+    sum_job *j = ctx;
+#if CK_X86
+    if (j->vec) { sum_avx2(j, b, e); return; }
+#endif
+    for (long i = b; i < e; i++) j->y[i] = j->a[i] + j->b[i];
+}
+
+void ck_sum(const float *a, const float *b, float *y, long count) {
+    sum_job j = {a, b, y, vector_path()};
+    run_ranges(sum_range, &j, count, 64, threads_for((double)count, (count + 63) / 64));
+}
+
 // ==== AdamW, as torch's CPU single-tensor step ====
 //
 // The float32 operation sequence of torch.optim.AdamW (foreach=False) on CPU, checked bit for bit
@@ -1383,10 +1449,12 @@ void ck_add(const float *src, float *dst, long count) {
 typedef struct {
     float *p; const float *g; float *m, *v;
     float decay, w1, b2, w2, bc2s, eps, negStep; int decayOn, small, vec;
+    int nonfinite;  // set (by any member) when an updated weight is not finite
 } adam_job;
 
-static void adam_scalar(const adam_job *j, long b, long e) {
+static void adam_scalar(adam_job *j, long b, long e) {
 #pragma STDC FP_CONTRACT OFF
+    int bad = 0;
     for (long i = b; i < e; i++) {
         float p = j->p[i], g = j->g[i], m = j->m[i], v = j->v[i];
         if (j->decayOn) p = p * j->decay;
@@ -1400,16 +1468,20 @@ static void adam_scalar(const adam_job *j, long b, long e) {
         float num = j->negStep * m;
         float q = num / den;
         p = p + q;
+        bad |= !isfinite(p);
         j->p[i] = p; j->m[i] = m; j->v[i] = v;
     }
+    if (bad) __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
 }
 
 #if CK_X86
-__attribute__((target("avx2,fma"))) static void adam_avx2(const adam_job *j, long b, long e) {
+__attribute__((target("avx2,fma"))) static void adam_avx2(adam_job *j, long b, long e) {
 #pragma STDC FP_CONTRACT OFF
     __m256 decay = _mm256_set1_ps(j->decay), w1 = _mm256_set1_ps(j->small ? j->w1 : j->w1 - 1.0f);
     __m256 b2 = _mm256_set1_ps(j->b2), w2 = _mm256_set1_ps(j->w2), bc2s = _mm256_set1_ps(j->bc2s);
     __m256 eps = _mm256_set1_ps(j->eps), negStep = _mm256_set1_ps(j->negStep);
+    // p − p is 0 for a finite p and NaN for ±inf or NaN: one sticky NaN tells of any.
+    __m256 bad = _mm256_setzero_ps();
     long i = b;
     for (; i + 8 <= e; i += 8) {
         __m256 p = _mm256_loadu_ps(j->p + i), g = _mm256_loadu_ps(j->g + i);
@@ -1419,8 +1491,10 @@ __attribute__((target("avx2,fma"))) static void adam_avx2(const adam_job *j, lon
         v = _mm256_fmadd_ps(_mm256_mul_ps(w2, g), g, _mm256_mul_ps(v, b2));
         __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(v), bc2s), eps);
         p = _mm256_add_ps(p, _mm256_div_ps(_mm256_mul_ps(negStep, m), den));
+        bad = _mm256_add_ps(bad, _mm256_sub_ps(p, p));
         _mm256_storeu_ps(j->p + i, p); _mm256_storeu_ps(j->m + i, m); _mm256_storeu_ps(j->v + i, v);
     }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(bad, bad, _CMP_UNORD_Q))) __atomic_store_n(&j->nonfinite, 1, __ATOMIC_RELAXED);
     adam_scalar(j, i, e);
 }
 #endif
@@ -1434,7 +1508,7 @@ static void adam_range(void *ctx, long b, long e, int member) {
     adam_scalar(j, b, e);
 }
 
-void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
+int ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
               double beta2, double eps, double weight_decay, long step, int fused) {
     // The scalars as torch forms them: Python doubles, each converted to float where it meets a tensor.
     double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
@@ -1444,6 +1518,7 @@ void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq
                   (float)(1.0 - lr * weight_decay), w1, (float)beta2, (float)(1.0 - beta2),
                   // adam.py takes `bias_correction2 ** 0.5`, the fused kernel std::sqrt (they can differ in the last bit).
                   (float)(fused ? sqrt(bc2) : pow(bc2, 0.5)),
-                  (float)eps, (float)(-stepSize), weight_decay != 0.0, fabsf(w1) < 0.5f, vector_path()};
+                  (float)eps, (float)(-stepSize), weight_decay != 0.0, fabsf(w1) < 0.5f, vector_path(), 0};
     run_ranges(adam_range, &j, count, 64, threads_for((double)count * 4, (count + 63) / 64));
+    return j.nonfinite;
 }

@@ -81,20 +81,29 @@ public final class MappedFile: @unchecked Sendable {
     deinit { munmap(base, size) }
 }
 
-/// Quotes text taken from a file for an error message: printable, at most `limit` characters.
-public func quoted(_ text: String, limit: Int = 200) -> String {
+/// Text from a file, a server or the environment, made safe for a message on a terminal: C0
+/// control characters (but those in `keeping`), DEL and C1 controls escaped as `\u{…}`, at most
+/// `limit` characters (then "…"). With `quoting`, in single quotes, `'` and `\` escaped too. The
+/// one escaping routine of the package's messages: loaders, the Hub client and the CLI use it.
+public func escapedForMessage(_ text: String, limit: Int = 200, quoting: Bool = true, keeping: Set<Unicode.Scalar> = []) -> String {
     var out = ""
     var count = 0
     for scalar in text.unicodeScalars {
         if count >= limit { out += "…"; break }
         switch scalar {
-        case "'": out += "\\'"
-        case "\\": out += "\\\\"
+        case "'" where quoting: out += "\\'"
+        case "\\" where quoting: out += "\\\\"
+        case _ where keeping.contains(scalar): out.unicodeScalars.append(scalar)
         case _ where scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value):
             out += "\\u{\(String(scalar.value, radix: 16))}"
         default: out.unicodeScalars.append(scalar)
         }
         count += 1
     }
-    return "'" + out + "'"
+    return quoting ? "'" + out + "'" : out
+}
+
+/// Quotes text taken from a file for an error message: printable, at most `limit` characters.
+public func quoted(_ text: String, limit: Int = 200) -> String {
+    escapedForMessage(text, limit: limit)
 }

@@ -78,20 +78,15 @@ extension CvtSelfAttentionProjection {
 func splitHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
     if heads == 1 { return x }
     let y = Tensor(uninitialized: [b, heads, t, d])
-    let c = heads * d, src = x.unsafePointer, dst = y.unsafePointer
-    for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
-        (dst + ((i * heads + hd) * t + r) * d).update(from: src + (i * t + r) * c + hd * d, count: d)
-    } } }
+    Kernels.splitHeads(x.unsafePointer, y.unsafePointer, b: b, t: t, heads: heads, d: d)
     return y
 }
 
 func mergeHeads(_ x: Tensor, b: Int, t: Int, heads: Int, d: Int) -> Tensor {
     let c = heads * d
     if heads == 1 { return (try? x.reshaped([b, t, c])) ?? x }
-    let y = Tensor(uninitialized: [b, t, c]), src = x.unsafePointer, dst = y.unsafePointer
-    for i in 0..<b { for r in 0..<t { for hd in 0..<heads {
-        (dst + (i * t + r) * c + hd * d).update(from: src + ((i * heads + hd) * t + r) * d, count: d)
-    } } }
+    let y = Tensor(uninitialized: [b, t, c])
+    Kernels.splitHeads(x.unsafePointer, y.unsafePointer, b: b, t: t, heads: heads, d: d, merge: true)
     return y
 }
 

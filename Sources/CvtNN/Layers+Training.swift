@@ -435,7 +435,7 @@ public enum DropPath {
 
 /// `a + b` as a new tensor (residual adds).
 public func adding(_ a: Tensor, _ b: Tensor) -> Tensor {
-    let y = a.pooledCopy()
-    Kernels.add(b.unsafePointer, into: y.unsafePointer, count: y.count)
+    let y = Tensor(uninitialized: a.shape)
+    Kernels.sum(a.unsafePointer, b.unsafePointer, y.unsafePointer, count: y.count)
     return y
 }

@@ -1,3 +1,4 @@
+import CheckpointSupport
 import CvtTensor
 import Foundation
 
@@ -153,18 +154,7 @@ public struct WeightLoadingError: Error, CustomStringConvertible, Equatable {
 }
 
 /// A key from a file for a message: at most 120 characters, control characters escaped.
-func printableKey(_ key: String) -> String {
-    var out = ""
-    for (i, u) in key.unicodeScalars.enumerated() {
-        if i == 120 { out += "…"; break }
-        if u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
-            out += "\\u{\(String(u.value, radix: 16))}"
-        } else {
-            out.unicodeScalars.append(u)
-        }
-    }
-    return out
-}
+func printableKey(_ key: String) -> String { escapedForMessage(key, limit: 120, quoting: false) }
 
 /// Strict loading: walks the model, takes each key from the source, and at `finish()` reports
 /// every problem. `num_batches_tracked` buffers are ignored (unused at inference).

@@ -203,7 +203,26 @@ package enum Kernels {
     /// Copies `rows` rows of `cols` values between buffers with independent row pitches.
     public static func copyRows(_ src: UnsafePointer<Float>, srcPitch: Int, _ dst: UnsafeMutablePointer<Float>, dstPitch: Int,
                                 rows: Int, cols: Int) {
-        for r in 0..<rows { (dst + r * dstPitch).update(from: src + r * srcPitch, count: cols) }
+        let f = MemoryLayout<Float>.stride
+        ck_copy_rows(src, srcPitch * f, dst, dstPitch * f, rows, cols * f)
+    }
+
+    /// `count` floats from `src` to `dst` (not overlapping), split over the kernels' threads.
+    public static func copy(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+        let rows = max(1, min(count / 4096, 4096)), cols = count / rows, f = MemoryLayout<Float>.stride
+        ck_copy_rows(src, cols * f, dst, cols * f, rows, cols * f)
+        if rows * cols < count { (dst + rows * cols).update(from: src + rows * cols, count: count - rows * cols) }
+    }
+
+    /// `[b, t, heads·d]` → `[b, heads, t, d]` (`merge`: the other way), split over the kernels' threads.
+    public static func splitHeads(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, b: Int, t: Int, heads: Int, d: Int,
+                                  merge: Bool = false) {
+        ck_split_heads(src, dst, b, t, heads, d, merge ? 1 : 0)
+    }
+
+    /// `y = a + b` elementwise (`y` may be `a` or `b`).
+    public static func sum(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int) {
+        ck_sum(a, b, y, count)
     }
 
     /// Output size of PyTorch's `AvgPool2d(..., ceil_mode: true)` along one axis.

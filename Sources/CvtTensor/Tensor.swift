@@ -299,7 +299,7 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
     /// A copy with its own pooled storage.
     public func pooledCopy() -> Tensor {
         let t = Tensor(uninitialized: shape)
-        t.storage.pointer.update(from: storage.pointer, count: count)
+        Kernels.copy(storage.pointer, t.storage.pointer, count: count)
         return t
     }
 

@@ -165,10 +165,11 @@ extension Kernels {
     }
 
     /// One AdamW step (`step` counted from 1) in the float32 rounding of torch 2.13's CPU
-    /// single-tensor AdamW (see `ck_adamw`).
+    /// single-tensor AdamW (see `ck_adamw`). Returns whether any updated weight is not finite.
+    @discardableResult
     public static func adamW(param: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, expAvg: UnsafeMutablePointer<Float>,
                              expAvgSq: UnsafeMutablePointer<Float>, count: Int, lr: Double, beta1: Double, beta2: Double,
-                             eps: Double, weightDecay: Double, step: Int, fused: Bool = false) {
-        ck_adamw(param, grad, expAvg, expAvgSq, count, lr, beta1, beta2, eps, weightDecay, step, fused ? 1 : 0)
+                             eps: Double, weightDecay: Double, step: Int, fused: Bool = false) -> Bool {
+        return ck_adamw(param, grad, expAvg, expAvgSq, count, lr, beta1, beta2, eps, weightDecay, step, fused ? 1 : 0) != 0
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CheckpointSupport
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
@@ -133,7 +134,7 @@ public struct HubClient: @unchecked Sendable {
     public func resolveURL(repo: String, revision: String, filename: String) throws -> URL {
         let s = "\(endpoint)/\(repo)/resolve/\(percentEncode(revision, safe: ""))/\(percentEncode(filename, safe: "/"))"
         guard let url = URL(string: s), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme), url.host != nil else {
-            throw HubError(.invalidReference, "HF_ENDPOINT \(printable(endpoint)) is not an http(s) URL (it must look like https://huggingface.co)",
+            throw HubError(.invalidReference, "HF_ENDPOINT \(quoted(endpoint)) is not an http(s) URL (it must look like https://huggingface.co)",
                            repo: repo, file: filename, revision: revision)
         }
         return url
@@ -397,17 +398,3 @@ extension HubClient {
     }
 }
 
-/// `text` for a message: at most 200 characters, control characters escaped (it may come from the
-/// environment or a server and goes to a terminal).
-func printable(_ text: String) -> String {
-    var out = ""
-    for (i, u) in text.unicodeScalars.enumerated() {
-        if i == 200 { out += "…"; break }
-        if u.value < 0x20 || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
-            out += "\\u{\(String(u.value, radix: 16))}"
-        } else {
-            out.unicodeScalars.append(u)
-        }
-    }
-    return "'" + out + "'"
-}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointSupport
 import CvtKit
 import Foundation
 // C's `stdout` (flushed and checked for write errors below) is a global that Swift 6 cannot prove
@@ -63,14 +64,7 @@ enum Entry {
 
     /// Control characters (other than newline and tab) escaped, at most `maxMessageBytes`.
     static func terminalSafe(_ text: String) -> String {
-        var out = ""
-        for u in text.unicodeScalars {
-            if (u.value < 0x20 && u != "\n" && u != "\t") || u.value == 0x7F || (0x80..<0xA0).contains(u.value) {
-                out += "\\u{\(String(u.value, radix: 16))}"
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
+        let out = escapedForMessage(text, limit: .max, quoting: false, keeping: ["\n", "\t"])
         let bytes = Array(out.utf8)
         guard bytes.count > maxMessageBytes else { return out }
         let half = maxMessageBytes / 2
@@ -217,10 +211,8 @@ struct Forward: ParsableCommand {
     }
 }
 
-struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Time forward passes (or, with --mode train, training steps) of a CvT model on random input (random-init preset or a checkpoint).")
-
+/// `cvt bench`'s main options, a help group of their own so that they print before the comparison switches.
+struct BenchOptions: ParsableArguments {
     @Option(help: "Preset: \(CvtConfig.presetNames.joined(separator: ", ")).") var preset = "cvt-13"
     @Option(help: "Checkpoint folder to time instead of a random-init preset.") var model: String?
     @Option(help: "Images per forward pass.") var batchSize = 1
@@ -232,6 +224,22 @@ struct Bench: ParsableCommand {
     var runMode: BenchMode = .inference
     @Flag(help: "Print one JSON object.") var json = false
     @Flag(help: "Also print the time spent in each backend operation kind.") var profile = false
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time forward passes (or, with --mode train, training steps) of a CvT model on random input (random-init preset or a checkpoint).")
+
+    @OptionGroup(title: "What to time") var options: BenchOptions
+    var preset: String { options.preset }
+    var model: String? { options.model }
+    var batchSize: Int { options.batchSize }
+    var imageSize: Int { options.imageSize }
+    var dtype: InferenceDType { options.dtype }
+    var iterations: Int { options.iterations }
+    var runMode: BenchMode { options.runMode }
+    var json: Bool { options.json }
+    var profile: Bool { options.profile }
     @OptionGroup(title: "Comparison switches (change what runs, to compare code paths)") var comparison: ComparisonOptions
     @OptionGroup var threadOptions: ThreadOptions
 

@@ -44,6 +44,11 @@ final class CLITests: XCTestCase {
 
         let help = try run(["convert", "--help"])
         XCTAssertTrue(help.stdout.contains("tf_model.h5"), help.stdout)
+        // bench's main options print first, the comparison switches after them.
+        let benchHelp = try run(["bench", "--help"]).stdout
+        let main = try XCTUnwrap(benchHelp.range(of: "--batch-size"), benchHelp)
+        let switches = try XCTUnwrap(benchHelp.range(of: "--plain-weights"), benchHelp)
+        XCTAssertLessThan(main.lowerBound, switches.lowerBound, benchHelp)
 
         let completion = try run(["--generate-completion-script", "bash"])
         XCTAssertEqual(completion.status, 0, completion.stderr)

@@ -318,6 +318,23 @@ final class OptimizerTests: XCTestCase {
         }
     }
 
+    /// An update that overflows is reported with the first parameter it hit (the kernel checks
+    /// what it writes, the vector body and the scalar tail alike); a finite one reports nothing.
+    func testNonFiniteUpdateIsReported() throws {
+        for fused in [false, true] {
+            let net = TinyNet()
+            let opt = try AdamW(decayParameterNames: [], weightDecay: 0, fused: fused)
+            try net.setGradients(step: 0)
+            try opt.step(net, learningRate: 0.01)
+            XCTAssertNil(opt.nonFiniteParameter, "fused \(fused)")
+            try net.setGradients(step: 1)
+            try opt.step(net, learningRate: 1e39)  // lr·m̂/√v̂ ≈ 1e39: beyond float32
+            XCTAssertEqual(opt.nonFiniteParameter, "cvt.encoder.stages.2.cls_token", "fused \(fused)")
+            try opt.step(net, learningRate: 0)
+            XCTAssertNotNil(opt.nonFiniteParameter, "the weights are already infinite")
+        }
+    }
+
     /// Parameters without a gradient (zero-sized, as `.grad is None`) are not touched and get no state,
     /// even with weight decay; buffers get none either.
     func testParametersWithoutGradientAreSkipped() throws {

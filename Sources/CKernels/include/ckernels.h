@@ -135,6 +135,12 @@ void ck_softmax_forward(const float *x, float *p, long rows, int cols);
 void ck_softmax_backward(const float *p, const float *dp, float *ds, long rows, int cols, float scale);
 /// `ck_softmax_backward` from bfloat16 probabilities `p`, writing `ds` as bfloat16 (round to nearest even).
 void ck_softmax_backward_bf16(const uint16_t *p, const float *dp, uint16_t *ds, long rows, int cols, float scale);
+/// `rows` rows of `row_bytes` bytes from `src` to `dst` (pitches in bytes), split over the team.
+void ck_copy_rows(const void *src, long src_pitch_bytes, void *dst, long dst_pitch_bytes, long rows, long row_bytes);
+/// `[b, t, heads·d]` → `[b, heads, t, d]` (or back, with `merge`), split over the team.
+void ck_split_heads(const float *src, float *dst, long b, long t, long heads, long d, int merge);
+/// `y = a + b` elementwise (`y` may be `a` or `b`), split over the team.
+void ck_sum(const float *a, const float *b, float *y, long count);
 /// Per-channel mean and biased variance of `x` [rows, channels] (NHWC flattened), accumulated in
 /// double. rows = 0 gives NaN.
 int ck_batchnorm_statistics(const float *x, long rows, int channels, float *mean, float *variance);
@@ -177,8 +183,8 @@ void ck_add(const float *src, float *dst, long count);
 /// rounding: param *= 1 − lr·wd; exp_avg = lerp(exp_avg, grad, 1 − β₁); exp_avg_sq = exp_avg_sq·β₂ +
 /// (1 − β₂)·grad·grad; param += (−lr/(1 − β₁^step))·exp_avg / (sqrt(exp_avg_sq)/sqrt(1 − β₂^step) + eps).
 /// `fused`: the fused kernel's square root of the bias correction (its vectorised body; see AdamW.swift
-/// for its last `count % 8` elements).
-void ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
+/// for its last `count % 8` elements). Returns 1 when an updated weight is not finite, else 0.
+int ck_adamw(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, long count, double lr, double beta1,
               double beta2, double eps, double weight_decay, long step, int fused);
 
 #endif

@@ -32,6 +32,10 @@ public final class AdamW {
     public let eps: Double
     /// Decoupled weight decay applied to the decayed group (`weight_decay`).
     public let weightDecay: Double
+    /// The first parameter (in the model's order) that the last `step` left with a weight that is
+    /// not finite (an overflowing update), or nil: the update is checked as it is written.
+    public private(set) var nonFiniteParameter: String?
+
     /// Whether steps follow ATen's fused CPU kernel (`adamw_torch_fused`) instead of the per-op path (`adamw_torch`).
     public let fused: Bool
     /// Parameters in the decayed group (`Trainer.get_decay_parameter_names`); the others get no decay.
@@ -116,6 +120,7 @@ public final class AdamW {
     /// none, as torch skips parameters whose `.grad` is None).
     public func step(_ model: Module, learningRate: Double) throws {
         guard learningRate >= 0 else { throw OptimizerError("AdamW: invalid learning rate \(learningRate)") }
+        nonFiniteParameter = nil
         let visitor = StepVisitor(self, learningRate: learningRate)
         try model.visitParameters(visitor, prefix: "")
         model.parametersDidChange()
@@ -153,11 +158,16 @@ public final class AdamW {
             s.expAvg.withUnsafeMutableBufferPointer { m in
                 s.expAvgSq.withUnsafeMutableBufferPointer { v in
                     gradient.withUnsafeBufferPointer { g in
+                        var bad = false
                         if body > 0 {
-                            Kernels.adamW(param: p.baseAddress!, grad: g.baseAddress!, expAvg: m.baseAddress!, expAvgSq: v.baseAddress!,
-                                          count: body, lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: wd, step: s.step, fused: fused)
+                            bad = Kernels.adamW(param: p.baseAddress!, grad: g.baseAddress!, expAvg: m.baseAddress!, expAvgSq: v.baseAddress!,
+                                                count: body, lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: wd, step: s.step, fused: fused)
                         }
-                        if body < n { Self.fusedUpdate(p, m, v, g, body..<n, n, c) }
+                        if body < n {
+                            Self.fusedUpdate(p, m, v, g, body..<n, n, c)
+                            bad = bad || p[body..<n].contains { !$0.isFinite }
+                        }
+                        if bad && nonFiniteParameter == nil { nonFiniteParameter = key }
                     }
                 }
             }

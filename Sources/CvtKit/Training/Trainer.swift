@@ -194,9 +194,7 @@ public final class Trainer: @unchecked Sendable {
         snapshot.mode = .save
         try model.visitParameters(snapshot, prefix: "")
         try optimizer.step(model, learningRate: lr)
-        snapshot.mode = .check
-        try model.visitParameters(snapshot, prefix: "")
-        if let bad = snapshot.nonFinite {
+        if let bad = optimizer.nonFiniteParameter {
             snapshot.mode = .restore
             try model.visitParameters(snapshot, prefix: "")
             model.parametersDidChange()
@@ -262,10 +260,9 @@ public final class Trainer: @unchecked Sendable {
 /// Copies of the trainable parameters in storage of their own (allocated once), to undo an update
 /// that left a parameter non-finite; `check` finds such a parameter.
 final class ParameterSnapshot: ParameterVisitor {
-    enum Mode { case save, check, restore }
+    enum Mode { case save, restore }
     var mode = Mode.save
     private var copies: [String: Tensor] = [:]
-    private(set) var nonFinite: String?
     /// Whether a `save` happened (a restore then gives those weights back).
     var holdsCopies: Bool { !copies.isEmpty }
 
@@ -273,11 +270,10 @@ final class ParameterSnapshot: ParameterVisitor {
     func visit(_ key: String, _ tensor: inout Tensor, gradient: inout Tensor, kind: ParameterKind) throws {
         switch mode {
         case .save:
-            nonFinite = nil
             if copies[key]?.shape != tensor.shape { copies[key] = Tensor(zeros: tensor.shape) }
-            _ = copies[key]!.withUnsafeMutableBufferPointer { dst in tensor.withUnsafeBufferPointer { dst.update(from: $0) } }
-        case .check:
-            if nonFinite == nil, !Kernels.sumOfSquares(tensor.unsafePointer, count: tensor.count).isFinite { nonFinite = key }
+            _ = copies[key]!.withUnsafeMutableBufferPointer { dst in
+                tensor.withUnsafeBufferPointer { Kernels.copy($0.baseAddress!, dst.baseAddress!, count: dst.count) }
+            }
         case .restore:
             guard let copy = copies[key] else { return }
             _ = tensor.withUnsafeMutableBufferPointer { dst in copy.withUnsafeBufferPointer { dst.update(from: $0) } }
