@@ -4,8 +4,9 @@ import PackageDescription
 // Targets depend one way. The model: CvtTensor (tensor + engine: oneDNN and CKernels) → CvtNN
 // (layers, losses) → Cvt (config and model, no I/O). Images: CvtVision (decoding, resampling, the
 // image processor) on CvtTensor alone. Files: Safetensors, TorchCheckpoint and TFCheckpoint, and
-// HubClient, each standing alone but for CheckpointSupport (mapped files, file errors, and the one
-// routine that escapes file text for messages, which CvtNN's strict loader uses too). CvtKit joins them (checkpoint loading,
+// HubClient, each standing alone but for CheckpointSupport (mapped files, file errors, the JSON reader and
+// writer that config.json and the safetensors header share, and the one routine that escapes file
+// text for messages, which CvtNN's strict loader uses too). CvtKit joins them (checkpoint loading,
 // pipeline, evaluation, training) and cvt (the CLI) sits on CvtKit. CvtServer (`cvt serve`) is the
 // only target on the server stack, so users of CvtKit alone do not build it.
 let package = Package(
@@ -49,7 +50,7 @@ let package = Package(
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "HubClient", dependencies: ["CCrypto", "CheckpointSupport"]),
         .target(name: "CvtNN", dependencies: ["CvtTensor", "CheckpointSupport"]),
-        .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor"]),
+        .target(name: "Cvt", dependencies: ["CvtNN", "CvtTensor", "CheckpointSupport"]),
         // libjpeg-turbo and libpng (Debian), wrapped in C because their error handling uses setjmp.
         .target(name: "CImageCodecs", linkerSettings: [.linkedLibrary("jpeg"), .linkedLibrary("png")]),
         .target(name: "CvtVision", dependencies: ["CImageCodecs", "CvtTensor"]),

@@ -1,3 +1,4 @@
+import CheckpointSupport
 import Foundation
 
 /// A config that cannot describe a working model, naming the field and the value.
@@ -406,10 +407,10 @@ public struct CvtConfig: Codable, Equatable, Sendable {
             ("drop_rate", .array(dropRate.map(JSONValue.float))),
             ("dtype", .string(dtype)),
             ("embed_dim", .array(embedDim.map(JSONValue.int))),
-            ("id2label", .object(id2label.sorted { $0.key < $1.key }.map { (String($0.key), .string($0.value)) })),
+            ("id2label", .object(id2label.sorted { $0.key < $1.key }.map { (key: String($0.key), value: .string($0.value)) })),
             ("initializer_range", .float(initializerRange)),
             ("kernel_qkv", .array(kernelQkv.map(JSONValue.int))),
-            ("label2id", .object(label2id.sorted { $0.key < $1.key }.map { ($0.key, .int($0.value)) })),
+            ("label2id", .object(label2id.sorted { $0.key < $1.key }.map { (key: $0.key, value: .int($0.value)) })),
             ("layer_norm_eps", .float(layerNormEps)),
             ("mlp_ratio", .array(mlpRatio.map(JSONValue.float))),
             ("model_type", .string("cvt")),
@@ -428,49 +429,6 @@ public struct CvtConfig: Codable, Equatable, Sendable {
         if let architectures { fields.append(("architectures", .array(architectures.map(JSONValue.string)))) }
         if let problemType { fields.append(("problem_type", .string(problemType))) }
         fields.sort { $0.0 < $1.0 }
-        return Data((JSONValue.object(fields).render(indent: 0) + "\n").utf8)
-    }
-}
-
-/// Minimal JSON writer with control over number formatting (see `CvtConfig.jsonData`).
-enum JSONValue {
-    case int(Int), float(Double), bool(Bool), string(String)
-    indirect case array([JSONValue])
-    indirect case object([(String, JSONValue)])
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
-    }
-
-    func render(indent: Int) -> String {
-        let pad = String(repeating: "  ", count: indent + 1), close = String(repeating: "  ", count: indent)
-        switch self {
-        case .int(let v): return String(v)
-        case .float(let v):
-            guard v.isFinite else { return "null" }
-            // Swift's description is the shortest round-trip form; make integral values floats.
-            let d = "\(v)"
-            return d.contains(".") || d.contains("e") ? d : d + ".0"
-        case .bool(let v): return v ? "true" : "false"
-        case .string(let v): return Self.quote(v)
-        case .array(let items):
-            if items.isEmpty { return "[]" }
-            return "[\n" + items.map { pad + $0.render(indent: indent + 1) }.joined(separator: ",\n") + "\n" + close + "]"
-        case .object(let fields):
-            if fields.isEmpty { return "{}" }
-            return "{\n" + fields.map { pad + Self.quote($0.0) + ": " + $0.1.render(indent: indent + 1) }.joined(separator: ",\n") + "\n" + close + "}"
-        }
+        return Data((JSONValue.object(fields.map { (key: $0.0, value: $0.1) }).pretty() + "\n").utf8)
     }
 }

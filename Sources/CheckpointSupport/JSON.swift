@@ -1,7 +1,8 @@
 import Foundation
 
-/// Minimal JSON value for the safetensors header. Object members keep their order.
-enum JSONValue: Sendable {
+/// Minimal JSON value: what the safetensors header parser reads and what `config.json` and the
+/// header are written from. Object members keep their order; numbers keep their literal text.
+package enum JSONValue: Sendable {
     case object([(key: String, value: JSONValue)])
     case array([JSONValue])
     case string(String)
@@ -12,12 +13,12 @@ enum JSONValue: Sendable {
 
     /// Non-negative integer value, or nil for anything else (fractions, exponents, negatives,
     /// values beyond `Int`).
-    var nonNegativeInt: Int? {
+    package var nonNegativeInt: Int? {
         guard case .number(let text) = self, let v = Int(text), v >= 0 else { return nil }
         return v
     }
 
-    var typeName: String {
+    package var typeName: String {
         switch self {
         case .object: return "object"
         case .array: return "array"
@@ -29,11 +30,41 @@ enum JSONValue: Sendable {
     }
 
     /// Compact JSON rendering for error messages, cut to about `limit` characters.
-    func rendered(limit: Int = 80) -> String {
+    package func rendered(limit: Int = 80) -> String {
         var out = ""
         render(into: &out, limit: limit)
         if out.count > limit { return String(out.prefix(limit)) + "…" }
         return out
+    }
+
+    /// An integer.
+    package static func int(_ v: Int) -> JSONValue { .number(String(v)) }
+
+    /// A float, always with a fraction or exponent (`4.0`, not `4`: transformers v5 validates
+    /// float fields as floats); the shortest text that reads back the same double; null when not
+    /// finite.
+    package static func float(_ v: Double) -> JSONValue {
+        guard v.isFinite else { return .null }
+        let d = "\(v)"
+        return .number(d.contains(".") || d.contains("e") ? d : d + ".0")
+    }
+
+    /// Indented JSON (two spaces per level, as Python's `json.dumps(indent=2)`).
+    package func pretty(indent: Int = 0) -> String {
+        let pad = String(repeating: "  ", count: indent + 1), close = String(repeating: "  ", count: indent)
+        switch self {
+        case .array(let items):
+            if items.isEmpty { return "[]" }
+            return "[\n" + items.map { pad + $0.pretty(indent: indent + 1) }.joined(separator: ",\n") + "\n" + close + "]"
+        case .object(let members):
+            if members.isEmpty { return "{}" }
+            return "{\n" + members.map { pad + JSONWriter.quoted($0.key) + ": " + $0.value.pretty(indent: indent + 1) }.joined(separator: ",\n")
+                + "\n" + close + "}"
+        case .string(let s): return JSONWriter.quoted(s)
+        case .number(let t): return t
+        case .bool(let b): return b ? "true" : "false"
+        case .null: return "null"
+        }
     }
 
     private func render(into out: inout String, limit: Int) {
@@ -64,15 +95,15 @@ enum JSONValue: Sendable {
     }
 }
 
-struct JSONParseError: Error {
-    let message: String
-    let offset: Int
+package struct JSONParseError: Error {
+    package let message: String
+    package let offset: Int
 }
 
 /// Strict RFC 8259 parser over raw bytes (the caller has validated UTF-8). Nesting depth and
 /// array length are capped so hostile headers cannot exhaust the stack or memory; duplicate
 /// object keys are rejected.
-struct JSONParser {
+package struct JSONParser {
     static let maxDepth = 64
     static let maxArrayLength = 65_536
 
@@ -82,7 +113,7 @@ struct JSONParser {
 
     private init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
-    static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSONValue {
+    package static func parse(_ bytes: UnsafeRawBufferPointer) throws -> JSONValue {
         var p = JSONParser(bytes: bytes)
         p.skipWhitespace()
         let v = try p.parseValue()
@@ -308,9 +339,9 @@ struct JSONParser {
     }
 }
 
-enum JSONWriter {
+package enum JSONWriter {
     /// JSON string literal with the mandatory escapes; non-ASCII is written as UTF-8.
-    static func quoted(_ s: String) -> String {
+    package static func quoted(_ s: String) -> String {
         var out = "\""
         out.reserveCapacity(s.utf8.count + 2)
         for scalar in s.unicodeScalars {
