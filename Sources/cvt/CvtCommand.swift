@@ -116,17 +116,20 @@ enum Entry {
     static let spinCount = 5000
 
     /// Tasks other than this one that the kernel counts as runnable (`procs_running` in
-    /// /proc/stat), the least of a few samples a millisecond apart; nil where it cannot be read.
+    /// /proc/stat): zero as soon as one sample shows none, else the least of samples 2 ms apart
+    /// over 20 ms (another process's thread pools, PyTorch's or ONNX Runtime's, spin for a few
+    /// milliseconds after their last work: that is not a busy machine). nil where it cannot be read.
     static func othersRunnable() -> Int? {
         var least: Int?
-        for i in 0..<4 {
-            if i > 0 { usleep(1000) }
+        for i in 0..<11 {
+            if i > 0 { usleep(2000) }
             guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
                   let line = text.split(separator: "\n").first(where: { $0.hasPrefix("procs_running ") }),
-                  let n = Int(line.dropFirst("procs_running ".count).trimmingCharacters(in: .whitespaces)) else { return nil }
-            least = min(least ?? n, n)
+                  let n = Int(line.dropFirst("procs_running ".count).trimmingCharacters(in: .whitespaces)) else { return least }
+            least = min(least ?? n, max(0, n - 1))
+            if least == 0 { return 0 }
         }
-        return least.map { max(0, $0 - 1) }
+        return least
     }
 
     /// The OpenMP wait policy this process runs with, as `cvt bench --json` reports it.
