@@ -99,6 +99,10 @@ def main():
         per_round = {name: [] for name, _ in systems}
         for _ in range(a.rounds):
             for name, run in systems:
+                # The previous system's thread pools (PyTorch's, ONNX Runtime's, in this process)
+                # spin for a while after their last work: let them go idle so that every system
+                # starts on a quiet machine.
+                time.sleep(0.5)
                 per_round[name].append(run())
         rows = [(name, statistics.median(m for m, _ in per_round[name]), min(mn for _, mn in per_round[name]),
                  [m for m, _ in per_round[name]]) for name, _ in systems]

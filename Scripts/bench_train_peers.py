@@ -137,6 +137,7 @@ def main():
         per_round = {key: [] for _, key, _ in systems}
         for _ in range(a.rounds):
             for _, key, run in systems:
+                time.sleep(0.5)  # every system starts on a quiet machine (the last one's threads idle)
                 per_round[key].append(run())
 
     runs = {key: {"name": name, "median_ms": statistics.median(r["median_ms"] for r in per_round[key]),
