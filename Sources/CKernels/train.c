@@ -580,31 +580,6 @@ __attribute__((target("avx2,fma"))) static void softmax_rows_avx2(sm_job *j, lon
     }
 }
 
-// ds = scale·p·(dp − Σ p·dp), the dot product in float over blocks, gathered in double.
-__attribute__((target("avx2,fma"))) static void softmax_backward_avx2(sm_job *j, long r0, long r1) {
-    int cols = j->cols, vec = cols / 8 * 8;
-    for (long r = r0; r < r1; r++) {
-        const float *p = j->x + r * cols, *dp = j->dp + r * cols;
-        float *ds = j->p + r * cols;
-        __m256d dlo = _mm256_setzero_pd(), dhi = dlo;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-        int i = 0;
-        for (; i + 16 <= vec; i += 16) {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(dp + i), s0);
-            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 8), _mm256_loadu_ps(dp + i + 8), s1);
-            if ((i & 255) == 240) { add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1)); s0 = _mm256_setzero_ps(); s1 = s0; }
-        }
-        for (; i < vec; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(dp + i), s0);
-        add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1));
-        double dot = hsum_pd(_mm256_add_pd(dlo, dhi));
-        for (; i < cols; i++) dot += (double)p[i] * dp[i];
-        float d = (float)dot, sc = j->scale;
-        __m256 vd = _mm256_set1_ps(d), vs = _mm256_set1_ps(sc);
-        for (i = 0; i < vec; i += 8)
-            _mm256_storeu_ps(ds + i, _mm256_mul_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(p + i)), _mm256_sub_ps(_mm256_loadu_ps(dp + i), vd)));
-        for (; i < cols; i++) ds[i] = sc * p[i] * (dp[i] - d);
-    }
-}
 #endif
 
 static void softmax_range(void *ctx, long r0, long r1, int member) {
@@ -626,79 +601,80 @@ static void softmax_range(void *ctx, long r0, long r1, int member) {
     }
 }
 
+
+// Softmax backward: ds = scale·p·(dP − Σ p·dP), the dot product in float over blocks, gathered in
+// double. The probabilities and dS are float32, or bfloat16 (what the bf16 forward kept, and the
+// operand of the two matmuls that follow: the float32 arithmetic on the exactly widened
+// probabilities, rounded once, without a float32 copy of either [rows, cols] array).
+typedef struct { const void *p; const float *dp; void *ds; int cols; float scale; int vec, bf16; } smb_job;
+
+static inline float smb_p1(const smb_job *j, long i) {
+    return j->bf16 ? bf16_widen_scalar(((const uint16_t *)j->p)[i]) : ((const float *)j->p)[i];
+}
+static inline void smb_ds1(const smb_job *j, long i, float v) {
+    if (j->bf16) ((uint16_t *)j->ds)[i] = bf16_bits_scalar(v); else ((float *)j->ds)[i] = v;
+}
+
+#if CK_X86
+__attribute__((target("avx2,fma"))) static inline __m256 smb_p8(const smb_job *j, long i) {
+    return j->bf16 ? bf16_widen((const uint16_t *)j->p + i) : _mm256_loadu_ps((const float *)j->p + i);
+}
+__attribute__((target("avx2,fma"))) static inline void smb_ds8(const smb_job *j, long i, __m256 v) {
+    if (j->bf16) _mm_storeu_si128((__m128i *)((uint16_t *)j->ds + i), bf16_bits(v)); else _mm256_storeu_ps((float *)j->ds + i, v);
+}
+
+__attribute__((target("avx2,fma"))) static void softmax_backward_avx2(const smb_job *j, long r0, long r1) {
+    int cols = j->cols, vec = cols / 8 * 8;
+    for (long r = r0; r < r1; r++) {
+        long o = r * cols;
+        const float *dp = j->dp + o;
+        __m256d dlo = _mm256_setzero_pd(), dhi = dlo;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        int i = 0;
+        for (; i + 16 <= vec; i += 16) {
+            s0 = _mm256_fmadd_ps(smb_p8(j, o + i), _mm256_loadu_ps(dp + i), s0);
+            s1 = _mm256_fmadd_ps(smb_p8(j, o + i + 8), _mm256_loadu_ps(dp + i + 8), s1);
+            if ((i & 255) == 240) { add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1)); s0 = _mm256_setzero_ps(); s1 = s0; }
+        }
+        for (; i < vec; i += 8) s0 = _mm256_fmadd_ps(smb_p8(j, o + i), _mm256_loadu_ps(dp + i), s0);
+        add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1));
+        double dot = hsum_pd(_mm256_add_pd(dlo, dhi));
+        for (; i < cols; i++) dot += (double)smb_p1(j, o + i) * dp[i];
+        float d = (float)dot, sc = j->scale;
+        __m256 vd = _mm256_set1_ps(d), vs = _mm256_set1_ps(sc);
+        // dS may be dP (float32, in place): each element is read before it is written.
+        for (i = 0; i < vec; i += 8)
+            smb_ds8(j, o + i, _mm256_mul_ps(_mm256_mul_ps(vs, smb_p8(j, o + i)), _mm256_sub_ps(_mm256_loadu_ps(dp + i), vd)));
+        for (; i < cols; i++) smb_ds1(j, o + i, sc * smb_p1(j, o + i) * (dp[i] - d));
+    }
+}
+#endif
+
 static void softmax_backward_range(void *ctx, long r0, long r1, int member) {
     (void)member;
-    sm_job *j = ctx;
+    smb_job *j = ctx;
 #if CK_X86
     if (j->vec) { softmax_backward_avx2(j, r0, r1); return; }
 #endif
     int cols = j->cols;
     for (long r = r0; r < r1; r++) {
-        const float *p = j->x + r * cols, *dp = j->dp + r * cols;
-        float *ds = j->p + r * cols;
+        long o = r * cols;
+        const float *dp = j->dp + o;
         double dot = 0.0;
-        for (int i = 0; i < cols; i++) dot += (double)p[i] * dp[i];
+        for (int i = 0; i < cols; i++) dot += (double)smb_p1(j, o + i) * dp[i];
         float d = (float)dot;
-        for (int i = 0; i < cols; i++) ds[i] = j->scale * p[i] * (dp[i] - d);
+        for (int i = 0; i < cols; i++) smb_ds1(j, o + i, j->scale * smb_p1(j, o + i) * (dp[i] - d));
     }
 }
 
-// The same from bfloat16 probabilities (what the bf16 forward kept), writing dS as bfloat16 (the
-// operand of the two matmuls that follow): the arithmetic of the float32 kernel on the widened
-// probabilities, then one rounding, without a float32 copy of either [rows, cols] array.
-typedef struct { const uint16_t *p; const float *dp; uint16_t *ds; int cols; float scale; int vec; } smb_job;
-
-#if CK_X86
-__attribute__((target("avx2,fma"))) static void softmax_backward_bf16_avx2(smb_job *j, long r0, long r1) {
-    int cols = j->cols, vec = cols / 8 * 8;
-    for (long r = r0; r < r1; r++) {
-        const uint16_t *p = j->p + r * cols;
-        const float *dp = j->dp + r * cols;
-        uint16_t *ds = j->ds + r * cols;
-        __m256d dlo = _mm256_setzero_pd(), dhi = dlo;
-        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-        int i = 0;
-        for (; i + 16 <= vec; i += 16) {
-            s0 = _mm256_fmadd_ps(bf16_widen(p + i), _mm256_loadu_ps(dp + i), s0);
-            s1 = _mm256_fmadd_ps(bf16_widen(p + i + 8), _mm256_loadu_ps(dp + i + 8), s1);
-            if ((i & 255) == 240) { add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1)); s0 = _mm256_setzero_ps(); s1 = s0; }
-        }
-        for (; i < vec; i += 8) s0 = _mm256_fmadd_ps(bf16_widen(p + i), _mm256_loadu_ps(dp + i), s0);
-        add_wide(&dlo, &dhi, _mm256_add_ps(s0, s1));
-        double dot = hsum_pd(_mm256_add_pd(dlo, dhi));
-        for (; i < cols; i++) dot += (double)bf16_widen_scalar(p[i]) * dp[i];
-        float d = (float)dot, sc = j->scale;
-        __m256 vd = _mm256_set1_ps(d), vs = _mm256_set1_ps(sc);
-        for (i = 0; i < vec; i += 8)
-            _mm_storeu_si128((__m128i *)(ds + i),
-                             bf16_bits(_mm256_mul_ps(_mm256_mul_ps(vs, bf16_widen(p + i)), _mm256_sub_ps(_mm256_loadu_ps(dp + i), vd))));
-        for (; i < cols; i++) ds[i] = bf16_bits_scalar(sc * bf16_widen_scalar(p[i]) * (dp[i] - d));
-    }
-}
-#endif
-
-static void softmax_backward_bf16_range(void *ctx, long r0, long r1, int member) {
-    (void)member;
-    smb_job *j = ctx;
-#if CK_X86
-    if (j->vec) { softmax_backward_bf16_avx2(j, r0, r1); return; }
-#endif
-    int cols = j->cols;
-    for (long r = r0; r < r1; r++) {
-        const uint16_t *p = j->p + r * cols;
-        const float *dp = j->dp + r * cols;
-        uint16_t *ds = j->ds + r * cols;
-        double dot = 0.0;
-        for (int i = 0; i < cols; i++) dot += (double)bf16_widen_scalar(p[i]) * dp[i];
-        float d = (float)dot;
-        for (int i = 0; i < cols; i++) ds[i] = bf16_bits_scalar(j->scale * bf16_widen_scalar(p[i]) * (dp[i] - d));
-    }
+static void softmax_backward(const void *p, const float *dp, void *ds, int bf16, long rows, int cols, float scale) {
+    if (rows <= 0 || cols <= 0) return;
+    smb_job j = {p, dp, ds, cols, scale, vector_path(), bf16};
+    run_ranges(softmax_backward_range, &j, rows, 1, threads_for((double)rows * cols * 2, rows));
 }
 
 void ck_softmax_backward_bf16(const uint16_t *p, const float *dp, uint16_t *ds, long rows, int cols, float scale) {
-    if (rows <= 0 || cols <= 0) return;
-    smb_job j = {p, dp, ds, cols, scale, vector_path()};
-    run_ranges(softmax_backward_bf16_range, &j, rows, 1, threads_for((double)rows * cols * 2, rows));
+    softmax_backward(p, dp, ds, 1, rows, cols, scale);
 }
 
 void ck_softmax_forward(const float *x, float *p, long rows, int cols) {
@@ -708,9 +684,7 @@ void ck_softmax_forward(const float *x, float *p, long rows, int cols) {
 }
 
 void ck_softmax_backward(const float *p, const float *dp, float *ds, long rows, int cols, float scale) {
-    if (rows <= 0 || cols <= 0) return;
-    sm_job j = {p, dp, ds, cols, scale, vector_path()};
-    run_ranges(softmax_backward_range, &j, rows, 1, threads_for((double)rows * cols * 2, rows));
+    softmax_backward(p, dp, ds, 0, rows, cols, scale);
 }
 
 // ==== per-channel sums over rows: column sums, BatchNorm ====

@@ -288,6 +288,53 @@ final class TrainingKernelTests: XCTestCase {
         }
     }
 
+    /// bf16 rounding of float32 values and back (round to nearest even, through the engine's conversions).
+    func bf16(_ x: [Float]) -> [UInt16] {
+        var bits = [UInt16](repeating: 0, count: x.count)
+        bits.withUnsafeMutableBytes { b in x.withUnsafeBufferPointer { Kernels.toBFloat16($0.baseAddress!, b.baseAddress!, count: x.count) } }
+        return bits
+    }
+    func widen(_ bits: [UInt16]) -> [Float] { bits.map { Float(bitPattern: UInt32($0) << 16) } }
+
+    /// The bf16 kernels are the float32 ones on the widened inputs, rounded once: bit for bit.
+    func testBFloat16SoftmaxBackwardAndGelu() {
+        var rng = Rng(11)
+        bothPaths { path in
+            for cols in widths + [784] { for rows in rowCounts(cols) {
+                let n = rows * cols, name = "[\(path)] \(rows)x\(cols)"
+                // Softmax backward from bf16 probabilities to bf16 dS.
+                let p = bf16(softmaxReference(rng.values(n, scale: 4), rows: rows, cols: cols).map { Float($0) })
+                let dp = rng.values(n, scale: 2)
+                let wide = Buf(zeros: n)
+                Kernels.softmaxBackward(p: widen(p), dp: dp, ds: wide.p, rows: rows, cols: cols, scale: 0.125)
+                var ds = [UInt16](repeating: 0, count: n)
+                p.withUnsafeBytes { pb in ds.withUnsafeMutableBytes { db in
+                    Kernels.softmaxBackwardBFloat16(p: pb.baseAddress!, dp: dp, ds: db.baseAddress!, rows: rows, cols: cols, scale: 0.125)
+                } }
+                XCTAssertEqual(ds, bf16(wide.values), "softmaxBackwardBFloat16\(name)")
+                // GELU: kept = bf16(x), y = bf16(GELU(kept)); the recompute gives y again; the
+                // backward is the float32 one at the widened input, in place.
+                let x = rng.values(n, scale: 12, offset: -6)
+                var kept = [UInt16](repeating: 0, count: n), y = kept, again = kept
+                kept.withUnsafeMutableBytes { kb in y.withUnsafeMutableBytes { yb in
+                    Kernels.geluBFloat16(x, xBF16: kb.baseAddress!, yBF16: yb.baseAddress!, count: n)
+                } }
+                XCTAssertEqual(kept, bf16(x), "geluBFloat16 kept\(name)")
+                let g = Buf(zeros: n)
+                Kernels.gelu(widen(kept), g.p, count: n)
+                XCTAssertEqual(y, bf16(g.values), "geluBFloat16\(name)")
+                kept.withUnsafeBytes { kb in again.withUnsafeMutableBytes { ab in
+                    Kernels.geluBFloat16(xBF16: kb.baseAddress!, yBF16: ab.baseAddress!, count: n)
+                } }
+                XCTAssertEqual(again, y, "geluBFloat16 recomputed\(name)")
+                let dy = rng.values(n, scale: 2), ref = Buf(zeros: n), inPlace = Buf(dy)
+                Kernels.geluBackward(x: widen(kept), dy: dy, dx: ref.p, count: n)
+                kept.withUnsafeBytes { Kernels.geluBackwardBFloat16(xBF16: $0.baseAddress!, dy: inPlace.p, dx: inPlace.p, count: n) }
+                XCTAssertEqual(inPlace.values, ref.values, "geluBackwardBFloat16\(name)")
+            } }
+        }
+    }
+
     // ---- BatchNorm ----
 
     func testBatchNormStatistics() {
