@@ -334,13 +334,6 @@ public enum GELU {
         return y
     }
 
-    /// `dx = dy·GELU'(x)`.
-    public static func backward(x: Tensor, dy: Tensor) -> Tensor {
-        let dx = Tensor(uninitialized: x.shape)
-        Kernels.geluBackward(x: x.unsafePointer, dy: dy.unsafePointer, dx: dx.unsafePointer, count: x.count)
-        return dx
-    }
-
     /// GELU between two matmuls, on the engine's matmul type: returns the input as the backward
     /// keeps it and `GELU(x)` as the next matmul's operand. In bfloat16 precision both are
     /// bfloat16, as autocast runs Linear → GELU → Linear: the first Linear's output rounded once,
