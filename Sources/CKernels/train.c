@@ -413,18 +413,20 @@ void ck_gelu_backward(const float *x, const float *dy, float *dx, long count) {
 typedef struct { const float *x; const float *dy; uint16_t *xb, *yb; float *dx; int vec; } gelu_bf16_job;
 
 #if CK_X86
+// With `x`: xb = bf16(x) first (kept); without: xb as given (the backward's recompute). Then
+// yb = bf16(GELU(xb)), the same arithmetic either way, so a recompute is bit for bit.
 __attribute__((target("avx2,fma"))) static void gelu_bf16_avx2(const gelu_bf16_job *j, long b, long e) {
     long i = b;
     for (; i + 8 <= e; i += 8) {
-        __m128i xb = bf16_bits(_mm256_loadu_ps(j->x + i));
-        _mm_storeu_si128((__m128i *)(j->xb + i), xb);
+        __m128i xb;
+        if (j->x) { xb = bf16_bits(_mm256_loadu_ps(j->x + i)); _mm_storeu_si128((__m128i *)(j->xb + i), xb); }
+        else xb = _mm_loadu_si128((const __m128i *)(j->xb + i));
         __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(xb), 16));
         _mm_storeu_si128((__m128i *)(j->yb + i), bf16_bits(gelu_ps(x)));
     }
     for (; i < e; i++) {
-        uint16_t xb = bf16_bits_scalar(j->x[i]);
-        j->xb[i] = xb;
-        float t[8] = {bf16_widen_scalar(xb)}, u[8];
+        if (j->x) j->xb[i] = bf16_bits_scalar(j->x[i]);
+        float t[8] = {bf16_widen_scalar(j->xb[i])}, u[8];
         _mm256_storeu_ps(u, gelu_ps(_mm256_loadu_ps(t)));
         j->yb[i] = bf16_bits_scalar(u[0]);
     }
@@ -449,9 +451,8 @@ static void gelu_bf16_range(void *ctx, long b, long e, int member) {
     if (j->vec) { gelu_bf16_avx2(j, b, e); return; }
 #endif
     for (long i = b; i < e; i++) {
-        uint16_t xb = bf16_bits_scalar(j->x[i]);
-        double x = bf16_widen_scalar(xb);
-        j->xb[i] = xb;
+        if (j->x) j->xb[i] = bf16_bits_scalar(j->x[i]);
+        double x = bf16_widen_scalar(j->xb[i]);
         j->yb[i] = bf16_bits_scalar((float)(x * phi_scalar(x)));
     }
 }
@@ -468,35 +469,9 @@ static void gelu_backward_bf16_range(void *ctx, long b, long e, int member) {
     }
 }
 
-// y_bf16 = bf16(GELU(x_bf16)): the second output of ck_gelu_forward_bf16 again, bit for bit, from
-// its first (the backward recomputes the activation instead of keeping it).
-#if CK_X86
-__attribute__((target("avx2,fma"))) static void gelu_bf16_again_avx2(const gelu_bf16_job *j, long b, long e) {
-    long i = b;
-    for (; i + 8 <= e; i += 8) _mm_storeu_si128((__m128i *)(j->yb + i), bf16_bits(gelu_ps(bf16_widen(j->xb + i))));
-    for (; i < e; i++) {
-        float t[8] = {bf16_widen_scalar(j->xb[i])}, u[8];
-        _mm256_storeu_ps(u, gelu_ps(_mm256_loadu_ps(t)));
-        j->yb[i] = bf16_bits_scalar(u[0]);
-    }
-}
-#endif
-
-static void gelu_bf16_again_range(void *ctx, long b, long e, int member) {
-    (void)member;
-    gelu_bf16_job *j = ctx;
-#if CK_X86
-    if (j->vec) { gelu_bf16_again_avx2(j, b, e); return; }
-#endif
-    for (long i = b; i < e; i++) {
-        double x = bf16_widen_scalar(j->xb[i]);
-        j->yb[i] = bf16_bits_scalar((float)(x * phi_scalar(x)));
-    }
-}
-
 void ck_gelu_bf16(const uint16_t *x_bf16, uint16_t *y_bf16, long count) {
     gelu_bf16_job j = {NULL, NULL, (uint16_t *)x_bf16, y_bf16, NULL, vector_path()};
-    run_ranges(gelu_bf16_again_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
+    run_ranges(gelu_bf16_range, &j, count, 64, threads_for((double)count * 8, (count + 63) / 64));
 }
 
 void ck_gelu_forward_bf16(const float *x, uint16_t *x_bf16, uint16_t *y_bf16, long count) {
@@ -511,7 +486,7 @@ void ck_gelu_backward_bf16(const uint16_t *x_bf16, const float *dy, float *dx, l
 
 // ==== softmax over the last axis ====
 
-typedef struct { const float *x, *dp; float *p; int cols; float scale; int vec; } sm_job;
+typedef struct { const float *x; float *p; int cols; int vec; } sm_job;
 
 #if CK_X86
 // exp(x) for float32 x ≤ 88: 2^n·exp(r), |r| ≤ ln2/2 (two-part ln2), Cephes' degree-7 form
@@ -679,7 +654,7 @@ void ck_softmax_backward_bf16(const uint16_t *p, const float *dp, uint16_t *ds, 
 
 void ck_softmax_forward(const float *x, float *p, long rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
-    sm_job j = {x, NULL, p, cols, 1.0f, vector_path()};
+    sm_job j = {x, p, cols, vector_path()};
     run_ranges(softmax_range, &j, rows, 1, threads_for((double)rows * cols * 4, rows));
 }
 

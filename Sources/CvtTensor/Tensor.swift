@@ -136,11 +136,7 @@ public final class BufferPool: @unchecked Sendable {
             lock.unlock()
             return p.pointer
         }
-        let released = makeRoom(for: bytes)
-        handOut(bytes)
-        lock.unlock()
-        for (p, n) in released { RawMemory.free(p, bytes: n) }
-        return RawMemory.allocate(bytes: bytes).pointer
+        return mapNew(bytes)
     }
 
     /// A buffer of at least `bytes` and its real size (give it back with that size): one of its
@@ -161,11 +157,17 @@ public final class BufferPool: @unchecked Sendable {
             lock.unlock()
             return (p.pointer, size)
         }
+        return (mapNew(bytes), bytes)
+    }
+
+    /// Called with the lock held, which it releases: a new buffer of `bytes` when no idle one
+    /// served, after making room for it (`boundsIdleAtPeak`).
+    private func mapNew(_ bytes: Int) -> UnsafeMutableRawPointer {
         let released = makeRoom(for: bytes)
         handOut(bytes)
         lock.unlock()
         for (p, n) in released { RawMemory.free(p, bytes: n) }
-        return (RawMemory.allocate(bytes: bytes).pointer, bytes)
+        return RawMemory.allocate(bytes: bytes).pointer
     }
 
     /// Under the lock: counts `bytes` as handed out.

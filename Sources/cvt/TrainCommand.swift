@@ -187,9 +187,7 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(model: classifier, args: args, trainSource: trainSource, evalSource: evalSource, shuffle: !noShuffle)
         trainer.preprocessorConfig = processor.config
         trainer.preprocessorData = try processorFile.map { try Data(contentsOf: $0) }
-        if let mb = ProcessInfo.processInfo.environment["CVT_TRAIN_POOL_MB"].flatMap({ Int($0) }), mb >= 0 {
-            BufferPool.shared.capacityBytes = mb << 20
-        }
+        applyTrainPoolLimit()
         reporter.start("training \(model ?? config!) on \(numTrain) images\(numEval.map { ", validating on \($0)" } ?? ""): \(trainer.totalSteps) optimizer steps of \(gradientAccumulationSteps) × \(perDeviceTrainBatchSize) images, \(dtype), \(engine.threads) threads")
 
         let stop = StopSignal()
@@ -447,5 +445,13 @@ final class TrainingReporter: @unchecked Sendable {
             let acc = eval?["eval_accuracy"].map { String(format: ", validation accuracy %.2f%%", $0 * 100) } ?? ""
             print("saved to \(out.path) after \(trainer.globalStep) steps\(acc)")
         }
+    }
+}
+
+/// `CVT_TRAIN_POOL_MB`, when set: the most the buffer pool keeps between training steps (after a
+/// `Trainer` has raised it), for `cvt train` and `cvt bench --mode train` alike.
+func applyTrainPoolLimit() {
+    if let mb = ProcessInfo.processInfo.environment["CVT_TRAIN_POOL_MB"].flatMap({ Int($0) }), mb >= 0 {
+        BufferPool.shared.capacityBytes = mb << 20
     }
 }

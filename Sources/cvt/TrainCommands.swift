@@ -59,9 +59,7 @@ extension Bench {
         args.maxSteps = iterations + 2
         args.perDeviceTrainBatchSize = batchSize
         let trainer = try Trainer(model: classifier, args: args, trainData: TrainingTensors(pixelValues: pixels, labels: .classIndices(labels)), shuffle: false)
-        if let mb = ProcessInfo.processInfo.environment["CVT_TRAIN_POOL_MB"].flatMap({ Int($0) }), mb >= 0 {
-            BufferPool.shared.capacityBytes = mb << 20
-        }
+        applyTrainPoolLimit()
         let batch = [(pixels, Labels.classIndices(labels))]
         for _ in 0..<2 { try trainer.step(batch) }
         engine.profile = profile
